@@ -1,0 +1,121 @@
+"""Bad experiment files: each error names the file, the line and the key path, in one message."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tunevlseg.cli import launch as launch_cli
+from tunevlseg.config.loader import ConfigError, load_experiment
+
+VALID = """\
+name: t
+output_dir: out
+models:
+  - name: clipseg
+learners:
+  - coop
+  - name: vpt
+datasets:
+  - name: kvasir
+    root: data/kvasir
+search:
+  n_trials: 3
+"""
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "experiment.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+# (id, file text, key path, line, a fragment of the message)
+BAD_FILES = [
+    ("unknown-top-key", VALID + "lerners: [coop]\n", "lerners", 13, "did you mean 'learners'"),
+    ("unknown-nested-key", VALID + "  n_trails: 3\n", "search.n_trails", 13, "valid keys: n_trials=20"),
+    ("missing-name", VALID.replace("name: t\n", ""), "name", 1, "required key is missing"),
+    ("missing-datasets", VALID.split("datasets:")[0] + "search: {n_trials: 3}\n", "datasets", 1, "required"),
+    ("unknown-learner", VALID.replace("  - coop", "  - cop"), "learners[0].name", 6, "unknown learner 'cop'"),
+    ("unknown-model", VALID.replace("name: clipseg", "name: sam"), "models[0].name", 4, "unknown model 'sam'"),
+    ("wrong-type", VALID.replace("n_trials: 3", "n_trials: many"), "search.n_trials", 12, "valid integer"),
+    ("bad-value", VALID.replace("n_trials: 3", "n_trials: 0"), "search.n_trials", 12, "greater than or equal to 1"),
+    ("bad-sampler", VALID + "  sampler: grid\n", "search.sampler", 13, "'tpe' or 'random'"),
+    ("bad-format", VALID.replace("    root: data/kvasir", "    root: data/kvasir\n    format: coco"), "datasets[0].format", 11, "'medvlsm' or 'natural'"),
+    ("space-low-above-high", VALID + "  space:\n    prompt_depth: {low: 5, high: 2}\n", "search.space.prompt_depth", 14, "low must be below high"),
+    ("space-log-nonpositive", VALID + "  space:\n    lr: {low: 0, high: 0.01}\n", "search.space.lr", 14, "log-scaled range needs low > 0"),
+    ("space-empty-choices", VALID.replace("  - name: vpt", "  - name: cocoop\n    space:\n      intermediate_dim: {choices: []}"), "learners[1].space.intermediate_dim", 9, "non-empty list"),
+    ("space-unknown-param", VALID.replace("  - name: vpt", "  - name: vpt\n    space: {n_heads: 16}"), "learners[1].space.n_heads", 8, "not a parameter of vpt"),
+    ("space-wrong-kind", VALID + "  space:\n    lr: {choices: [a, b]}\n", "search.space.lr", 14, "must be a number"),
+    ("grid-unknown-axis", VALID + "grid:\n  model.upsampler: [true, false]\n", "grid.model.upsampler", 14, "did you mean 'model.use_upsampler'"),
+    ("grid-bad-value", VALID + "grid:\n  training.precision: [\"32\", \"fp8\"]\n", "grid.training.precision[1]", 14, "'auto', '32'"),
+    ("duplicate-key", VALID + "name: again\n", "name", 13, "key repeated (first at line 1)"),
+    ("duplicate-dataset", VALID.replace("search:", "  - name: kvasir\n    root: other\nsearch:"), "datasets[1]", 11, "'kvasir' is listed twice"),
+    ("bad-storage", VALID + "storage: mysql://db/x\n", "storage", 13, "unknown storage scheme 'mysql'"),
+    ("storage-password", VALID + "storage: postgresql://me:secret@db/x\n", "storage", 13, "PGPASSWORD"),
+    ("no-viable-combination", VALID.replace("name: clipseg", "name: cris").replace("  - coop\n", ""), "learners", 5, "need a ViT image encoder"),
+    ("bad-sweep-name", VALID.replace("name: t\n", "name: 'my sweep; rm -rf'\n"), "name", 1, "should match pattern"),
+    ("not-a-mapping", "- just\n- a list\n", "", 1, "expected a mapping of settings"),
+    ("broken-yaml", VALID.replace("learners:\n", "learners: [\n"), "", 6, "not valid YAML"),
+    ("unknown-learner-option", VALID.replace("  - name: vpt", "  - name: coop2\n    options: {initt: gaussian}"), "learners[1].options", 8, "unknown option"),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "line", "fragment"),
+    [case[1:] for case in BAD_FILES],
+    ids=[case[0] for case in BAD_FILES],
+)
+def test_bad_file_names_key_and_line(tmp_path: Path, text: str, key: str, line: int, fragment: str) -> None:
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_experiment(path)
+    message = str(caught.value)
+    expected_where = f"{path}:{line}:" + (f" {key}:" if key else "")
+    assert expected_where in message, message
+    assert fragment in message, message
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    text = VALID.replace("n_trials: 3", "n_trials: 0") + "lerners: []\n"
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_experiment(path)
+    assert len(caught.value.problems) == 2
+    assert str(caught.value).startswith(f"{path}: 2 problems")
+
+
+def test_cli_exits_2_with_one_message_and_no_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _write(tmp_path, VALID.replace("  - coop", "  - cop"))
+    code = launch_cli.main([str(path), "--dry-run"])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert "Traceback" not in captured.err
+    assert f"{path}:6: learners[0].name: unknown learner 'cop'" in captured.err
+    assert captured.out == ""
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such file"):
+        load_experiment(tmp_path / "absent.yaml")
+
+
+def test_safe_load_only(tmp_path: Path) -> None:
+    path = _write(tmp_path, "!!python/object/apply:os.system ['echo hacked']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_experiment(path)
+
+
+def test_yaml_1_1_exponent_floats_are_read_as_numbers(tmp_path: Path) -> None:
+    path = _write(tmp_path, VALID + "  space:\n    lr: {low: 1e-5, high: 1e-3}\n")
+    experiment = load_experiment(path)
+    from tunevlseg.config.grid import expand
+
+    spaces = {study.learner: study.param_space for study in expand(experiment).studies}
+    assert spaces["coop"]["lr"].low == pytest.approx(1e-5)
+    assert spaces["vpt"]["lr"].high == pytest.approx(1e-3)

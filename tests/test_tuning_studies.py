@@ -1,0 +1,122 @@
+"""Studies in a real journal storage: exact budgets, changed definitions, stale trials."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from tunevlseg.config.grid import StudySpec, expand
+from tunevlseg.config.loader import parse_experiment
+from tunevlseg.tuning import recovery
+from tunevlseg.tuning.storage import default_storage, open_storage
+from tunevlseg.tuning.studies import (
+    SPEC_ATTR,
+    StudyConflictError,
+    enqueue_missing,
+    ensure_studies,
+    load_spec,
+    progress,
+)
+
+TEXT = """\
+name: s
+output_dir: out
+models: [clipseg]
+learners: [coop, vpt]
+datasets: [{name: d, root: data}]
+search: {n_trials: 3, max_retries: 1}
+"""
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> tuple[optuna.storages.BaseStorage, list[StudySpec]]:
+    studies = expand(parse_experiment(TEXT, tmp_path / "s.yaml")).studies
+    return open_storage(default_storage(tmp_path)), studies
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_studies_hold_their_spec(setup) -> None:  # type: ignore[no-untyped-def]
+    storage, studies = setup
+    ensure_studies(storage, studies)
+    for spec in studies:
+        study = optuna.load_study(study_name=spec.name, storage=storage)
+        assert load_spec(study) == spec
+        assert study.direction == optuna.study.StudyDirection.MAXIMIZE
+
+
+def test_enqueue_covers_the_budget_exactly_once(setup) -> None:  # type: ignore[no-untyped-def]
+    storage, studies = setup
+    ensure_studies(storage, studies)
+    spec = studies[0]
+    assert enqueue_missing(storage, spec) == [0, 1, 2]
+    assert enqueue_missing(storage, spec) == [0, 1, 2]
+    study = optuna.load_study(study_name=spec.name, storage=storage)
+    trial = study.ask()  # claims the first waiting trial
+    study.tell(trial, 0.5)
+    assert enqueue_missing(storage, spec) == [1, 2]
+    state = progress(storage, spec)
+    assert (state.complete, state.waiting, state.remaining, state.to_enqueue) == (1, 2, 2, 0)
+
+
+def test_changed_definition_is_refused_with_the_difference(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    storage, studies = setup
+    ensure_studies(storage, studies)
+    changed = expand(parse_experiment(TEXT.replace("n_trials: 3", "n_trials: 5"), tmp_path / "s.yaml")).studies
+    with pytest.raises(StudyConflictError) as caught:
+        ensure_studies(storage, changed)
+    assert "search.n_trials: 3 -> 5" in str(caught.value)
+    stored = optuna.load_study(study_name=studies[0].name, storage=storage).user_attrs[SPEC_ATTR]
+    assert stored["search"]["n_trials"] == 3
+    ensure_studies(storage, changed, force=True)
+    assert load_spec(optuna.load_study(study_name=studies[0].name, storage=storage)).n_trials == 5
+
+
+def _start_running(storage, spec: StudySpec, pid: int, attempt: int = 1) -> optuna.Trial:  # type: ignore[no-untyped-def]
+    study = optuna.load_study(study_name=spec.name, storage=storage)
+    trial = study.ask()
+    trial.suggest_float("lr", 1e-5, 1e-2, log=True)
+    trial.set_user_attr(recovery.HOST_ATTR, socket.gethostname())
+    trial.set_user_attr(recovery.PID_ATTR, pid)
+    trial.set_user_attr(recovery.ATTEMPT_ATTR, attempt)
+    return trial
+
+
+def test_stale_trial_is_requeued_with_its_params_and_folder(setup) -> None:  # type: ignore[no-untyped-def]
+    storage, studies = setup
+    ensure_studies(storage, studies)
+    spec = studies[0]
+    stale = _start_running(storage, spec, _dead_pid())
+    alive = _start_running(storage, spec, 1)  # pid 1 is alive: never touched
+    actions = recovery.recover_stale(storage, spec)
+    assert len(actions) == 1 and "re-queued" in actions[0]
+    trials = optuna.load_study(study_name=spec.name, storage=storage).trials
+    assert trials[stale.number].state == TrialState.FAIL
+    assert "is gone" in trials[stale.number].user_attrs[recovery.FAILURE_ATTR]
+    assert trials[alive.number].state == TrialState.RUNNING
+    retry = trials[-1]
+    assert retry.state == TrialState.WAITING
+    assert retry.system_attrs["fixed_params"] == {"lr": stale.params["lr"]}
+    assert retry.user_attrs[recovery.LINEAGE_ATTR] == stale.number
+    assert retry.user_attrs[recovery.ATTEMPT_ATTR] == 2
+
+
+def test_retry_limit_fails_for_good(setup) -> None:  # type: ignore[no-untyped-def]
+    storage, studies = setup
+    ensure_studies(storage, studies)
+    spec = studies[0]
+    _start_running(storage, spec, _dead_pid(), attempt=2)  # max_retries is 1
+    actions = recovery.recover_stale(storage, spec)
+    assert "failed for good" in actions[0]
+    states = [t.state for t in optuna.load_study(study_name=spec.name, storage=storage).trials]
+    assert states == [TrialState.FAIL]

@@ -1,0 +1,212 @@
+"""The experiment file's schema: one YAML file describes one sweep.
+
+Every block forbids unknown keys, so a typo is an error that names the valid keys instead of a
+setting that is silently ignored. Relative paths are kept as written here and resolved against
+the experiment file's folder by :mod:`tunevlseg.config.loader`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from tunevlseg.catalog import LEARNERS, MODELS
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+"""Names that become study names, folder names and SLURM job names: no spaces, no shell."""
+
+
+class Strict(BaseModel):
+    """A block of the experiment file: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelEntry(Strict):
+    """A pretrained segmentation model to tune."""
+
+    name: str = Field(description="model family: " + ", ".join(MODELS))
+    pretrained: str | None = Field(
+        default=None, description="local folder or Hugging Face hub id (default per family)"
+    )
+    label: str | None = Field(default=None, description="short name in study names")
+    image_size: int | None = Field(default=None, ge=32, le=2048)
+    synthetic: bool = Field(
+        default=False,
+        description="write a tiny randomly initialised model at `pretrained` if it is absent "
+        "(demo and tests)",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, name: str) -> str:
+        if name not in MODELS:
+            raise ValueError(f"unknown model {name!r}; known models: {', '.join(MODELS)}")
+        return name
+
+    @field_validator("label")
+    @classmethod
+    def _label_is_a_name(cls, label: str | None) -> str | None:
+        if label is not None and not re.match(NAME_PATTERN, label):
+            raise ValueError(f"{label!r} may only use letters, digits, '_', '.', '-'")
+        return label
+
+    @model_validator(mode="after")
+    def _synthetic_needs_folder(self) -> ModelEntry:
+        if self.synthetic and self.pretrained is None:
+            raise ValueError("a synthetic model needs `pretrained:` (the folder to write it to)")
+        return self
+
+    @property
+    def key(self) -> str:
+        return self.label or self.name
+
+    @property
+    def resolved_pretrained(self) -> str:
+        return self.pretrained or MODELS[self.name].default_pretrained
+
+
+class LearnerEntry(Strict):
+    """A context learner; ``space`` overrides its search space, ``options`` fixes settings."""
+
+    name: str
+    space: dict[str, Any] = Field(default_factory=dict)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _known_learner(cls, name: str) -> str:
+        if name not in LEARNERS:
+            raise ValueError(f"unknown learner {name!r}; known learners: {', '.join(LEARNERS)}")
+        return name
+
+    @field_validator("options")
+    @classmethod
+    def _known_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        unknown = set(options) - set(LEARNER_OPTIONS)
+        if unknown:
+            valid = ", ".join(f"{k} ({v})" for k, v in LEARNER_OPTIONS.items())
+            raise ValueError(f"unknown option(s) {sorted(unknown)}; valid options: {valid}")
+        init = options.get("init", "embedding")
+        if init not in ("embedding", "gaussian", "layerwise"):
+            raise ValueError(f"init must be embedding, gaussian or layerwise, got {init!r}")
+        return options
+
+
+LEARNER_OPTIONS = {
+    "init": "text context initialisation: embedding | gaussian | layerwise",
+}
+
+
+class DatasetEntry(Strict):
+    """A data set on disk."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    root: Path
+    category: str = Field(default="Other", description="column group in the result tables")
+    format: Literal["medvlsm", "natural"] = "medvlsm"
+    prompt_key: str | None = Field(
+        default=None, description="prompt key (p0..pN) for MedVLSM sets; default data.prompt_key"
+    )
+    synthetic: bool = Field(
+        default=False, description="write a small synthetic set at `root` if it is absent"
+    )
+
+
+class ModelSettings(Strict):
+    """Settings shared by every model of the sweep (grid axes: ``model.<key>``)."""
+
+    n_ctx: int = Field(default=4, ge=1, le=64, description="context tokens per prompt")
+    use_upsampler: bool = True
+
+
+class DataSettings(Strict):
+    """Data settings shared by every data set (grid axes: ``data.<key>``)."""
+
+    prompt_key: str = Field(default="p1", pattern=r"^p\d+$")
+    num_workers: int = Field(default=4, ge=0, le=64)
+    train_fraction: float | None = Field(default=None, gt=0, le=1)
+
+
+class TrainingSettings(Strict):
+    """The training loop of one trial (grid axes: ``training.<key>``)."""
+
+    max_epochs: int = Field(default=200, ge=1)
+    patience: int = Field(default=10, ge=1, description="early-stopping patience in epochs")
+    batch_size: int = Field(default=32, ge=1)
+    effective_batch_size: int = Field(default=32, ge=1)
+    precision: Literal["auto", "32", "16-mixed", "bf16-mixed"] = "auto"
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _batch_fits(self) -> TrainingSettings:
+        if self.effective_batch_size < self.batch_size:
+            raise ValueError("effective_batch_size must be at least batch_size")
+        return self
+
+
+class SearchSettings(Strict):
+    """How each study is searched."""
+
+    n_trials: int = Field(default=20, ge=1, le=100_000)
+    sampler: Literal["tpe", "random"] = "tpe"
+    seed: int = 0
+    n_startup_trials: int = Field(default=5, ge=0)
+    objective: Literal["val_dice", "val_iou"] = "val_dice"
+    max_retries: int = Field(default=2, ge=0, description="re-runs of a crashed trial")
+    space: dict[str, Any] = Field(
+        default_factory=dict, description="overrides for every learner that has the parameter"
+    )
+
+    @property
+    def direction(self) -> str:
+        """Both objectives are overlap scores: larger is better."""
+        return "maximize"
+
+
+class ClusterSettings(Strict):
+    """Where trials run; SLURM and container settings arrive with the cluster backend."""
+
+    parallelism: int = Field(default=8, ge=1, description="trials running at once per sweep")
+    timeout_min: int = Field(default=240, ge=1)
+
+
+class ExperimentSpec(Strict):
+    """One experiment file = one sweep."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="sweep name, the study-name prefix")
+    description: str = ""
+    output_dir: Path = Field(description="folder for trials, manifest and tables")
+    storage: str | None = Field(
+        default=None,
+        description="journal:///abs/path.log, sqlite:///rel.db, postgresql://... "
+        "(default: a journal file in output_dir)",
+    )
+    models: list[ModelEntry] = Field(min_length=1)
+    learners: list[LearnerEntry] = Field(min_length=1)
+    datasets: list[DatasetEntry] = Field(min_length=1)
+    model: ModelSettings = ModelSettings()
+    data: DataSettings = DataSettings()
+    training: TrainingSettings = TrainingSettings()
+    search: SearchSettings = SearchSettings()
+    grid: dict[str, list[Any]] = Field(
+        default_factory=dict, description="axes of fixed settings, e.g. model.use_upsampler"
+    )
+    cluster: ClusterSettings = ClusterSettings()
+
+    @field_validator("learners", mode="before")
+    @classmethod
+    def _names_are_entries(cls, learners: Any) -> Any:
+        if isinstance(learners, list):
+            return [{"name": x} if isinstance(x, str) else x for x in learners]
+        return learners
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _model_names_are_entries(cls, models: Any) -> Any:
+        if isinstance(models, list):
+            return [{"name": x} if isinstance(x, str) else x for x in models]
+        return models

@@ -1,0 +1,124 @@
+"""Map-style dataset, epoch-aware shuffling and the tokenising collate function.
+
+Randomness (shuffle order, augmentation, which phrasing of a list prompt) is derived from
+``(seed, epoch, index)`` instead of from process-global generators. The result is the same with
+0 or N workers, with persistent workers, and after resuming from a checkpoint mid-run: the
+sampler carries the epoch to the workers inside each key, since a persistent worker's copy of
+the dataset never sees attribute updates from the main process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NamedTuple
+
+import albumentations as A
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset, Sampler
+
+from tunevlseg.data.sample import Sample
+from tunevlseg.data.transforms import load_image, load_mask
+
+__all__ = ["EpochKey", "EpochShuffleSampler", "SegmentationDataset", "TokenizeCollate"]
+
+Tokenize = Callable[[list[str]], dict[str, Tensor]]
+
+
+class EpochKey(NamedTuple):
+    """A dataset key that also says which epoch asked for it."""
+
+    epoch: int
+    item: int
+
+
+class EpochShuffleSampler(Sampler[EpochKey]):
+    """Permutes ``range(n)`` with a generator seeded by ``(seed, epoch)``.
+
+    Lightning calls :meth:`set_epoch` at the start of every training epoch (also after a
+    resume), so epoch ``e`` always sees the same order.
+    """
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n = n
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[EpochKey]:
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+        return iter(EpochKey(self.epoch, int(i)) for i in order)
+
+
+class SegmentationDataset(Dataset[dict[str, Any]]):
+    """Loads, transforms and returns one sample as tensors plus its prompt string.
+
+    Args:
+        samples: What the reader returned.
+        transform: From :func:`tunevlseg.data.transforms.build_transform`.
+        random_prompt: Draw one phrasing of a list prompt at random (training); otherwise the
+            first phrasing is used (evaluation must be deterministic).
+        seed: Base seed for the per-item randomness.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        transform: A.Compose,
+        *,
+        random_prompt: bool,
+        seed: int = 0,
+    ) -> None:
+        self.samples = list(samples)
+        self.transform = transform
+        self.random_prompt = random_prompt
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, key: int | EpochKey) -> dict[str, Any]:
+        epoch, index = (key.epoch, key.item) if isinstance(key, EpochKey) else (0, int(key))
+        sample = self.samples[index]
+        rng = np.random.default_rng([self.seed, epoch, index])
+        image = load_image(sample.image)
+        mask = load_mask(sample.mask, shape=image.shape[:2])
+        # Seeding per item makes augmentation independent of worker count and order.
+        self.transform.set_random_seed(int(rng.integers(2**31 - 1)))
+        out = self.transform(image=image, mask=mask)
+        prompt = sample.prompts[0]
+        if self.random_prompt and len(sample.prompts) > 1:
+            prompt = sample.prompts[int(rng.integers(len(sample.prompts)))]
+        return {
+            "pixel_values": torch.from_numpy(np.ascontiguousarray(out["image"].transpose(2, 0, 1))),
+            "masks": torch.from_numpy(out["mask"]).unsqueeze(0).float(),
+            "prompt": prompt,
+        }
+
+
+class TokenizeCollate:
+    """Stacks items and tokenises their prompts in one call (a class, so workers can pickle it).
+
+    The batch holds ``pixel_values`` (B,3,H,W), ``masks`` (B,1,H,W) in {0,1}, and every tensor
+    ``tokenize`` returns (at least ``input_ids`` and ``attention_mask``).
+    """
+
+    def __init__(self, tokenize: Tokenize) -> None:
+        self.tokenize = tokenize
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Tensor]:
+        tokens = self.tokenize([item["prompt"] for item in items])
+        missing = {"input_ids", "attention_mask"} - set(tokens)
+        if missing:
+            raise KeyError(f"tokenize() returned no {sorted(missing)}")
+        return {
+            "pixel_values": torch.stack([item["pixel_values"] for item in items]),
+            "masks": torch.stack([item["masks"] for item in items]),
+            **tokens,
+        }

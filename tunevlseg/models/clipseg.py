@@ -1,0 +1,427 @@
+"""Prompted CLIPSeg on Hugging Face ``CLIPSegForImageSegmentation``.
+
+Lüddecke and Ecker, "Image Segmentation Using Text and Image Prompts" (CVPR 2022), prompt-tuned
+as in TuneVLSeg (Adhikari et al., ACCV 2024).
+
+HF's own forward runs both CLIP encoders under ``torch.no_grad()``, so prompts inserted there
+would never learn. :class:`PromptedCLIPSeg` therefore re-runs the encoder loops itself over the
+HF submodules (embeddings, ``encoder.layers[i]``, final norms, projections, decoder parts) and
+inserts the learner's prompts on the way:
+
+* Text: :meth:`PromptedCLIPSeg.tokenize` puts ``n_ctx`` placeholder tokens right after BOS (only
+  for learners that prompt text). Their token embeddings are replaced by the learner's layer-0
+  context (positions are then added as usual), and the hidden states at those positions are
+  replaced again at the input of text layers ``1..J-1``. The attention stays causal (we pass an
+  explicit causal + padding mask: an sdpa layer called without one attends both ways), and the
+  pooled token is still the EOS token, whose index does not move.
+* Vision: ``n_ctx`` visual prompts are appended after the patch tokens before ``pre_layrnorm``
+  (as MaPLe does), replaced at the input of layers ``1..J-1`` and dropped before the decoder,
+  which sees exactly the tokens it was trained on. Only layers up to the last of
+  ``extract_layers`` run (the decoder reads ``hidden_states[i + 1]`` for ``i`` in
+  ``extract_layers``); a learner that needs the pooled image feature (CoCoOp) makes all run.
+* Depth J is clamped per encoder to the layers that run: 12 text and 10 vision layers for
+  ``CIDAS/clipseg-rd64*``, so J = 11 prompts 11 text and 10 vision layers.
+* Decoder: run part by part, so the learnable upsampler can read its last feature map.
+
+For prompt learners every CLIPSeg weight is frozen and :meth:`PromptedCLIPSeg.train` keeps the
+CLIPSeg submodule in eval mode, so a frozen network behaves exactly as at inference (no dropout)
+while the learner and upsampler train. ``e2e`` unfreezes and trains everything; ``zeroshot``
+has no trainable tensor and no upsampler.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import nullcontext
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tunevlseg.catalog import LEARNERS, load_object
+from tunevlseg.learners.base import EncoderDims, Learner, Prompts
+from tunevlseg.models.loading import LoadedCLIPSeg, load_clipseg
+from tunevlseg.models.upsampler import LearnableUpsampler
+
+if TYPE_CHECKING:
+    from transformers import CLIPSegForImageSegmentation, PreTrainedTokenizerBase
+
+__all__ = ["PromptedCLIPSeg", "build_prompted_clipseg", "causal_attention_mask"]
+
+PLACEHOLDER = "x"
+
+
+def causal_attention_mask(attention_mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """Additive ``(B, 1, L, L)`` mask: causal, and padded keys hidden.
+
+    Position 0 (BOS) is always visible, so no query row is fully masked.
+    """
+    length = attention_mask.shape[-1]
+    causal = torch.ones(length, length, dtype=torch.bool, device=attention_mask.device).tril()
+    allowed = causal[None, None] & attention_mask[:, None, None, :].bool()
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=attention_mask.device)
+    return mask.masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+def _batched(prompt: Tensor, batch_size: int) -> Tensor:
+    """``(n, W)`` shared prompts become ``(B, n, W)``; per-image prompts pass through."""
+    return prompt.unsqueeze(0).expand(batch_size, -1, -1) if prompt.dim() == 2 else prompt
+
+
+def _replace_after_bos(hidden: Tensor, prompt: Tensor) -> Tensor:
+    """Put ``prompt`` at positions ``1..n`` of ``hidden`` (out of place, so autograd is simple)."""
+    prompt = _batched(prompt, hidden.shape[0]).to(hidden.dtype)
+    return torch.cat([hidden[:, :1], prompt, hidden[:, 1 + prompt.shape[1] :]], dim=1)
+
+
+class _FrozenTextAccess:
+    """The :class:`tunevlseg.learners.base.FrozenText` view of a CLIPSeg text encoder."""
+
+    def __init__(self, owner: PromptedCLIPSeg) -> None:
+        self._owner = owner
+
+    def _word_ids(self, text: str) -> list[int]:
+        ids = self._owner.tokenizer(text)["input_ids"]
+        return list(ids[1:-1])  # drop BOS and EOS
+
+    @torch.no_grad()
+    def token_embeddings(self, text: str) -> Tensor:
+        text_model = self._owner.clipseg.clip.text_model
+        weight = text_model.embeddings.token_embedding.weight
+        ids = torch.tensor(self._word_ids(text), device=weight.device)
+        return text_model.embeddings.token_embedding(ids).detach().cpu()
+
+    @torch.no_grad()
+    def layer_inputs(self, text: str) -> list[Tensor]:
+        owner = self._owner
+        text_model = owner.clipseg.clip.text_model
+        device = text_model.embeddings.token_embedding.weight.device
+        words = self._word_ids(text)
+        tokenizer = owner.tokenizer
+        ids = torch.tensor(
+            [[tokenizer.bos_token_id, *words, tokenizer.eos_token_id]], device=device
+        )
+        hidden = text_model.embeddings(input_ids=ids)
+        mask = causal_attention_mask(torch.ones_like(ids), hidden.dtype)
+        inputs = []
+        for layer in text_model.encoder.layers:
+            inputs.append(hidden[0, 1 : 1 + len(words)].detach().cpu())
+            hidden = layer(hidden, mask)
+        return inputs
+
+
+class PromptedCLIPSeg(nn.Module):
+    """CLIPSeg whose encoders take the prompts of a context learner (see the module docstring).
+
+    Attributes:
+        clipseg: the HF ``CLIPSegForImageSegmentation`` (frozen for prompt learners).
+        learner: the context learner (owns every prompt tensor).
+        upsampler: the learnable upsampler, or ``None``.
+        tokenizer: the checkpoint's CLIP tokenizer (use :meth:`tokenize`, not it directly).
+        image_size: working resolution in pixels (352 for ``CIDAS/clipseg-rd64*``).
+        image_mean, image_std: per-channel normalisation the data pipeline must apply.
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedCLIPSeg,
+        learner_cls: type[Learner],
+        learner_params: dict[str, Any],
+        *,
+        n_ctx: int = 4,
+        use_upsampler: bool = True,
+    ) -> None:
+        super().__init__()
+        self.clipseg: CLIPSegForImageSegmentation = loaded.model
+        self.tokenizer: PreTrainedTokenizerBase = loaded.tokenizer
+        self.image_size = int(loaded.image_size)
+        self.image_mean = tuple(loaded.image_mean)
+        self.image_std = tuple(loaded.image_std)
+        config = self.clipseg.config
+        self.extract_layers = tuple(int(i) for i in config.extract_layers)
+        self.patch_size = int(config.vision_config.patch_size)
+        self._eos_token_id = config.text_config.eos_token_id
+        self._max_length = int(config.text_config.max_position_embeddings)
+        self.dims = EncoderDims(
+            text_width=config.text_config.hidden_size,
+            vision_width=config.vision_config.hidden_size,
+            text_layers=config.text_config.num_hidden_layers,
+            vision_layers=max(self.extract_layers) + 1,
+            projection_dim=config.projection_dim,
+            patch_size=self.patch_size,
+        )
+        if learner_cls.needs_image_feature and learner_cls.prompts_vision:
+            raise ValueError(
+                "a learner conditioned on the image feature cannot prompt the vision encoder"
+            )
+
+        self.learner = learner_cls(
+            self.dims, n_ctx=n_ctx, frozen_text=_FrozenTextAccess(self), **learner_params
+        )
+        self.n_text_ctx = n_ctx if learner_cls.prompts_text else 0
+        self._placeholder_id = int(
+            self.tokenizer(PLACEHOLDER, add_special_tokens=False)["input_ids"][0]
+        )
+        use_upsampler = use_upsampler and learner_cls.trains
+        self.upsampler = LearnableUpsampler(config.reduce_dim) if use_upsampler else None
+
+        self.clipseg.requires_grad_(learner_cls.trains_backbone)
+        self._freeze_unused()
+        if not learner_cls.trains:
+            self.requires_grad_(False)
+        self.train(False)
+
+    # ----------------------------------------------------------------------------- helpers
+    def _freeze_unused(self) -> None:
+        """Freeze the CLIPSeg parts the segmentation forward never reaches, even for ``e2e``.
+
+        Without the pooled image feature the vision layers after the last extracted one, the
+        post-norm and the visual projection do not run; the contrastive ``logit_scale`` never
+        does. Freezing them keeps the trainable set equal to what gets gradients (and avoids
+        DDP's unused-parameter error).
+        """
+        clip = self.clipseg.clip
+        clip.logit_scale.requires_grad_(False)
+        if not self.learner.needs_image_feature:
+            vision = clip.vision_model
+            for layer in vision.encoder.layers[max(self.extract_layers) + 1 :]:
+                layer.requires_grad_(False)
+            vision.post_layernorm.requires_grad_(False)
+            clip.visual_projection.requires_grad_(False)
+
+    @property
+    def trains_backbone(self) -> bool:
+        return type(self.learner).trains_backbone
+
+    def train(self, mode: bool = True) -> PromptedCLIPSeg:
+        """Set train mode, but keep a frozen CLIPSeg in eval mode (no dropout, fixed behaviour)."""
+        super().train(mode)
+        if not self.trains_backbone:
+            self.clipseg.eval()
+        return self
+
+    def tokenize(self, prompts: list[str]) -> dict[str, Tensor]:
+        """Tokenize, insert the ``n_ctx`` placeholders after BOS, truncate and pad.
+
+        Returns:
+            ``input_ids`` and ``attention_mask``, ``(B, L)`` long tensors, padded to the longest
+            sequence. Over-long prompts are truncated to the text encoder's 77 positions,
+            keeping EOS last.
+        """
+        tokenizer = self.tokenizer
+        encoded = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
+        bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+        room = self._max_length - 2 - self.n_text_ctx
+        sequences = [
+            [bos, *[self._placeholder_id] * self.n_text_ctx, *ids[1:-1][:room], eos]
+            for ids in encoded
+        ]
+        length = max(len(s) for s in sequences)
+        input_ids = torch.full((len(sequences), length), pad, dtype=torch.long)
+        attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
+        for row, sequence in enumerate(sequences):
+            input_ids[row, : len(sequence)] = torch.tensor(sequence)
+            attention_mask[row, : len(sequence)] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+    def _eos_index(self, input_ids: Tensor) -> Tensor:
+        """Where CLIP pools: the highest id (old configs, eos id 2) or the first EOS."""
+        if self._eos_token_id == 2:
+            return input_ids.to(torch.int).argmax(dim=-1)
+        return (input_ids == self._eos_token_id).int().argmax(dim=-1)
+
+    def _grad_context(self, prompted: bool) -> Any:
+        """No autograd graph through an encoder that is frozen and gets no prompts."""
+        return nullcontext() if prompted or self.trains_backbone else torch.no_grad()
+
+    # ----------------------------------------------------------------------------- encoders
+    def encode_text(
+        self, input_ids: Tensor, attention_mask: Tensor, prompts: list[Tensor]
+    ) -> Tensor:
+        """Projected text embedding ``(B, projection_dim)`` with prompts at layers ``0..J-1``."""
+        text_model = self.clipseg.clip.text_model
+        with self._grad_context(bool(prompts)):
+            embeds = text_model.embeddings.token_embedding(input_ids)
+            if prompts:
+                embeds = _replace_after_bos(embeds, prompts[0])
+            hidden = text_model.embeddings(inputs_embeds=embeds)
+            mask = causal_attention_mask(attention_mask, hidden.dtype)
+            for index, layer in enumerate(text_model.encoder.layers):
+                if 1 <= index < len(prompts):
+                    hidden = _replace_after_bos(hidden, prompts[index])
+                hidden = layer(hidden, mask)
+            hidden = text_model.final_layer_norm(hidden)
+            rows = torch.arange(hidden.shape[0], device=hidden.device)
+            pooled = hidden[rows, self._eos_index(input_ids).to(hidden.device)]
+            return self.clipseg.clip.text_projection(pooled)
+
+    def encode_image(
+        self, pixel_values: Tensor, prompts: list[Tensor], *, pooled: bool = False
+    ) -> tuple[list[Tensor], Tensor | None]:
+        """Hidden states at ``extract_layers`` (prompts dropped) and optionally the pooled feature.
+
+        Returns:
+            The activations in ``extract_layers`` order, each ``(B, 1 + patches, width)``, and the
+            projected CLS feature ``(B, projection_dim)`` if ``pooled`` (then all layers run).
+        """
+        vision_model = self.clipseg.clip.vision_model
+        layers = vision_model.encoder.layers
+        last = len(layers) - 1 if pooled else max(self.extract_layers)
+        with self._grad_context(bool(prompts)):
+            hidden = vision_model.embeddings(pixel_values, interpolate_pos_encoding=True)
+            n_tokens = hidden.shape[1]
+            if prompts:
+                hidden = torch.cat(
+                    [hidden, _batched(prompts[0], hidden.shape[0]).to(hidden.dtype)], 1
+                )
+            hidden = vision_model.pre_layrnorm(hidden)
+            activations = []
+            for index in range(last + 1):
+                if 1 <= index < len(prompts):
+                    prompt = _batched(prompts[index], hidden.shape[0]).to(hidden.dtype)
+                    hidden = torch.cat([hidden[:, :n_tokens], prompt], dim=1)
+                hidden = layers[index](hidden, None)
+                if index in self.extract_layers:
+                    activations.append(hidden[:, :n_tokens])
+            feature = None
+            if pooled:
+                cls = vision_model.post_layernorm(hidden[:, 0])
+                feature = self.clipseg.clip.visual_projection(cls)
+        return activations, feature
+
+    def decode(
+        self, activations: list[Tensor], condition: Tensor, grid: tuple[int, int]
+    ) -> tuple[Tensor, Tensor]:
+        """CLIPSeg's decoder, step by step.
+
+        Returns:
+            The decoder logits ``(B, 1, h·s, w·s)`` and its last feature map
+            ``(B, reduce_dim, h, w)`` (before the transposed convolutions), for the upsampler.
+        """
+        decoder = self.clipseg.decoder
+        output: Tensor | None = None
+        for index, (activation, layer, reduce) in enumerate(
+            zip(activations[::-1], decoder.layers, decoder.reduces, strict=True)
+        ):
+            output = reduce(activation) if output is None else reduce(activation) + output
+            if index == decoder.conditional_layer:
+                output = (
+                    decoder.film_mul(condition)[:, None] * output
+                    + decoder.film_add(condition)[:, None]
+                )
+            output = layer(output, attention_mask=None)
+        assert output is not None
+        tokens = output[:, 1:].transpose(1, 2)
+        features = tokens.reshape(tokens.shape[0], tokens.shape[1], *grid)
+        return decoder.transposed_convolution(features), features
+
+    def forward(self, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Segmentation logits ``(B, 1, H, W)`` at the input resolution."""
+        learner = self.learner
+        if learner.needs_image_feature:
+            activations, feature = self.encode_image(pixel_values, [], pooled=True)
+            prompts: Prompts = learner(feature)
+        else:
+            prompts = learner(None)
+            activations, _ = self.encode_image(pixel_values, prompts.vision)
+        condition = self.encode_text(input_ids, attention_mask, prompts.text)
+        height, width = pixel_values.shape[-2:]
+        grid = (height // self.patch_size, width // self.patch_size)
+        logits, features = self.decode(activations, condition, grid)
+        if logits.shape[-2:] != (height, width):
+            logits = F.interpolate(
+                logits, size=(height, width), mode="bilinear", align_corners=False
+            )
+        if self.upsampler is not None:
+            logits = self.upsampler(features, logits)
+        return logits
+
+    # ----------------------------------------------------------------------------- training API
+    def _trainable(self) -> Iterator[tuple[str, nn.Parameter]]:
+        return ((name, p) for name, p in self.named_parameters() if p.requires_grad)
+
+    def _is_prompt(self, name: str) -> bool:
+        parts = name.split(".")
+        return parts[0] == "learner" and parts[1] in type(self.learner).prompt_attributes
+
+    def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        """AdamW groups: weight decay only on weight matrices / kernels.
+
+        Prompt vectors, biases and normalisation weights (every tensor with fewer than two
+        dimensions) are exempt: decaying them pulls prompts towards zero and norms off scale.
+        """
+        decay: list[nn.Parameter] = []
+        no_decay: list[nn.Parameter] = []
+        for name, parameter in self._trainable():
+            (no_decay if parameter.ndim < 2 or self._is_prompt(name) else decay).append(parameter)
+        groups = [
+            {"params": decay, "weight_decay": float(weight_decay)},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        return [group for group in groups if group["params"]]
+
+    def trainable_state_dict(self) -> dict[str, Tensor]:
+        """Only the trainable tensors (detached copies), keyed like ``named_parameters``."""
+        return {name: p.detach().clone() for name, p in self._trainable()}
+
+    def load_trainable_state_dict(self, state_dict: dict[str, Tensor]) -> None:
+        """Load what :meth:`trainable_state_dict` saved; keys must match exactly.
+
+        Raises:
+            KeyError: listing missing and unexpected keys.
+            ValueError: on a shape mismatch.
+        """
+        parameters = dict(self._trainable())
+        missing = sorted(set(parameters) - set(state_dict))
+        unexpected = sorted(set(state_dict) - set(parameters))
+        if missing or unexpected:
+            raise KeyError(f"trainable state mismatch: missing={missing}, unexpected={unexpected}")
+        with torch.no_grad():
+            for name, parameter in parameters.items():
+                value = state_dict[name]
+                if value.shape != parameter.shape:
+                    raise ValueError(
+                        f"{name}: shape {tuple(value.shape)} != {tuple(parameter.shape)}"
+                    )
+                parameter.copy_(value)
+
+    def count_parameters(self) -> tuple[int, int]:
+        """``(trainable, total)`` parameter counts."""
+        trainable = sum(p.numel() for _, p in self._trainable())
+        total = sum(p.numel() for p in self.parameters())
+        return trainable, total
+
+
+def build_prompted_clipseg(
+    pretrained: str,
+    learner: str,
+    learner_params: dict[str, Any],
+    *,
+    n_ctx: int = 4,
+    use_upsampler: bool = True,
+) -> PromptedCLIPSeg:
+    """Load CLIPSeg offline and attach a context learner.
+
+    Args:
+        pretrained: a local checkpoint folder or a hub id already in the HF cache.
+        learner: a learner name from :data:`tunevlseg.catalog.LEARNERS`.
+        learner_params: the learner's hyperparameters (missing ones take the learner's
+            ``defaults``).
+        n_ctx: number of prompt tokens per prompted layer and encoder.
+        use_upsampler: add the learnable upsampler (ignored for ``zeroshot``).
+
+    Raises:
+        ValueError: unknown learner or unknown / invalid learner parameters (checked before
+            any weights load).
+        tunevlseg.models.loading.ModelNotFoundError: the checkpoint is not available offline.
+    """
+    if learner not in LEARNERS:
+        raise ValueError(f"unknown learner {learner!r}; valid: {', '.join(LEARNERS)}")
+    learner_cls: type[Learner] = load_object(LEARNERS[learner].implementation)
+    learner_cls.resolve_params(dict(learner_params))
+    loaded = load_clipseg(pretrained)
+    return PromptedCLIPSeg(
+        loaded, learner_cls, dict(learner_params), n_ctx=n_ctx, use_upsampler=use_upsampler
+    )

@@ -1,0 +1,343 @@
+"""Train, select and test one configuration, resumably.
+
+``fit`` is safe to call again on the same run folder after any interruption (pre-emption,
+time-out, a killed node):
+
+* ``result.json`` exists: the run is finished; it is read back and nothing is trained.
+* ``trained.json`` exists: training ended; only the best checkpoint is evaluated again.
+* ``checkpoints/last.ckpt`` exists: training resumes from it (weights, optimizer, LR scheduler,
+  early-stopping and checkpoint state, epoch counter) at the next epoch, towards the same
+  ``max_epochs`` total.
+
+Checkpoints are written to a temporary file and renamed, so a kill during a save leaves the
+previous checkpoint intact. The model passed in must already hold its frozen pretrained
+weights: checkpoints only carry the trainable part (see ``module``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.fabric.plugins.environments.lightning import LightningEnvironment
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from torch import nn
+
+from tunevlseg.train.module import SegmentationModule
+from tunevlseg.train.paths import BEST_NAME, RunPaths
+from tunevlseg.train.settings import FitSettings
+
+__all__ = ["EpochEndHook", "FitResult", "evaluate", "fit", "write_json_atomic"]
+
+EpochEndHook = Callable[[int, dict[str, float]], None]
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """Outcome of one fit.
+
+    Attributes:
+        val_dice: Validation Dice of the best checkpoint.
+        val_iou: Validation IoU of the best checkpoint.
+        test_dice: Test Dice of the best checkpoint.
+        test_iou: Test IoU of the best checkpoint.
+        best_epoch: 0-based epoch of the best checkpoint.
+        epochs_run: Epochs trained in total, over all attempts.
+        wall_time_s: Seconds spent training and evaluating, over all attempts.
+        resumed_from_epoch: ``None`` for an uninterrupted run; else the epochs already completed
+            when the (last) resume happened, which is also the 0-based epoch it continued at.
+    """
+
+    val_dice: float
+    val_iou: float
+    test_dice: float
+    test_iou: float
+    best_epoch: int
+    epochs_run: int
+    wall_time_s: float
+    resumed_from_epoch: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FitResult:
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+
+def fit(
+    model: nn.Module,
+    datamodule: L.LightningDataModule,
+    settings: FitSettings,
+    run_dir: Path,
+    *,
+    on_epoch_end: EpochEndHook | None = None,
+) -> FitResult:
+    """Train ``model`` with early stopping, then validate and test its best checkpoint.
+
+    Args:
+        model: A prompted segmentation model (see ``module.PromptedSegmenter``).
+        datamodule: Provides train/val/test loaders with the batch keys the model needs.
+        settings: The training settings. ``batch_size``/``num_workers`` are the data module's
+            business; they are recorded here so that a run is described by one record.
+        run_dir: The run's folder (created if needed); see :class:`RunPaths`.
+        on_epoch_end: Called after each training epoch's validation (and after ``last.ckpt`` is
+            written) with the 0-based epoch and the logged metrics, e.g. to report to an Optuna
+            trial. Exceptions propagate and stop training; the run can be resumed later.
+
+    Returns:
+        The result, also stored in ``run_dir/result.json``.
+    """
+    paths = RunPaths(Path(run_dir))
+    if paths.result.is_file():
+        return FitResult.from_dict(json.loads(paths.result.read_text()))
+    loader_batch = getattr(datamodule, "batch_size", settings.batch_size)
+    if loader_batch != settings.batch_size:
+        raise ValueError(
+            f"the data module's batch_size ({loader_batch}) differs from settings.batch_size "
+            f"({settings.batch_size}); gradient accumulation would miss the effective batch size"
+        )
+    paths.run_dir.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(settings.seed, workers=True, verbose=False)
+    module = SegmentationModule(
+        model,
+        lr=settings.lr,
+        weight_decay=settings.weight_decay,
+        monitor=settings.monitor,
+        lr_factor=settings.lr_factor,
+        lr_patience=settings.lr_patience,
+    )
+    clock = _WallClock()
+    resume = paths.last_checkpoint if paths.last_checkpoint.is_file() else None
+    resumed_from = _completed_epochs(resume) if resume is not None else None
+
+    with _quiet_lightning():
+        if paths.trained.is_file():
+            trained = json.loads(paths.trained.read_text())
+            trainer = _make_trainer(settings, paths, [])
+        else:
+            callbacks: list[Callback] = [
+                ModelCheckpoint(
+                    dirpath=paths.checkpoints_dir,
+                    filename=BEST_NAME,
+                    monitor=settings.monitor,
+                    mode=settings.monitor_mode,
+                    save_top_k=1,
+                    save_last=True,
+                    enable_version_counter=False,
+                    # Save right after validation, so that on_epoch_end (called at the end of
+                    # the training epoch) only ever sees epochs whose checkpoint is on disk.
+                    save_on_train_epoch_end=False,
+                ),
+                EarlyStopping(
+                    monitor=settings.monitor,
+                    mode=settings.monitor_mode,
+                    patience=settings.patience,
+                    # Decide before the checkpoint is written, so the saved state includes it.
+                    check_on_train_epoch_end=False,
+                ),
+                clock,
+            ]
+            if on_epoch_end is not None:
+                callbacks.append(_EpochEndCallback(on_epoch_end))
+            trainer = _make_trainer(settings, paths, callbacks)
+            trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+            trained = {
+                "epochs_run": trainer.current_epoch,
+                "train_time_s": clock.elapsed(),
+                "resumed_from_epoch": resumed_from,
+            }
+            write_json_atomic(paths.trained, trained)
+        if not paths.best_checkpoint.is_file():
+            raise RuntimeError(
+                f"training ended without a best checkpoint in {paths.checkpoints_dir}"
+            )
+        eval_start = time.monotonic()
+        val = trainer.validate(
+            module, datamodule=datamodule, ckpt_path=paths.best_checkpoint, verbose=False
+        )[0]
+        test = trainer.test(
+            module, datamodule=datamodule, ckpt_path=paths.best_checkpoint, verbose=False
+        )[0]
+
+    result = FitResult(
+        val_dice=float(val["val_dice"]),
+        val_iou=float(val["val_iou"]),
+        test_dice=float(test["test_dice"]),
+        test_iou=float(test["test_iou"]),
+        best_epoch=_checkpoint_epoch(paths.best_checkpoint),
+        epochs_run=int(trained["epochs_run"]),
+        wall_time_s=float(trained["train_time_s"]) + time.monotonic() - eval_start,
+        resumed_from_epoch=trained["resumed_from_epoch"],
+    )
+    write_json_atomic(paths.result, result.to_dict())
+    return result
+
+
+def evaluate(
+    model: nn.Module, datamodule: L.LightningDataModule, settings: FitSettings, run_dir: Path
+) -> FitResult:
+    """Validate and test ``model`` as it is, without training (the zero-shot baseline).
+
+    The result has ``epochs_run = 0`` and ``best_epoch = -1`` (no checkpoint was chosen) and is
+    written to ``run_dir/result.json`` like a fit's, so a finished evaluation is not repeated.
+    """
+    paths = RunPaths(Path(run_dir))
+    if paths.result.is_file():
+        return FitResult.from_dict(json.loads(paths.result.read_text()))
+    paths.run_dir.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(settings.seed, workers=True, verbose=False)
+    module = SegmentationModule(
+        model, lr=settings.lr, weight_decay=settings.weight_decay, monitor=settings.monitor
+    )
+    start = time.monotonic()
+    with _quiet_lightning():
+        trainer = _make_trainer(settings, paths, [])
+        val = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
+        test = trainer.test(module, datamodule=datamodule, verbose=False)[0]
+    result = FitResult(
+        val_dice=float(val["val_dice"]),
+        val_iou=float(val["val_iou"]),
+        test_dice=float(test["test_dice"]),
+        test_iou=float(test["test_iou"]),
+        best_epoch=-1,
+        epochs_run=0,
+        wall_time_s=time.monotonic() - start,
+    )
+    write_json_atomic(paths.result, result.to_dict())
+    return result
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to ``path`` via a temporary file and a rename (readers never see half a file)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    tmp.replace(path)
+
+
+# -- trainer assembly ---------------------------------------------------------------------------
+
+
+def _make_trainer(settings: FitSettings, paths: RunPaths, callbacks: list[Callback]) -> L.Trainer:
+    return L.Trainer(
+        accelerator=settings.accelerator,
+        devices=1,
+        max_epochs=settings.max_epochs,
+        precision=settings.resolved_precision(_uses_cuda(settings.accelerator)),  # type: ignore[arg-type]
+        accumulate_grad_batches=settings.accumulate_grad_batches,
+        deterministic=settings.deterministic,
+        callbacks=callbacks,
+        # A new version_N folder per attempt: the CSV writer would truncate an existing file.
+        logger=CSVLogger(paths.run_dir, name=paths.logs_dir.name),
+        # A plain environment even inside a SLURM job: otherwise Lightning installs its own
+        # SIGUSR1 requeue handler, while pre-emption and requeueing belong to submitit.
+        plugins=[_AtomicCheckpointIO(), LightningEnvironment()],
+        default_root_dir=paths.run_dir,
+        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+    )
+
+
+def _uses_cuda(accelerator: str) -> bool:
+    if accelerator in ("gpu", "cuda"):
+        return True
+    return accelerator == "auto" and torch.cuda.is_available()
+
+
+def _completed_epochs(checkpoint: Path) -> int:
+    """Epochs finished when ``checkpoint`` (saved at an epoch's end) was written."""
+    return _checkpoint_epoch(checkpoint) + 1
+
+
+def _checkpoint_epoch(checkpoint: Path) -> int:
+    # Our own, small checkpoint; it also holds plain Python callback state.
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    return int(state["epoch"])
+
+
+class _AtomicCheckpointIO(TorchCheckpointIO):
+    """Saves to a temporary file in the same folder, then renames over the target."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None
+    ) -> None:
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        torch.save(checkpoint, tmp)
+        tmp.replace(target)
+
+
+class _WallClock(Callback):
+    """Training time summed over attempts (its state travels in the checkpoint)."""
+
+    def __init__(self) -> None:
+        self.previous = 0.0
+        self.started = time.monotonic()
+
+    def elapsed(self) -> float:
+        return self.previous + time.monotonic() - self.started
+
+    def state_dict(self) -> dict[str, float]:
+        return {"elapsed": self.elapsed()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.previous = float(state_dict["elapsed"])
+        self.started = time.monotonic()
+
+
+class _EpochEndCallback(Callback):
+    """Calls the user's hook once the epoch's validation and ``last.ckpt`` are done."""
+
+    def __init__(self, hook: EpochEndHook) -> None:
+        self.hook = hook
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # A resume from an epoch-end checkpoint replays that epoch's end hooks; the hook has
+        # already seen that epoch (it runs after the checkpoint is written), so skip it.
+        if trainer.sanity_checking or trainer.fit_loop.restarting:
+            return
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        self.hook(trainer.current_epoch, metrics)
+
+
+_NOISE = (
+    r".*does not have many workers.*",
+    r".*exists and is not empty.*",
+    r".*smaller than the logging interval.*",
+    r".*LightningModule.* has parameters that were not used.*",
+    r".*treespec, LeafSpec.*",
+    r".*callbacks used to create the checkpoint need to be provided.*",
+)
+
+
+@contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    """Hide Lightning's banners and advice that do not apply to these runs."""
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            for pattern in _NOISE:
+                warnings.filterwarnings("ignore", message=pattern)
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)

@@ -1,0 +1,94 @@
+"""One trial: build the prompted model and the data from a study spec, train, evaluate.
+
+The returned record holds the validation objective (what Optuna optimises) and the test metrics
+of the best-by-validation checkpoint (what the result tables report).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tunevlseg.catalog import LEARNERS, MODELS, load_object
+from tunevlseg.config.grid import StudySpec
+from tunevlseg.config.spaces import TRAINING_PARAMS
+
+
+def learner_params(spec: StudySpec, params: dict[str, Any]) -> dict[str, Any]:
+    """The sampled parameters the learner takes, plus the learner's fixed options."""
+    chosen = {k: v for k, v in params.items() if k not in TRAINING_PARAMS}
+    return {**spec.learner_options, **chosen}
+
+
+def build_model(spec: StudySpec, params: dict[str, Any]) -> Any:
+    """The prompted model of a study with a trial's parameters."""
+    builder = load_object(MODELS[spec.model.name].builder)
+    return builder(
+        spec.model.resolved_pretrained,
+        spec.learner,
+        learner_params(spec, params),
+        n_ctx=spec.model_settings.n_ctx,
+        use_upsampler=spec.model_settings.use_upsampler,
+    )
+
+
+def build_datamodule(spec: StudySpec, model: Any, seed: int) -> Any:
+    from tunevlseg.data.datamodule import SegmentationDataModule
+
+    return SegmentationDataModule(
+        root=Path(spec.dataset.root),
+        format=spec.dataset.format,
+        prompt_key=spec.dataset.prompt_key or spec.data.prompt_key,
+        image_size=spec.image_size,
+        mean=model.image_mean,
+        std=model.image_std,
+        tokenize=model.tokenize,
+        batch_size=spec.training.batch_size,
+        num_workers=spec.data.num_workers,
+        seed=seed,
+        train_fraction=spec.data.train_fraction,
+    )
+
+
+def fit_settings(spec: StudySpec, params: dict[str, Any], seed: int) -> Any:
+    import torch
+
+    from tunevlseg.train.settings import FitSettings
+
+    precision = spec.training.precision
+    if precision == "auto":
+        precision = "bf16-mixed" if torch.cuda.is_available() else "32"
+    return FitSettings(
+        max_epochs=spec.training.max_epochs,
+        patience=spec.training.patience,
+        batch_size=spec.training.batch_size,
+        effective_batch_size=spec.training.effective_batch_size,
+        lr=float(params.get("lr", 1e-3)),
+        weight_decay=float(params.get("weight_decay", 0.0)),
+        precision=precision,
+        seed=seed,
+        num_workers=spec.data.num_workers,
+        monitor=spec.search.objective,
+    )
+
+
+def run_trial(spec: StudySpec, params: dict[str, Any], run_dir: Path, seed: int) -> dict[str, Any]:
+    """Train (or, for zero-shot, only evaluate) one configuration; resumable from ``run_dir``."""
+    import lightning
+
+    from tunevlseg.train.fit import evaluate, fit
+
+    lightning.seed_everything(seed, workers=True, verbose=False)
+    model = build_model(spec, params)
+    datamodule = build_datamodule(spec, model, seed)
+    settings = fit_settings(spec, params, seed)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "params.json").write_text(json.dumps({"params": params, "seed": seed}, indent=2))
+    if LEARNERS[spec.learner].trains:
+        result = fit(model, datamodule, settings, run_dir).to_dict()
+    else:
+        result = evaluate(model, datamodule, settings, run_dir).to_dict()
+    trainable, total = model.count_parameters()
+    result.update(trainable_params=trainable, total_params=total)
+    return result

@@ -1,0 +1,109 @@
+"""Study storage URLs -> Optuna storages.
+
+* ``journal://PATH``: Optuna's JournalStorage on a file, locked with ``O_CREAT|O_EXCL`` lock files
+  (:class:`~optuna.storages.journal.JournalFileOpenLock`), which is safe on NFS v3+. ``PATH``
+  is absolute when it starts with ``/`` (``journal:///shared/sweep.log``), else relative to the
+  experiment file. The default for every sweep: a shared file system is all a cluster needs.
+* ``sqlite:///rel.db`` / ``sqlite:////abs.db`` (SQLAlchemy's convention): local runs only,
+  because SQLite has no row locks and its file locking breaks on NFS.
+* ``postgresql://user@host:port/db``: for large sweeps. The password never goes in the URL (it
+  would end up in YAML files, manifests and job scripts); libpq reads ``PGPASSWORD`` or the
+  0600 file ``~/.pgpass`` / ``PGPASSFILE`` by itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from optuna.storages import BaseStorage
+
+Scheme = Literal["journal", "sqlite", "postgresql"]
+
+
+class StorageURLError(ValueError):
+    """A storage URL that cannot be used."""
+
+
+@dataclass(frozen=True)
+class StorageURL:
+    """A parsed storage URL; ``path`` is set for the file-based schemes."""
+
+    scheme: Scheme
+    url: str
+    path: Path | None = None
+
+    def resolved(self, base_dir: Path) -> StorageURL:
+        """The same storage with a relative file path made absolute against ``base_dir``."""
+        if self.path is None or self.path.is_absolute():
+            return self
+        path = (base_dir / self.path).resolve()
+        url = f"journal://{path}" if self.scheme == "journal" else f"sqlite:///{path}"
+        return StorageURL(self.scheme, url, path)
+
+    @property
+    def exists(self) -> bool:
+        """False when opening it would create a new file (so a dry run must not open it)."""
+        return self.path is None or self.path.exists()
+
+    def __str__(self) -> str:
+        return self.url
+
+
+def parse_storage_url(url: str) -> StorageURL:
+    """Check a storage URL's form without touching the storage.
+
+    Raises:
+        StorageURLError: naming what is wrong and the accepted forms.
+    """
+    forms = "journal:///abs/path.log, journal://rel/path.log, sqlite:///rel.db, postgresql://user@host/db"
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise StorageURLError(f"{url!r} is not a storage URL (accepted: {forms})")
+    if scheme == "journal":
+        if not rest or rest.endswith("/"):
+            raise StorageURLError(f"{url!r} names no file (accepted: {forms})")
+        return StorageURL("journal", url, Path(rest))
+    if scheme == "sqlite":
+        if not rest.startswith("/") or len(rest) < 2:
+            raise StorageURLError(f"{url!r}: write sqlite:///relative.db or sqlite:////abs.db")
+        return StorageURL("sqlite", url, Path(rest[1:]))
+    if scheme in ("postgresql", "postgresql+psycopg2", "postgres"):
+        parts = urlsplit(url)
+        if not parts.hostname or not parts.path.strip("/"):
+            raise StorageURLError(f"{url!r} needs a host and a database: postgresql://user@host/db")
+        if parts.password:
+            raise StorageURLError(
+                "the PostgreSQL URL holds a password; remove it and set PGPASSWORD or a 0600 "
+                "~/.pgpass file instead (URLs end up in manifests and job scripts)"
+            )
+        canonical = url.replace(f"{scheme}://", "postgresql+psycopg2://", 1)
+        return StorageURL("postgresql", canonical)
+    raise StorageURLError(f"unknown storage scheme {scheme!r} (accepted: {forms})")
+
+
+def default_storage(output_dir: Path) -> StorageURL:
+    """A journal file in the sweep's output folder."""
+    path = output_dir / "optuna.journal"
+    return StorageURL("journal", f"journal://{path}", path)
+
+
+def open_storage(storage: StorageURL) -> BaseStorage:
+    """Open (creating if needed) the storage; the caller has validated and resolved it."""
+    import optuna
+
+    if storage.scheme == "journal":
+        from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+
+        assert storage.path is not None
+        storage.path.parent.mkdir(parents=True, exist_ok=True)
+        lock = JournalFileOpenLock(str(storage.path))
+        return optuna.storages.JournalStorage(JournalFileBackend(str(storage.path), lock))
+    if storage.scheme == "sqlite":
+        assert storage.path is not None
+        storage.path.parent.mkdir(parents=True, exist_ok=True)
+    engine_kwargs = {"pool_size": 1, "max_overflow": 0} if storage.scheme == "postgresql" else {}
+    return optuna.storages.RDBStorage(storage.url, engine_kwargs=engine_kwargs)

@@ -1,0 +1,194 @@
+"""Studies in the storage: creation, the stored spec, trial budgets, and samplers.
+
+The trial budget is kept exact with WAITING trials: the launcher enqueues exactly the trials that
+are missing, and each task claims one of them by number (an atomic WAITING -> RUNNING change in
+every Optuna storage). Workers never call ``study.ask()`` for a fresh trial, so parallel workers
+cannot overshoot ``n_trials``, and a requeued task finds its own trial again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from tunevlseg.config.grid import StudySpec
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.storages import BaseStorage
+
+SPEC_ATTR = "tvls.spec"
+SPEC_HASH_ATTR = "tvls.spec_sha256"
+
+
+class StudyConflictError(Exception):
+    """The storage holds a study of the same name with a different definition."""
+
+
+def spec_hash(spec: StudySpec) -> str:
+    """A stable digest of what defines a study (the resolved config)."""
+    return hashlib.sha256(json.dumps(spec.to_attrs(), sort_keys=True).encode()).hexdigest()
+
+
+def trial_seed(spec: StudySpec, trial_number: int) -> int:
+    """A per-trial seed: parallel workers must not share one sampler RNG stream."""
+    text = f"{spec.search.seed}:{spec.name}:{trial_number}"
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
+
+
+def make_sampler(spec: StudySpec, trial_number: int = 0) -> optuna.samplers.BaseSampler:
+    """TPE with the constant liar (running trials count as bad) or random search."""
+    import optuna
+
+    seed = trial_seed(spec, trial_number)
+    if spec.search.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(
+        seed=seed,
+        n_startup_trials=spec.search.n_startup_trials,
+        constant_liar=True,
+        multivariate=True,
+    )
+
+
+def load_spec(study: optuna.Study) -> StudySpec:
+    return StudySpec.model_validate(study.user_attrs[SPEC_ATTR])
+
+
+def existing_study_names(storage: BaseStorage) -> set[str]:
+    return {summary.study_name for summary in storage.get_all_studies()}
+
+
+def ensure_studies(
+    storage: BaseStorage, studies: Sequence[StudySpec], *, force: bool = False
+) -> None:
+    """Create missing studies and check that existing ones have the same definition.
+
+    Every check runs before the first study is created, so a conflict writes nothing.
+
+    Raises:
+        StudyConflictError: listing the studies whose stored definition differs.
+    """
+    import optuna
+
+    existing = existing_study_names(storage)
+    conflicts: list[str] = []
+    for spec in studies:
+        if spec.name not in existing:
+            continue
+        stored = storage.get_study_user_attrs(storage.get_study_id_from_name(spec.name))
+        if stored.get(SPEC_HASH_ATTR) != spec_hash(spec) and not force:
+            conflicts.append(_describe_difference(spec, stored.get(SPEC_ATTR, {})))
+    if conflicts:
+        raise StudyConflictError(
+            "the experiment file changed the definition of studies that already exist in the "
+            "storage:\n"
+            + "\n".join(conflicts)
+            + "\nUse a new sweep `name:` (or another storage) for a new sweep, or pass --force "
+            "to keep the stored trials under the new definition."
+        )
+    for spec in studies:
+        study = optuna.create_study(
+            study_name=spec.name,
+            storage=storage,
+            direction=spec.search.direction,
+            load_if_exists=True,
+        )
+        if study.user_attrs.get(SPEC_HASH_ATTR) != spec_hash(spec):
+            study.set_user_attr(SPEC_ATTR, spec.to_attrs())
+            study.set_user_attr(SPEC_HASH_ATTR, spec_hash(spec))
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: data}
+
+
+def _describe_difference(spec: StudySpec, stored: dict[str, Any]) -> str:
+    new, old = _flatten(spec.to_attrs()), _flatten(stored)
+    changed = [
+        f"    {key}: {old.get(key, '(absent)')!r} -> {new.get(key, '(absent)')!r}"
+        for key in sorted(set(new) | set(old))
+        if new.get(key) != old.get(key)
+    ]
+    return f"  {spec.name}\n" + "\n".join(changed[:12]) + (
+        f"\n    ... and {len(changed) - 12} more" if len(changed) > 12 else ""
+    )
+
+
+@dataclass(frozen=True)
+class StudyProgress:
+    """Trial counts of one study against its budget."""
+
+    name: str
+    n_trials: int
+    complete: int = 0
+    running: int = 0
+    waiting: int = 0
+    failed: int = 0
+    pruned: int = 0
+    best_value: float | None = None
+    exists: bool = True
+
+    @property
+    def done(self) -> int:
+        return self.complete + self.pruned
+
+    @property
+    def remaining(self) -> int:
+        """Trials still to finish (running and waiting ones included)."""
+        return max(0, self.n_trials - self.done)
+
+    @property
+    def to_enqueue(self) -> int:
+        """Trials that exist nowhere yet: neither finished, running nor waiting."""
+        return max(0, self.n_trials - self.done - self.running - self.waiting)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "remaining": self.remaining}
+
+
+def progress(storage: BaseStorage, spec: StudySpec) -> StudyProgress:
+    """Count a study's trials by state (a study not yet created has every trial remaining)."""
+    from optuna.trial import TrialState
+
+    try:
+        study_id = storage.get_study_id_from_name(spec.name)
+    except KeyError:
+        return StudyProgress(spec.name, spec.n_trials, exists=False)
+    trials = storage.get_all_trials(study_id, deepcopy=False)
+    states = Counter(trial.state for trial in trials)
+    values = [t.value for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    best = None
+    if values:
+        best = min(values) if spec.search.direction == "minimize" else max(values)
+    return StudyProgress(
+        name=spec.name,
+        n_trials=spec.n_trials,
+        complete=states[TrialState.COMPLETE],
+        running=states[TrialState.RUNNING],
+        waiting=states[TrialState.WAITING],
+        failed=states[TrialState.FAIL],
+        pruned=states[TrialState.PRUNED],
+        best_value=best,
+    )
+
+
+def enqueue_missing(storage: BaseStorage, spec: StudySpec) -> list[int]:
+    """Add WAITING trials until the budget is covered; return every WAITING trial's number."""
+    import optuna
+    from optuna.trial import TrialState
+
+    study = optuna.load_study(study_name=spec.name, storage=storage)
+    for _ in range(progress(storage, spec).to_enqueue):
+        study.enqueue_trial({}, skip_if_exists=False)
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    return sorted(trial.number for trial in waiting)
