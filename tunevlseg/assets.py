@@ -67,6 +67,10 @@ def preflight(studies: Sequence[StudySpec]) -> list[str]:
     return problems
 
 
+def _has_content(folder: Path) -> bool:
+    return folder.is_dir() and any(folder.iterdir())
+
+
 def prepare_synthetic(studies: Sequence[StudySpec]) -> list[str]:
     """Write the synthetic models and data sets that are absent; return what was written."""
     written: list[str] = []
@@ -77,11 +81,15 @@ def prepare_synthetic(studies: Sequence[StudySpec]) -> list[str]:
             from tunevlseg.data.synthetic import write_synthetic_medvlsm, write_synthetic_natural
 
             writer = write_synthetic_medvlsm if spec.dataset.format == "medvlsm" else write_synthetic_natural
-            writer(Path(spec.dataset.root), image_size=spec.image_size)
-            written.append(f"synthetic data set {spec.dataset.name} at {spec.dataset.root}")
+            existed = _has_content(Path(spec.dataset.root))
+            writer(Path(spec.dataset.root), image_size=spec.image_size)  # idempotent
+            if not existed:
+                written.append(f"synthetic data set {spec.dataset.name} at {spec.dataset.root}")
         pretrained = spec.model.resolved_pretrained
         if spec.model.synthetic and pretrained not in seen:
             seen.add(pretrained)
+            if (Path(pretrained) / "config.json").is_file():
+                continue  # written before (atomically); skip importing torch for nothing
             write_tiny = load_object(MODELS[spec.model.name].tiny_writer)
             write_tiny(Path(pretrained), image_size=spec.image_size)
             written.append(f"tiny random {spec.model.name} at {pretrained}")

@@ -31,7 +31,8 @@ def messages() -> Console:
 
 
 def data() -> Console:
-    return Console(highlight=False, soft_wrap=True)
+    """stdout; when piped or captured, wide enough that tables are not squeezed or cut."""
+    return Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 240)
 
 
 def parser(prog: str, description: str) -> argparse.ArgumentParser:

@@ -1,16 +1,22 @@
-"""``tvls-status FILE``: one row per study with its trial counts and best value."""
+"""``tvls-status FILE``: one row per study with its trial counts, best value and SLURM queue.
+
+The queue view comes from ``squeue`` (every cluster has it; ``sacct`` is not needed) for the
+array jobs the sweep's manifest records. Without SLURM the queue columns are left out.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from collections import Counter
 
 from rich.table import Table
 
 from tunevlseg.cli import _app
 
 COLUMNS = ("complete", "running", "waiting", "failed", "pruned", "remaining")
+QUEUE_COLUMNS = ("queued", "on_nodes")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,27 +26,54 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def queue_view(manifest_path: object) -> dict[str, Counter[str]] | None:
+    """Per study: pending (``queued``) and running (``on_nodes``) SLURM tasks; None w/o SLURM."""
+    from pathlib import Path
+
+    from tunevlseg.cluster import slurm
+    from tunevlseg.cluster.manifest import read_manifest
+
+    manifest = read_manifest(Path(str(manifest_path)))
+    if manifest is None or not manifest.array_job_ids() or not slurm.available():
+        return None
+    index = manifest.task_index()
+    view: dict[str, Counter[str]] = {}
+    for task in slurm.queued_tasks(manifest.array_job_ids()):
+        if task.key in index:
+            study, _ = index[task.key]
+            view.setdefault(study, Counter())["on_nodes" if task.running else "queued"] += 1
+    return view
+
+
 def command(args: argparse.Namespace) -> int:
     from tunevlseg.cluster.launch import current_plan
     from tunevlseg.config.loader import load_experiment
+    from tunevlseg.paths import SweepPaths
 
     experiment = load_experiment(args.experiment)
     plan = current_plan(experiment, read_only=True)
+    queue = queue_view(SweepPaths(experiment.output_dir).manifest)
     rows = [study.progress.to_dict() for study in plan.studies]
-    totals = {key: sum(row[key] for row in rows) for key in ("n_trials", *COLUMNS)}
+    columns = COLUMNS + (QUEUE_COLUMNS if queue is not None else ())
+    for row in rows:
+        if queue is not None:
+            counts = queue.get(row["name"], Counter())
+            row.update({column: counts[column] for column in QUEUE_COLUMNS})
+    totals = {key: sum(row[key] for row in rows) for key in ("n_trials", *columns)}
     out = _app.data()
     if args.json:
-        out.print_json(json.dumps({"sweep": experiment.spec.name, "studies": rows, "totals": totals}))
+        report = {"sweep": experiment.spec.name, "studies": rows, "totals": totals}
+        out.print_json(json.dumps(report))
         return _app.EXIT_OK
     table = Table(title=f"Sweep {experiment.spec.name}", title_justify="left")
-    table.add_column("study")
-    for column in ("trials", *COLUMNS, "best"):
-        table.add_column(column, justify="right")
+    table.add_column("study", no_wrap=True)
+    for column in ("trials", *columns, "best"):
+        table.add_column(column.replace("_", " "), justify="right")
     for row in rows:
         best = "–" if row["best_value"] is None else f"{row['best_value']:.4f}"
-        table.add_row(row["name"], str(row["n_trials"]), *(str(row[c]) for c in COLUMNS), best)
+        table.add_row(row["name"], str(row["n_trials"]), *(str(row[c]) for c in columns), best)
     table.add_section()
-    table.add_row("total", str(totals["n_trials"]), *(str(totals[c]) for c in COLUMNS), "")
+    table.add_row("total", str(totals["n_trials"]), *(str(totals[c]) for c in columns), "")
     out.print(table)
     state = "complete" if totals["remaining"] == 0 else f"{totals['remaining']} trial(s) remaining"
     _app.messages().print(f"{len(rows)} studies: {state}")

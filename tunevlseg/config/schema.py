@@ -167,11 +167,75 @@ class SearchSettings(Strict):
         return "maximize"
 
 
+SAFE_TEXT = r"^[^\x00-\x1f\x7f]*$"
+"""No control characters (a newline in an sbatch value would start a new script line)."""
+SBATCH_KEY = r"^[a-z][a-z0-9-]*$"
+
+
+class SlurmSettings(Strict):
+    """Site settings for the array tasks; every value is quoted in the job script."""
+
+    partition: str | None = Field(default=None, pattern=SAFE_TEXT)
+    account: str | None = Field(default=None, pattern=SAFE_TEXT)
+    qos: str | None = Field(default=None, pattern=SAFE_TEXT)
+    gpus: int = Field(default=1, ge=0, le=16, description="GPUs per task (--gres=gpu:N)")
+    gpu_type: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")
+    cpus_per_task: int = Field(default=8, ge=1)
+    mem_gb: float = Field(default=32, gt=0)
+    constraint: str | None = Field(default=None, pattern=SAFE_TEXT)
+    signal_delay_s: int = Field(
+        default=120, ge=10, description="USR2 this long before the time limit, to checkpoint"
+    )
+    max_array_size: int | None = Field(
+        default=None, ge=1, description="default: MaxArraySize from `scontrol show config`"
+    )
+    extra: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="more sbatch options, e.g. {reservation: gpu-week}"
+    )
+    collector_partition: str | None = Field(default=None, pattern=SAFE_TEXT)
+    collector_timeout_min: int = Field(default=60, ge=1)
+
+    @field_validator("extra")
+    @classmethod
+    def _safe_extra(cls, extra: dict[str, Any]) -> dict[str, Any]:
+        for key, value in extra.items():
+            if not re.match(SBATCH_KEY, key):
+                raise ValueError(f"{key!r} is not an sbatch option name (lowercase, digits, '-')")
+            if isinstance(value, str) and not re.match(SAFE_TEXT, value):
+                raise ValueError(f"{key}: control characters are not allowed")
+        reserved = {"array", "output", "error", "signal", "dependency", "job-name", "open-mode"}
+        clash = sorted(reserved & set(extra))
+        if clash:
+            raise ValueError(f"{', '.join(clash)} are set by tunevlseg and cannot be overridden")
+        return extra
+
+
+class ContainerSettings(Strict):
+    """Run each task inside an Apptainer image (``apptainer exec --nv``)."""
+
+    image: Path | None = Field(default=None, description="the .sif file; none = host Python")
+    binds: list[str] = Field(default_factory=list, description="extra bind paths (src[:dst])")
+    apptainer: str = Field(default="apptainer", pattern=r"^[A-Za-z0-9_./-]+$")
+
+    @field_validator("binds")
+    @classmethod
+    def _safe_binds(cls, binds: list[str]) -> list[str]:
+        for bind in binds:
+            if not bind or "," in bind or not re.match(SAFE_TEXT, bind):
+                raise ValueError(f"{bind!r}: a bind is a path (src or src:dst) without ','")
+        return binds
+
+
 class ClusterSettings(Strict):
-    """Where trials run; SLURM and container settings arrive with the cluster backend."""
+    """Where and how trials run."""
 
     parallelism: int = Field(default=8, ge=1, description="trials running at once per sweep")
-    timeout_min: int = Field(default=240, ge=1)
+    timeout_min: int = Field(default=240, ge=1, description="time limit of one task")
+    hf_home: Path | None = Field(
+        default=None, description="shared Hugging Face cache (default: $HF_HOME at launch)"
+    )
+    slurm: SlurmSettings = SlurmSettings()
+    container: ContainerSettings = ContainerSettings()
 
 
 class ExperimentSpec(Strict):

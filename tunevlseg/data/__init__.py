@@ -9,6 +9,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from tunevlseg.data.cache import CachedArrays, ensure_cache
     from tunevlseg.data.datamodule import SegmentationDataModule, read_split
     from tunevlseg.data.medvlsm import read_medvlsm
     from tunevlseg.data.natural import read_natural
@@ -17,6 +18,8 @@ if TYPE_CHECKING:
     from tunevlseg.data.transforms import build_transform, load_image, load_mask
 
 _EXPORTS = {
+    "CachedArrays": "cache",
+    "ensure_cache": "cache",
     "DatasetFormatError": "sample",
     "Sample": "sample",
     "read_medvlsm": "medvlsm",
@@ -31,10 +34,12 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "CachedArrays",
     "DatasetFormatError",
     "Sample",
     "SegmentationDataModule",
     "build_transform",
+    "ensure_cache",
     "load_image",
     "load_mask",
     "read_medvlsm",

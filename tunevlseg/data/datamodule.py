@@ -53,6 +53,10 @@ class SegmentationDataModule(L.LightningDataModule):
         seed: Seed of the shuffle order, the augmentation and the prompt draw.
         train_fraction: Keep this fraction (0, 1] of the training samples, drawn with ``seed``
             (at least one); ``None`` keeps all.
+        cache_dir: Keep decoded images and masks, resized to ``image_size``, in this folder
+            (one entry per split; see :mod:`tunevlseg.data.cache`), built in :meth:`setup`.
+            On a cluster point it at node-local disk (``$TMPDIR``) or a shared scratch.
+            ``None`` decodes the files every epoch. Outputs are identical either way.
     """
 
     def __init__(
@@ -68,6 +72,8 @@ class SegmentationDataModule(L.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         train_fraction: float | None = None,
+        *,
+        cache_dir: Path | None = None,
     ) -> None:
         super().__init__()
         if format not in ("medvlsm", "natural"):
@@ -86,6 +92,7 @@ class SegmentationDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.seed = seed
         self.train_fraction = train_fraction
+        self.cache_dir = None if cache_dir is None else Path(cache_dir)
         self.collate = TokenizeCollate(tokenize)
         self.datasets: dict[str, SegmentationDataset] = {}
 
@@ -110,7 +117,13 @@ class SegmentationDataModule(L.LightningDataModule):
                 train = split == "train"
                 transform = build_transform(self.image_size, self.mean, self.std, train=train)
                 self.datasets[split] = SegmentationDataset(
-                    self.samples(split), transform, random_prompt=train, seed=self.seed
+                    self.samples(split),
+                    transform,
+                    random_prompt=train,
+                    seed=self.seed,
+                    cache_dir=self.cache_dir,
+                    image_size=self.image_size,
+                    cache_label=f"{self.root.name}-{split}",
                 )
 
     def train_dataloader(self) -> DataLoader[Any]:

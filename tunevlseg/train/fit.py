@@ -323,6 +323,7 @@ _NOISE = (
     r".*LightningModule.* has parameters that were not used.*",
     r".*treespec, LeafSpec.*",
     r".*callbacks used to create the checkpoint need to be provided.*",
+    r".*module\(s\) in eval mode.*",  # the frozen encoders stay in eval mode on purpose
 )
 
 

@@ -48,8 +48,16 @@ def local_liveness(trial: FrozenTrial) -> bool | None:
     return True
 
 
+def default_reason(trial: FrozenTrial) -> str:
+    owner = trial.user_attrs
+    return f"owner process {owner.get(PID_ATTR)} on {owner.get(HOST_ATTR)} is gone"
+
+
 def recover_stale(
-    storage: BaseStorage, spec: StudySpec, is_alive: Liveness = local_liveness
+    storage: BaseStorage,
+    spec: StudySpec,
+    is_alive: Liveness = local_liveness,
+    reason_of: Callable[[FrozenTrial], str] | None = None,
 ) -> list[str]:
     """Fail stale RUNNING trials and re-enqueue them; return one line per action."""
     import optuna
@@ -60,7 +68,7 @@ def recover_stale(
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if is_alive(trial) is not False:
             continue
-        reason = f"owner process {trial.user_attrs.get(PID_ATTR)} on {trial.user_attrs.get(HOST_ATTR)} is gone"
+        reason = (reason_of or default_reason)(trial)
         storage.set_trial_user_attr(trial._trial_id, FAILURE_ATTR, reason)
         storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
         attempt = int(trial.user_attrs.get(ATTEMPT_ATTR, 1))

@@ -1,0 +1,54 @@
+"""The interpreter command of a task: host Python, or Python inside an Apptainer image.
+
+Apptainer is a prefix on the interpreter, not a different launcher: submitit runs
+``<python> -u -m submitit.core._submit <folder>`` either way. The environment a task needs
+(``HF_HOME``, ``HF_HUB_OFFLINE=1``, ``PYTHONNOUSERSITE=1``) is set before Python starts:
+``--env`` flags for the container, ``export`` lines in the job script for the host. There is no
+``--cleanenv``: SLURM's and submitit's variables must reach the task.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+from tunevlseg.config.schema import ContainerSettings
+
+
+def task_environment(hf_home: Path) -> dict[str, str]:
+    """Variables every task needs: the shared model cache, offline, no user site-packages."""
+    return {"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "PYTHONNOUSERSITE": "1"}
+
+
+def bind_paths(paths: Iterable[Path], extra: Iterable[str] = ()) -> list[str]:
+    """The folders a task reads or writes, without duplicates or nested repeats."""
+    folders = sorted({str(Path(p).resolve()) for p in paths})
+    kept: list[str] = []
+    for folder in folders:
+        if not any(folder == k or folder.startswith(k.rstrip("/") + "/") for k in kept):
+            kept.append(folder)
+    return kept + [b for b in extra if b not in kept]
+
+
+def python_command(
+    container: ContainerSettings, environment: dict[str, str], binds: list[str]
+) -> str:
+    """The shell words that start Python for a task (already quoted)."""
+    if container.image is None:
+        return shlex.quote(sys.executable)
+    words = [container.apptainer, "exec", "--nv"]
+    for bind in binds:
+        words += ["--bind", bind]
+    for key, value in environment.items():
+        words += ["--env", f"{key}={value}"]
+    words += [str(container.image), "python3"]
+    return shlex.join(words)
+
+
+def setup_lines(container: ContainerSettings, environment: dict[str, str]) -> list[str]:
+    """Job-script lines before the task starts (host Python only: the container gets --env)."""
+    if container.image is not None:
+        return []
+    return [f"export {key}={shlex.quote(value)}" for key, value in environment.items()]

@@ -1,0 +1,253 @@
+"""Prompted CRIS: CoOp / CoCoOp context in CRIS's CLIP text encoder, plus baselines.
+
+Wang et al., "CRIS: CLIP-Driven Referring Image Segmentation" (CVPR 2022), prompt-tuned as in
+TuneVLSeg (Adhikari et al., ACCV 2024). :class:`PromptedCRIS` has the same API as
+:class:`tunevlseg.models.clipseg.PromptedCLIPSeg`, so training, tuning and the CLI treat both
+alike.
+
+* Text: :meth:`PromptedCRIS.tokenize` puts ``n_ctx`` placeholder tokens right after BOS; the
+  learner's layer-0 context replaces their token embeddings (positions are then added) and its
+  deeper context replaces the states at those positions at the input of text layers
+  ``1..J-1`` (J = ``prompt_depth``, clamped to the 12 text layers). The mask stays causal and
+  the sentence embedding is still read at EOS. Both CRIS outputs of the text encoder change with
+  the prompts: the word states (the decoder's keys and values) and the sentence embedding (the
+  neck's gate and the projector's dynamic kernel).
+* Vision: CRIS's image encoder is a ResNet; there are no tokens to prompt, so visual and
+  multimodal learners are refused. CoCoOp conditions on CLIP's attention-pooled image vector
+  (``embed_dim``, 1024 for RN50), computed in the same attention pass as CRIS's dense map.
+* Upsampler: the learnable upsampler reads the projector's stride-4 feature map (half the
+  decoder width, 256 channels) and refines the logits at the input resolution.
+
+For prompt learners every CRIS weight is frozen and :meth:`PromptedCRIS.train` keeps CRIS in
+eval mode (BatchNorm statistics and dropout as at inference). ``e2e`` trains everything except
+CLIP's unused ``logit_scale``; ``zeroshot`` trains nothing and has no upsampler.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from tunevlseg.catalog import LEARNERS, load_object
+from tunevlseg.learners.base import EncoderDims, Learner, Prompts
+from tunevlseg.models.cris._trainable import TrainableParametersMixin
+from tunevlseg.models.cris.checkpoint import LoadedCRIS, load_cris
+from tunevlseg.models.cris.clip_text import causal_mask
+from tunevlseg.models.cris.model import CRIS
+from tunevlseg.models.upsampler import LearnableUpsampler
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+__all__ = ["PromptedCRIS", "build_prompted_cris"]
+
+PLACEHOLDER = "x"
+VISION_REFUSAL = (
+    "learner {name!r} prompts the image encoder, but CRIS's image encoder is a ResNet: there are "
+    "no tokens to prompt. Use a text learner (coop, cocoop) or a baseline (zeroshot, e2e) with "
+    "CRIS, or a ViT model (clipseg) for visual and multimodal learners."
+)
+
+
+class _FrozenTextAccess:
+    """The :class:`tunevlseg.learners.base.FrozenText` view of CRIS's text encoder."""
+
+    def __init__(self, owner: PromptedCRIS) -> None:
+        self._owner = owner
+
+    def _word_ids(self, text: str) -> list[int]:
+        return list(self._owner.tokenizer(text)["input_ids"][1:-1])  # drop BOS and EOS
+
+    @torch.no_grad()
+    def token_embeddings(self, text: str) -> Tensor:
+        embedding = self._owner.cris.backbone.token_embedding
+        ids = torch.tensor(self._word_ids(text), device=embedding.weight.device)
+        return embedding(ids).detach().cpu()
+
+    @torch.no_grad()
+    def layer_inputs(self, text: str) -> list[Tensor]:
+        backbone = self._owner.cris.backbone
+        tokenizer = self._owner.tokenizer
+        words = self._word_ids(text)
+        device = backbone.token_embedding.weight.device
+        ids = torch.tensor([[tokenizer.bos_token_id, *words, tokenizer.eos_token_id]], device=device)
+        hidden = backbone.token_embedding(ids) + backbone.positional_embedding[: ids.shape[1]]
+        mask = causal_mask(ids.shape[1], hidden.dtype, device)
+        inputs = []
+        for block in backbone.transformer.resblocks:
+            inputs.append(hidden[0, 1 : 1 + len(words)].detach().cpu())
+            hidden = block(hidden, mask)
+        return inputs
+
+
+class PromptedCRIS(TrainableParametersMixin):
+    """CRIS whose text encoder takes a context learner's prompts (see the module docstring).
+
+    Attributes:
+        cris: the CRIS network (frozen for prompt learners).
+        learner: the context learner (owns every prompt tensor).
+        upsampler: the learnable upsampler, or ``None``.
+        tokenizer: the checkpoint's CLIP tokenizer (use :meth:`tokenize`, not it directly).
+        image_size: working resolution in pixels (416 for CRIS-R50).
+        image_mean, image_std: CLIP's per-channel normalisation for the data pipeline.
+        dims: the sizes the learner sees (text 512 x 12 layers, projection 1024 for RN50).
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedCRIS,
+        learner_cls: type[Learner],
+        learner_params: dict[str, Any],
+        *,
+        n_ctx: int = 4,
+        use_upsampler: bool = True,
+    ) -> None:
+        super().__init__()
+        if learner_cls.prompts_vision:
+            raise ValueError(VISION_REFUSAL.format(name=learner_cls.name))
+        self.cris: CRIS = loaded.model
+        self.tokenizer: PreTrainedTokenizerBase = loaded.tokenizer
+        config = loaded.config
+        self.image_size = int(loaded.image_size)
+        self.image_mean = tuple(loaded.image_mean)
+        self.image_std = tuple(loaded.image_std)
+        self._max_length = int(config.word_length)
+        self.dims = EncoderDims(
+            text_width=config.text_width,
+            vision_width=config.vision_width * 32,
+            text_layers=config.text_layers,
+            vision_layers=0,
+            projection_dim=config.embed_dim,
+            patch_size=32,
+        )
+        self.learner = learner_cls(
+            self.dims, n_ctx=n_ctx, frozen_text=_FrozenTextAccess(self), **learner_params
+        )
+        self.n_text_ctx = n_ctx if learner_cls.prompts_text else 0
+        if self.n_text_ctx > self._max_length - 3:
+            raise ValueError(
+                f"n_ctx={n_ctx} leaves no room for words in CRIS's {self._max_length} positions"
+            )
+        self._placeholder_id = int(
+            self.tokenizer(PLACEHOLDER, add_special_tokens=False)["input_ids"][0]
+        )
+        use_upsampler = use_upsampler and learner_cls.trains
+        self.upsampler = LearnableUpsampler(config.projector_dim) if use_upsampler else None
+
+        self.cris.requires_grad_(learner_cls.trains_backbone)
+        self.cris.backbone.logit_scale.requires_grad_(False)  # contrastive only; never runs
+        if not learner_cls.trains:
+            self.requires_grad_(False)
+        self.train(False)
+
+    def train(self, mode: bool = True) -> PromptedCRIS:
+        """Set train mode, but keep a frozen CRIS in eval mode (fixed BatchNorm, no dropout)."""
+        super().train(mode)
+        if not self.trains_backbone:
+            self.cris.eval()
+        return self
+
+    def tokenize(self, prompts: list[str]) -> dict[str, Tensor]:
+        """Tokenize, insert the ``n_ctx`` placeholders after BOS, truncate and pad with EOS.
+
+        Returns:
+            ``input_ids`` and ``attention_mask``, ``(B, L)`` long tensors, padded to the longest
+            sequence; prompts longer than ``word_length`` are truncated, keeping EOS last.
+        """
+        tokenizer = self.tokenizer
+        encoded = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
+        bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+        room = self._max_length - 2 - self.n_text_ctx
+        sequences = [
+            [bos, *[self._placeholder_id] * self.n_text_ctx, *ids[1:-1][:room], eos]
+            for ids in encoded
+        ]
+        length = max(len(s) for s in sequences)
+        input_ids = torch.full((len(sequences), length), pad, dtype=torch.long)
+        attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
+        for row, sequence in enumerate(sequences):
+            input_ids[row, : len(sequence)] = torch.tensor(sequence)
+            attention_mask[row, : len(sequence)] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+    def _grad_context(self, needed: bool) -> Any:
+        """No autograd graph through a frozen part that receives no prompts."""
+        return nullcontext() if needed or self.trains_backbone else torch.no_grad()
+
+    def encode_image(
+        self, pixel_values: Tensor, *, pooled: bool = False
+    ) -> tuple[list[Tensor], Tensor | None]:
+        """``([c3, c4, c5], CLIP pooled vector or None)`` from the (frozen) ResNet."""
+        with self._grad_context(False):
+            return self.cris.encode_image(pixel_values, pooled=pooled)
+
+    def encode_text(
+        self, input_ids: Tensor, attention_mask: Tensor, prompts: list[Tensor]
+    ) -> tuple[Tensor, Tensor]:
+        """Word states and sentence embedding with the context at text layers ``0..J-1``."""
+        with self._grad_context(bool(prompts)):
+            return self.cris.backbone.encode_text(input_ids, attention_mask, prompts)
+
+    def forward(self, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Segmentation logits ``(B, 1, H, W)`` at the input resolution."""
+        learner = self.learner
+        features, vector = self.encode_image(pixel_values, pooled=learner.needs_image_feature)
+        prompts: Prompts = learner(vector) if learner.needs_image_feature else learner(None)
+        words, sentence = self.encode_text(input_ids, attention_mask, prompts.text)
+        logits, projected = self.cris.decode(features, words, sentence, attention_mask)
+        logits = F.interpolate(
+            logits, size=pixel_values.shape[-2:], mode="bilinear", align_corners=False
+        )
+        if self.upsampler is not None:
+            logits = self.upsampler(projected, logits)
+        return logits
+
+
+def resolve_learner(learner: str, learner_params: dict[str, Any]) -> type[Learner]:
+    """The learner class for CRIS, after checking name, modality and parameters.
+
+    Raises:
+        ValueError: unknown learner, a visual / multimodal learner, or bad parameters.
+    """
+    if learner not in LEARNERS:
+        raise ValueError(f"unknown learner {learner!r}; valid: {', '.join(LEARNERS)}")
+    if LEARNERS[learner].modality in ("visual", "multimodal"):
+        raise ValueError(VISION_REFUSAL.format(name=learner))
+    learner_cls: type[Learner] = load_object(LEARNERS[learner].implementation)
+    learner_cls.resolve_params(dict(learner_params))
+    return learner_cls
+
+
+def build_prompted_cris(
+    pretrained: str,
+    learner: str,
+    learner_params: dict[str, Any],
+    *,
+    n_ctx: int = 4,
+    use_upsampler: bool = True,
+) -> PromptedCRIS:
+    """Load CRIS offline and attach a context learner.
+
+    Args:
+        pretrained: a CRIS model folder or a hub id already in the HF cache.
+        learner: ``coop``, ``cocoop``, ``zeroshot`` or ``e2e``.
+        learner_params: the learner's hyperparameters (missing ones take its ``defaults``).
+        n_ctx: number of context tokens per prompted text layer.
+        use_upsampler: add the learnable upsampler (ignored for ``zeroshot``).
+
+    Raises:
+        ValueError: unknown or unsupported learner, or invalid learner parameters (checked
+            before any weights load).
+        tunevlseg.models.loading.ModelNotFoundError: the model is not available offline.
+        tunevlseg.models.cris.checkpoint.CheckpointMismatchError: weights do not fit the config.
+    """
+    learner_cls = resolve_learner(learner, learner_params)
+    loaded = load_cris(pretrained)
+    return PromptedCRIS(
+        loaded, learner_cls, dict(learner_params), n_ctx=n_ctx, use_upsampler=use_upsampler
+    )
