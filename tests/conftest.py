@@ -33,26 +33,49 @@ def slurm_cluster() -> None:
     _need("SLURM", slurm.available())
 
 
-def restart_slurmctld(max_array_size: int) -> None:
-    """Restart slurmctld with another MaxArraySize (``scontrol reconfigure`` does not apply it)."""
+def restart_slurmctld(max_array_size: int, accounting: bool = True) -> None:
+    """Restart slurmctld with other settings (``scontrol reconfigure`` does not apply them)."""
     pid_file = Path("/run/slurmctld.pid")
     pid = int(pid_file.read_text())
     os.kill(pid, 15)
     deadline = time.monotonic() + 30
     while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
         time.sleep(0.1)
-    env = {**os.environ, "MAX_ARRAY_SIZE": str(max_array_size), "KEEP_STATE": "1"}
+    env = {
+        **os.environ,
+        "MAX_ARRAY_SIZE": str(max_array_size),
+        "WITH_DBD": "1" if accounting else "0",
+        "KEEP_STATE": "1",
+    }
     subprocess.run(["bash", str(ROOT / "slurm" / "up.sh")], env=env, check=True, capture_output=True)
 
 
 @pytest.fixture
-def small_max_array_size(slurm_cluster: None) -> Iterator[int]:
-    """MaxArraySize=11 for one test, restored afterwards."""
+def small_cluster_without_accounting(slurm_cluster: None) -> Iterator[int]:
+    """MaxArraySize=11 and no accounting (sacct fails), as on some clusters; restored after."""
     from tunevlseg.cluster import slurm
 
     before = slurm.max_array_size()
-    restart_slurmctld(11)
+    restart_slurmctld(11, accounting=False)
     try:
         yield 11
     finally:
-        restart_slurmctld(before)
+        restart_slurmctld(before, accounting=True)
+
+
+POSTGRES_URL = os.environ.get("TVLS_TEST_POSTGRES", "postgresql://tvls@127.0.0.1:5432/tvls")
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """The real PostgreSQL server of postgres/up.sh; the password comes from PGPASSWORD."""
+    os.environ.setdefault("PGPASSWORD", "tvls-dev")
+    try:
+        import psycopg2
+
+        psycopg2.connect(POSTGRES_URL.replace("+psycopg2", ""), connect_timeout=5).close()
+        ok = True
+    except Exception:
+        ok = False
+    _need("PostgreSQL", ok)
+    return POSTGRES_URL

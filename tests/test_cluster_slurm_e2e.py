@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -26,6 +27,7 @@ from tunevlseg.paths import SweepPaths
 from tunevlseg.tuning.storage import open_storage
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
+ROOT = Path(__file__).resolve().parents[1]
 
 SWEEP = """\
 name: {name}
@@ -94,25 +96,36 @@ def assert_complete(experiment_path: Path) -> None:
             assert 0.0 <= trial.user_attrs["test_dice"] <= 1.0
 
 
-def test_sweep_runs_as_arrays_and_the_collector_writes_the_table(tmp_path: Path) -> None:
-    experiment = write_sweep(tmp_path / "exp", learners="[coop, vpt]", n_trials=2)
+def test_demo_runs_as_arrays_and_the_collector_writes_the_table(tmp_path: Path) -> None:
+    folder = tmp_path / "experiments"
+    folder.mkdir()
+    experiment = folder / "demo.yaml"
+    experiment.write_text((ROOT / "experiments" / "demo.yaml").read_text())
     launched = cli("tunevlseg.cli.launch", str(experiment), cwd=tmp_path)
     assert launched.returncode == 0, launched.stderr
-    assert "Submitted 4 trial(s) of 2 studies as 1 array job(s)" in launched.stderr
+    assert "Submitted 12 trial(s) of 6 studies as 1 array job(s)" in launched.stderr
 
     status = cli("tunevlseg.cli.status", str(experiment), "--json", cwd=tmp_path)
     totals = json.loads(status.stdout)["totals"]
-    assert totals["queued"] + totals["on_nodes"] + totals["complete"] == 4
+    assert totals["queued"] + totals["on_nodes"] + totals["complete"] >= 12
 
     output_dir = load_experiment(experiment).output_dir
     wait_for_queue(all_job_ids(output_dir))
     assert_complete(experiment)
     table = (output_dir / "results" / "main_table.md").read_text()
-    assert "| clipseg | CoOp |" in table and "|  | VPT |" in table and "–" not in table
+    expected = [
+        "| clipseg | CoOp |", "|  | CoCoOp |", "|  | VPT |", "|  | Shared Attention |",
+        "| cris | CoOp |", "|  | CoCoOp |",
+    ]
+    rows = [line for line in table.splitlines() if re.match(r"^\| (clipseg|cris|) +\|", line)]
+    assert [row[: len(prefix)] for row, prefix in zip(rows, expected, strict=True)] == expected
+    for row in rows:
+        assert re.search(r"\| \d+\.\d\d \| \d+\.\d\d ± 0\.00 \|$", row), row
+    assert "–" not in table
 
     status = cli("tunevlseg.cli.status", str(experiment), "--json", cwd=tmp_path)
     report = json.loads(status.stdout)
-    assert report["totals"]["remaining"] == 0 and report["totals"]["complete"] == 4
+    assert report["totals"]["remaining"] == 0 and report["totals"]["complete"] == 12
 
     again = cli("tunevlseg.cli.launch", str(experiment), cwd=tmp_path)
     assert again.returncode == 0 and "The sweep is complete" in again.stderr
@@ -120,16 +133,29 @@ def test_sweep_runs_as_arrays_and_the_collector_writes_the_table(tmp_path: Path)
     assert manifest is not None and len(manifest.launches) == 1
 
 
-def test_plan_above_max_array_size_runs_in_chunks(tmp_path: Path, small_max_array_size: int) -> None:
+def test_plan_above_max_array_size_runs_in_chunks_without_accounting(
+    tmp_path: Path, small_cluster_without_accounting: int
+) -> None:
+    assert not slurm.has_accounting()
+    assert subprocess.run(["sacct", "-n"], capture_output=True).returncode != 0
     experiment = write_sweep(tmp_path / "exp", name="chunks", output_dir="../runs/chunks", n_trials=25)
     launched = cli("tunevlseg.cli.launch", str(experiment), cwd=tmp_path)
     assert launched.returncode == 0, launched.stderr
-    manifest = read_manifest(SweepPaths(load_experiment(experiment).output_dir).manifest)
+    assert "as 3 array job(s)" in launched.stderr
+    output_dir = load_experiment(experiment).output_dir
+    manifest = read_manifest(SweepPaths(output_dir).manifest)
     assert manifest is not None
     arrays = manifest.launches[0]["arrays"]
     assert [len(a["tasks"]) for a in arrays] == [11, 11, 3]
-    wait_for_queue(all_job_ids(load_experiment(experiment).output_dir), timeout=1500)
+    status = cli("tunevlseg.cli.status", str(experiment), "--json", cwd=tmp_path)
+    assert status.returncode == 0, status.stderr
+    totals = json.loads(status.stdout)["totals"]
+    # every task is still queued or has finished its trial (COMPLETING may count twice)
+    assert totals["queued"] + totals["on_nodes"] + totals["complete"] >= 25
+    wait_for_queue(all_job_ids(output_dir), timeout=1500)
     assert_complete(experiment)
+    status = cli("tunevlseg.cli.status", str(experiment), "--json", cwd=tmp_path)
+    assert json.loads(status.stdout)["totals"]["remaining"] == 0
 
 
 def test_hostile_values_are_quoted_not_run(tmp_path: Path) -> None:

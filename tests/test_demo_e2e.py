@@ -50,7 +50,7 @@ def test_demo_runs_every_trial_and_prints_the_table(demo) -> None:  # type: igno
     loaded = load_experiment(experiment)
     storage = open_storage(sweep_storage(loaded))
     studies = expand(loaded).studies
-    assert len(studies) == 5
+    assert len(studies) == 6
     for spec in studies:
         study = optuna.load_study(study_name=spec.name, storage=storage)
         complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
@@ -61,9 +61,14 @@ def test_demo_runs_every_trial_and_prints_the_table(demo) -> None:  # type: igno
             assert Path(trial.user_attrs["tvls.run_dir"], "result.json").is_file()
     table = (loaded.output_dir / "results" / "main_table.md").read_text()
     assert table in run.stdout + "\n" or table.strip() in run.stdout
-    rows = {line.split("|")[2].strip(): line for line in table.splitlines() if line.startswith("| ")}
-    for learner in ("CoOp", "VPT", "MaPLe", "Shared Attention", "Zero-shot"):
-        assert re.search(r"\| \d+\.\d\d \| \d+\.\d\d ± 0\.00 \|$", rows[learner]), rows[learner]
+    expected = [
+        "| clipseg | CoOp |", "|  | CoCoOp |", "|  | VPT |", "|  | Shared Attention |",
+        "| cris | CoOp |", "|  | CoCoOp |",
+    ]
+    rows = [line for line in table.splitlines() if re.match(r"^\| (clipseg|cris|) +\|", line)]
+    assert [row[: len(prefix)] for row, prefix in zip(rows, expected, strict=True)] == expected
+    for row in rows:
+        assert re.search(r"\| \d+\.\d\d \| \d+\.\d\d ± 0\.00 \|$", row), row
     assert "–" not in table
 
 
@@ -77,7 +82,8 @@ def test_relaunch_of_a_finished_sweep_submits_nothing(demo) -> None:  # type: ig
     assert "The sweep is complete" in again.stderr
     assert sorted(p.name for p in jobs.iterdir()) == before
     manifest = json.loads((experiment.parent.parent / "runs/demo/manifest.json").read_text())
-    assert manifest["tasks"] == [] and manifest["trials"] == 9
+    assert manifest["trials"] == 12
+    assert len(manifest["launches"]) == 1 and len(manifest["launches"][0]["local_tasks"]) == 12
 
 
 def test_status_reports_the_finished_sweep(demo) -> None:  # type: ignore[no-untyped-def]
@@ -85,7 +91,7 @@ def test_status_reports_the_finished_sweep(demo) -> None:  # type: ignore[no-unt
     status = _cli("tunevlseg.cli.status", str(experiment), "--json", cwd=experiment.parent)
     assert status.returncode == 0, status.stderr
     report = json.loads(status.stdout)
-    assert report["totals"]["complete"] == 9 and report["totals"]["remaining"] == 0
+    assert report["totals"]["complete"] == 12 and report["totals"]["remaining"] == 0
     assert all(row["best_value"] is not None for row in report["studies"])
 
 

@@ -23,6 +23,7 @@ from tunevlseg.models.cris import (
     load_cris,
     load_cris_state_dict,
 )
+from tunevlseg.models.cris.checkpoint import make_cris_folder
 from tunevlseg.models.cris.tiny import tiny_cris_config, write_tiny_cris
 from tunevlseg.models.loading import ModelNotFoundError
 from tunevlseg.train.loss import dice_bce_loss
@@ -89,6 +90,15 @@ def test_shapes_and_every_trainable_tensor_gets_gradient(
     assert trainable and "upsampler.ratio" in trainable
     without = [n for n, p in trainable.items() if p.grad is None or not p.grad.abs().sum() > 0]
     assert without == []
+
+
+def test_e2e_trains_on_a_batch_of_one(tiny_cris: LoadedCRIS) -> None:
+    """BatchNorm1d in the neck's sentence gate cannot use batch statistics of one vector."""
+    model = build(tiny_cris, "e2e").train()
+    inputs = batch(model)
+    single = {k: v[:1] for k, v in inputs.items()}
+    model(**single).pow(2).mean().backward()
+    assert model.cris.neck.txt_proj[0].weight.grad is not None
 
 
 def test_prompt_depth_is_clamped_to_the_text_layers(tiny_cris: LoadedCRIS) -> None:
@@ -261,7 +271,9 @@ def test_short_training_lowers_the_loss(
 
 # ----------------------------------------------------------------------------- refusals
 @pytest.mark.parametrize("learner", VISUAL_LEARNERS)
-def test_visual_learners_are_refused(tiny_cris: LoadedCRIS, tiny_folder: Path, learner: str) -> None:
+def test_visual_learners_are_refused(
+    tiny_cris: LoadedCRIS, tiny_folder: Path, learner: str
+) -> None:
     with pytest.raises(ValueError, match="ResNet"):
         build_prompted_cris(str(tiny_folder), learner, {})
     with pytest.raises(ValueError, match="ResNet"):
@@ -340,6 +352,26 @@ def test_folder_problems_are_clear(tiny_folder: Path, tmp_path: Path) -> None:
     (other / "config.json").write_text('{"model_type": "clipseg"}')
     with pytest.raises(ModelNotFoundError, match="not a cris config"):
         load_cris(other)
+
+
+def test_make_cris_folder_from_a_released_checkpoint(
+    tiny_cris: LoadedCRIS, tiny_folder: Path, tmp_path: Path
+) -> None:
+    released = tmp_path / "best_model.pth"
+    state = {f"module.{k}": v for k, v in tiny_cris.model.state_dict().items()}
+    torch.save({"epoch": 50, "best_iou": 0.7, "state_dict": state}, released)
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    with pytest.raises(ModelNotFoundError, match="make_cris_folder"):
+        load_cris(bare)
+    folder = make_cris_folder(
+        released, tmp_path / "ready", tokenizer=tiny_folder, config=tiny_cris.config
+    )
+    loaded = load_cris(folder)
+    reference = tiny_cris.model.state_dict()
+    assert all(torch.equal(v, reference[k]) for k, v in loaded.model.state_dict().items())
+    with pytest.raises(CheckpointMismatchError, match="expected"):
+        make_cris_folder(released, tmp_path / "wrong", tokenizer=tiny_folder)  # R50 sizes
 
 
 def test_hub_id_resolves_from_the_cache(

@@ -7,6 +7,7 @@ loaded back through :func:`tunevlseg.models.cris.load_cris`.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,18 @@ from tunevlseg.models.cris.config import real_size_cris_config
 from tunevlseg.models.cris.tiny import fast_random_cris
 from tunevlseg.models.tiny import write_clip_tokenizer
 
-R50_TOTAL = 146_849_122  # CLIP RN50 incl. CRIS's attention-pool shortcut 104.1 M + neck/decoder/proj
+# Backbone 104.1 M (CLIP RN50 + CRIS's attention-pool shortcut), neck, decoder, projector.
+R50_TOTAL = 146_849_122
 UPSAMPLER = 256 * 5 * 5 + 1 + 1  # 5x5 conv from the projector's 256 channels, bias, ratio
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """On a busy 2-core machine one thread runs this forward about twice as fast as two."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +40,8 @@ def real(tmp_path_factory: pytest.TempPathFactory) -> tuple[LoadedCRIS, dict[str
     state = source.state_dict()
     folder = tmp_path_factory.mktemp("cris-r50-random")
     source.config.save(folder / "config.json")
-    torch.save({"epoch": 1, "state_dict": {f"module.{k}": v for k, v in state.items()}},
-               folder / "cris.pth")
+    wrapped = {"epoch": 1, "state_dict": {f"module.{k}": v for k, v in state.items()}}
+    torch.save(wrapped, folder / "cris.pth")
     write_clip_tokenizer(folder)
     return load_cris(folder), state
 
@@ -45,7 +56,9 @@ def test_real_size_checkpoint_loads_strictly(real: tuple[LoadedCRIS, dict[str, A
     assert not any(p.is_meta for p in loaded.model.parameters())
 
 
-def _prompted(loaded: LoadedCRIS, learner: str, params: dict[str, Any], **kwargs: Any) -> PromptedCRIS:
+def _prompted(
+    loaded: LoadedCRIS, learner: str, params: dict[str, Any], **kwargs: Any
+) -> PromptedCRIS:
     """Builds share ``loaded.model`` (no copy of 590 MB); only use one at a time."""
     torch.manual_seed(0)
     return PromptedCRIS(loaded, load_object(LEARNERS[learner].implementation), params, **kwargs)

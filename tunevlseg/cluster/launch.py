@@ -157,7 +157,10 @@ def launch_local(
     )
     paths = SweepPaths(experiment.output_dir)
     tasks = prepared.waiting
-    prepared.manifest.record_launch("local", [], local_tasks=[(t.study, t.trial_number) for t in tasks])
+    if tasks:
+        prepared.manifest.record_launch(
+            "local", [], local_tasks=[(t.study, t.trial_number) for t in tasks]
+        )
     write_manifest(paths.manifest, prepared.manifest)
     if not tasks:
         plan = make_plan(expansion, storage)

@@ -8,6 +8,7 @@ most ``parallelism`` running, the role SLURM's ``%N`` array throttle plays on a 
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -17,7 +18,7 @@ from typing import Any
 
 import submitit
 
-from tunevlseg.cluster.worker import TrialTask, TrialWorker
+from tunevlseg.cluster.worker import THREADS_ENV, TrialTask, TrialWorker
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,8 @@ class LocalLauncher:
         running: list[tuple[submitit.Job[Any], TrialTask]] = []
         ended: list[TaskEvent] = []
         worker = TrialWorker()
+        # Each task process inherits this environment: its share of the cores.
+        os.environ.setdefault(THREADS_ENV, str(max(1, (os.cpu_count() or 1) // self.parallelism)))
         try:
             while pending or running:
                 while pending and len(running) < self.parallelism:

@@ -15,13 +15,22 @@ import time
 import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import submitit
 
 from tunevlseg.paths import SweepPaths
 from tunevlseg.tuning import recovery
+from tunevlseg.tuning.retry import with_retries
 from tunevlseg.tuning.storage import open_storage, parse_storage_url
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.storages import BaseStorage
+
+    from tunevlseg.config.grid import StudySpec
+
+THREADS_ENV = "TVLS_THREADS"
 
 
 @dataclass(frozen=True)
@@ -37,12 +46,25 @@ class TrialTask:
 class TaskOutcome:
     study: str
     trial_number: int
-    status: str  # "complete", "failed", "skipped"
+    status: str  # "complete", "skipped"
     value: float | None = None
     detail: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass
+class Claim:
+    """A trial this task now owns, with its sampled parameters and folder."""
+
+    study: optuna.Study
+    trial: optuna.Trial
+    spec: StudySpec
+    params: dict[str, Any]
+    lineage: int
+    run_dir: Path
+    resumed: bool
 
 
 def _slurm_owner() -> dict[str, Any]:
@@ -66,27 +88,57 @@ def _is_mine(user_attrs: dict[str, Any]) -> bool:
     )
 
 
-def run_task(task: TrialTask) -> TaskOutcome:
-    """Run (or resume) one trial to its end and tell the study."""
+def limit_threads() -> int | None:
+    """Give torch the task's share of the cores, not every core of the node.
+
+    torch sizes its thread pool from the node's cores, unaware of what SLURM allotted or of
+    other tasks on the machine; oversubscribed cores make every task slower. The share is
+    ``SLURM_CPUS_PER_TASK`` on a cluster, ``TVLS_THREADS`` (set by the local launcher) here.
+    """
+    value = os.environ.get("SLURM_CPUS_PER_TASK") or os.environ.get(THREADS_ENV)
+    if not value or not value.isdigit() or int(value) < 1:
+        return None
+    import torch
+
+    torch.set_num_threads(int(value))
+    return int(value)
+
+
+def claim_trial(storage: BaseStorage, task: TrialTask) -> Claim | TaskOutcome:
+    """Own the task's trial (or find it ours after a requeue) and sample its parameters.
+
+    Returns a :class:`TaskOutcome` with status ``skipped`` when the trial is finished, owned by
+    a live task elsewhere, or was claimed by another task a moment ago.
+    """
     import optuna
     from optuna.trial import TrialState
 
-    from tunevlseg.tuning.objective import run_trial
     from tunevlseg.tuning.studies import load_spec, make_sampler
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = open_storage(parse_storage_url(task.storage))
-    study_id = storage.get_study_id_from_name(task.study)
-    trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, task.trial_number)
-    frozen = storage.get_trial(trial_id)
-    if frozen.state.is_finished():
-        return TaskOutcome(task.study, task.trial_number, "skipped", frozen.value, "already finished")
-    if frozen.state == TrialState.RUNNING and not _is_mine(frozen.user_attrs):
-        return TaskOutcome(task.study, task.trial_number, "skipped", None, "running elsewhere")
-    resumed = frozen.state == TrialState.RUNNING
-    if not resumed and not storage.set_trial_state_values(trial_id, TrialState.RUNNING):
-        return TaskOutcome(task.study, task.trial_number, "skipped", None, "claimed by another task")
+    def read() -> tuple[int, Any]:
+        study_id = storage.get_study_id_from_name(task.study)
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, task.trial_number)
+        return trial_id, storage.get_trial(trial_id)
 
+    trial_id, frozen = with_retries(read, what="reading the trial")
+    skip = lambda detail, value=None: TaskOutcome(  # noqa: E731
+        task.study, task.trial_number, "skipped", value, detail
+    )
+    if frozen.state.is_finished():
+        return skip("already finished", frozen.value)
+    if frozen.state == TrialState.RUNNING and not _is_mine(frozen.user_attrs):
+        return skip("running elsewhere")
+    resumed = frozen.state == TrialState.RUNNING
+    if not resumed:
+        try:
+            claimed = with_retries(
+                lambda: storage.set_trial_state_values(trial_id, TrialState.RUNNING),
+                what="claiming the trial",
+            )
+        except optuna.exceptions.UpdateFinishedTrialError:
+            claimed = False  # another task claimed and finished it since we read it
+        if not claimed:
+            return skip("claimed by another task")
     spec = load_spec(optuna.load_study(study_name=task.study, storage=storage))
     study = optuna.load_study(
         study_name=task.study, storage=storage, sampler=make_sampler(spec, task.trial_number)
@@ -100,26 +152,42 @@ def run_task(task: TrialTask) -> TaskOutcome:
         "tvls.run_dir": str(run_dir),
         **_slurm_owner(),
     }
-    for key, value in owner.items():
-        storage.set_trial_user_attr(trial_id, key, value)
     if not resumed:
-        storage.set_trial_user_attr(trial_id, "tvls.started_at", time.time())
-
+        owner["tvls.started_at"] = time.time()
+    for key, value in owner.items():
+        with_retries(lambda k=key, v=value: storage.set_trial_user_attr(trial_id, k, v), what="stamping the trial")
     trial = optuna.Trial(study, trial_id)
     params = {name: space.suggest(trial, name) for name, space in spec.param_space.items()}
+    return Claim(study, trial, spec, params, lineage, run_dir, resumed)
+
+
+def run_task(task: TrialTask) -> TaskOutcome:
+    """Run (or resume) one trial to its end and tell the study."""
+    limit_threads()
+    import optuna
+    from optuna.trial import TrialState
+
+    from tunevlseg.tuning.objective import run_trial
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = with_retries(lambda: open_storage(parse_storage_url(task.storage)), what="opening the storage")
+    claim = claim_trial(storage, task)
+    if isinstance(claim, TaskOutcome):
+        return claim
     started = time.monotonic()
     try:
-        result = run_trial(spec, params, run_dir, seed=spec.training.seed + lineage)
+        result = run_trial(claim.spec, claim.params, claim.run_dir, seed=claim.spec.training.seed + claim.lineage)
     except Exception as error:
-        detail = "".join(traceback.format_exception_only(error)).strip()
-        storage.set_trial_user_attr(trial_id, recovery.FAILURE_ATTR, detail[-2000:])
-        study.tell(trial, state=TrialState.FAIL)
+        detail = "".join(traceback.format_exception_only(error)).strip()[-2000:]
+        trial_id = claim.trial._trial_id
+        with_retries(lambda: storage.set_trial_user_attr(trial_id, recovery.FAILURE_ATTR, detail), what="recording the failure")
+        with_retries(lambda: claim.study.tell(claim.trial, state=TrialState.FAIL, skip_if_finished=True), what="telling the failure")
         raise
-    for key, value in result.items():
-        trial.set_user_attr(key, value)
-    trial.set_user_attr("tvls.task_seconds", time.monotonic() - started)
-    value = float(result[spec.search.objective])
-    study.tell(trial, value)
+    attrs = {**result, "tvls.task_seconds": time.monotonic() - started}
+    for key, value in attrs.items():
+        with_retries(lambda k=key, v=value: claim.trial.set_user_attr(k, v), what="recording the result")
+    value = float(result[claim.spec.search.objective])
+    with_retries(lambda: claim.study.tell(claim.trial, value, skip_if_finished=True), what="telling the result")
     return TaskOutcome(task.study, task.trial_number, "complete", value)
 
 

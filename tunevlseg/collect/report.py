@@ -1,64 +1,292 @@
-"""Write a sweep's result tables under ``<output_dir>/results`` (also for a partial sweep)."""
+"""Write a sweep's result tables and plots under ``<output_dir>/results`` (also for a partial
+sweep, and from outside result files alone).
+
+Layout of the folder (every file written to a temporary name, then renamed)::
+
+    main_table[-<grid key>].md|.tex   the paper's Table 3, one per grid cell
+    main_table.csv                    the same numbers, tidy (one row per cell)
+    studies.csv                       one row per study, every collected field
+    trial_states.*  best_params.*  parameters.*  compute.*  importance.*   (.md .tex .csv)
+    report.html                       everything above and the plots, self-contained
+    plots/prompt_depth.png  plots/importance.png  plots/history/history-NNN.png
+"""
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import os
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
-from tunevlseg.collect.results import StudyResult, results_frame, study_results
-from tunevlseg.collect.tables import build_main_table, to_markdown
+from tunevlseg.collect import render, summaries, tables
+from tunevlseg.collect.page import Section, image_section, render_page
+from tunevlseg.collect.results import StudyData, StudyResult, collect_studies
 from tunevlseg.config.loader import Experiment
 from tunevlseg.paths import SweepPaths
 from tunevlseg.tuning.storage import StorageURL, parse_storage_url
 
+FORMATS = ("md", "latex", "csv", "html")
+T = TypeVar("T")
+
 
 @dataclass(frozen=True)
 class Report:
+    """What a collector run wrote, and what it has to say about it."""
+
     folder: Path
     main_markdown: str
     files: list[Path]
+    warnings: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    n_studies: int = 0
 
 
-def _write(path: Path, text: str) -> Path:
+def parse_formats(text: str) -> tuple[str, ...]:
+    """``md,latex`` -> ("md", "latex"); ``tex`` and ``markdown`` are accepted as aliases.
+
+    Raises:
+        ValueError: naming the unknown format and the known ones.
+    """
+    aliases = {"tex": "latex", "markdown": "md"}
+    chosen = []
+    for name in (part.strip().lower() for part in text.split(",")):
+        if not name:
+            continue
+        name = aliases.get(name, name)
+        if name not in FORMATS:
+            raise ValueError(f"unknown format {name!r}; choose from {', '.join(FORMATS)}")
+        if name not in chosen:
+            chosen.append(name)
+    if not chosen:
+        raise ValueError(f"no format given; choose from {', '.join(FORMATS)}")
+    return tuple(chosen)
+
+
+def _write(path: Path, content: str | bytes) -> Path:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
+    if isinstance(content, bytes):
+        tmp.write_bytes(content)
+    else:
+        tmp.write_text(content, encoding="utf-8")
     os.replace(tmp, path)
     return path
 
 
+def _csv(records: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """Records as CSV; None is an empty field, floats keep full precision."""
+    columns = list(columns or (records[0] if records else []))
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    for record in records:
+        writer.writerow({k: "" if v is None else v for k, v in record.items()})
+    return out.getvalue()
+
+
+def _studies_csv(results: Sequence[StudyResult]) -> str:
+    columns = list(StudyResult.__dataclass_fields__)
+    rows = []
+    for result in results:
+        row = {name: getattr(result, name) for name in columns}
+        row["best_params"] = json.dumps(dict(result.best_params), sort_keys=True)
+        rows.append(row)
+    return _csv(rows, columns)
+
+
+def _grid_suffix(key: str) -> str:
+    return f"-{key}" if key else ""
+
+
 def render_main_tables(results: list[StudyResult]) -> dict[str, str]:
-    """One main table per grid cell ("" when the sweep has no grid axes)."""
+    """One main table per grid cell ("" when the sweep has no grid axes), as Markdown."""
     keys = sorted({r.grid for r in results})
-    return {key: to_markdown(build_main_table([r for r in results if r.grid == key])) for key in keys}
+    return {key: tables.to_markdown(tables.build_main_table([r for r in results if r.grid == key])) for key in keys}
 
 
-def write_sweep_reports(storage: StorageURL, sweep: str, folder: Path) -> Report:
-    """The sweep's tables from its storage alone (what the collector job runs on a node)."""
-    from tunevlseg.tuning.storage import open_storage
+class _Clock:
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
 
-    if not storage.exists:
-        raise FileNotFoundError(f"no study storage at {storage} yet: launch the sweep first")
-    results = study_results(open_storage(storage), sweep)
+    def run(self, stage: str, work: Callable[[], T]) -> T:
+        started = time.perf_counter()
+        value = work()
+        self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - started
+        return value
+
+
+def build_report(
+    studies: Sequence[StudyData],
+    folder: Path,
+    *,
+    title: str,
+    outside: Sequence[StudyResult] = (),
+    formats: Iterable[str] = FORMATS,
+    plots: bool = True,
+    importance: bool = True,
+    clock: _Clock | None = None,
+) -> Report:
+    """Write every table and plot of the collected studies plus outside results into ``folder``."""
+    from tunevlseg.collect.importance import Importances, learner_importances
+    from tunevlseg.collect.outside import merge_results
+
+    clock = clock or _Clock()
+    formats = tuple(formats)
     folder.mkdir(parents=True, exist_ok=True)
-    files = [_write(folder / "studies.csv", results_frame(results).to_csv(index=False))]
-    shown = []
-    for key, markdown in render_main_tables(results).items():
-        name = f"main_table{'-' + key if key else ''}.md"
-        title = f"## {sweep}{' (' + key + ')' if key else ''}: test Dice × 100\n\n"
-        files.append(_write(folder / name, title + markdown))
-        shown.append(title + markdown)
-    return Report(folder, "\n".join(shown), files)
+    results, warnings = merge_results([d.result for d in studies], outside)
+    files: list[Path] = []
+    sections: list[Section] = []
+
+    def tables_stage() -> str:
+        shown = []
+        for key in sorted({r.grid for r in results}):
+            table = tables.build_main_table([r for r in results if r.grid == key])
+            heading = f"{title}{' (' + key + ')' if key else ''}: test Dice × 100"
+            markdown = f"## {heading}\n\n" + tables.to_markdown(table)
+            shown.append(markdown)
+            stem = f"main_table{_grid_suffix(key)}"
+            if "md" in formats:
+                files.append(_write(folder / f"{stem}.md", markdown))
+            if "latex" in formats:
+                latex = tables.to_latex(table, caption=heading, label=f"tab:{stem}")
+                files.append(_write(folder / f"{stem}.tex", latex))
+            sections.append(Section(heading, tables.to_html(table)))
+        if "csv" in formats:
+            files.append(_write(folder / "main_table.csv", _csv(tables.main_table_rows(results))))
+            if studies:
+                files.append(_write(folder / "studies.csv", _studies_csv([d.result for d in studies])))
+        return "\n".join(shown)
+
+    main_markdown = clock.run("tables", tables_stage)
+
+    storage_results = [d.result for d in studies]
+    importances = (
+        clock.run("importance", lambda: learner_importances(studies, folder / ".cache" / "importance.json"))
+        if importance
+        else Importances([], 0, 0, [])
+    )
+    warnings += [f"importance: {failure}" for failure in importances.failed]
+
+    def summary_stage() -> None:
+        built = [
+            summaries.trial_states(storage_results),
+            summaries.best_params(storage_results),
+            summaries.parameter_counts(storage_results),
+            summaries.compute(storage_results),
+        ]
+        if importance:
+            built.append(summaries.importance(importances))
+        for summary in built:
+            text = summary.text
+            if "md" in formats:
+                files.append(_write(folder / f"{text.name}.md", f"## {text.title}\n\n" + render.to_markdown(text)))
+            if "latex" in formats:
+                files.append(_write(folder / f"{text.name}.tex", render.to_latex(text)))
+            if "csv" in formats:
+                files.append(_write(folder / f"{text.name}.csv", _csv(summary.records)))
+            sections.append(Section(text.title, render.to_html(text)))
+
+    if studies:  # outside results alone have no trials to tabulate
+        clock.run("summaries", summary_stage)
+
+    if plots:
+        def plot_stage() -> None:
+            from tunevlseg.collect import plots as figures
+
+            plot_dir = folder / "plots"
+            depth = figures.plot_prompt_depth(studies, plot_dir / "prompt_depth.png")
+            if depth:
+                files.append(depth)
+                sections.append(image_section("Test Dice against prompt depth", [depth]))
+            weights = figures.plot_importance(importances, plot_dir / "importance.png") if importance else None
+            if weights:
+                files.append(weights)
+                sections.append(image_section("Hyperparameter importance", [weights]))
+            pages = figures.plot_history_pages(studies, plot_dir / "history")
+            for stale in sorted((plot_dir / "history").glob("history-*.png"))[len(pages):]:
+                stale.unlink()
+            files.extend(pages)
+            if pages:
+                sections.append(image_section("Optimisation history", pages))
+
+        clock.run("plots", plot_stage)
+
+    if "html" in formats:
+        page = clock.run("html", lambda: render_page(f"{title}: results", sections, warnings))
+        files.append(_write(folder / "report.html", page))
+    return Report(folder, main_markdown, files, warnings, clock.timings, len(studies))
 
 
-def collector_job(storage_url: str, sweep: str, folder: str) -> list[str]:
+def write_sweep_reports(
+    storage: StorageURL | None,
+    sweep: str | None,
+    folder: Path,
+    *,
+    outside: Sequence[StudyResult] = (),
+    formats: Iterable[str] = FORMATS,
+    plots: bool = True,
+    importance: bool = True,
+    gpus_per_task: int | None = None,
+) -> Report:
+    """The sweep's tables from its storage alone (what the collector job runs on a node).
+
+    ``storage`` None: only the outside results are shown (``tvls-collect --results F.csv``).
+    """
+    clock = _Clock()
+    studies: list[StudyData] = []
+    if storage is not None:
+        from tunevlseg.tuning.storage import open_storage
+
+        if not storage.exists:
+            raise FileNotFoundError(f"no study storage at {storage} yet: launch the sweep first")
+        studies = clock.run(
+            "read",
+            lambda: collect_studies(open_storage(storage), sweep, gpus_per_task=gpus_per_task),
+        )
+    return build_report(
+        studies,
+        folder,
+        title=sweep or "results",
+        outside=outside,
+        formats=formats,
+        plots=plots,
+        importance=importance,
+        clock=clock,
+    )
+
+
+def collector_job(storage_url: str, sweep: str, folder: str, gpus_per_task: int | None = None) -> list[str]:
     """Entry point of the collector job submitted after the arrays; returns the files written."""
-    report = write_sweep_reports(parse_storage_url(storage_url), sweep, Path(folder))
+    report = write_sweep_reports(parse_storage_url(storage_url), sweep, Path(folder), gpus_per_task=gpus_per_task)
     return [str(path) for path in report.files]
 
 
-def write_reports(experiment: Experiment, out_dir: Path | None = None) -> Report:
+def write_reports(
+    experiment: Experiment,
+    out_dir: Path | None = None,
+    *,
+    outside: Sequence[StudyResult] = (),
+    formats: Iterable[str] = FORMATS,
+    plots: bool = True,
+    importance: bool = True,
+    gpus_per_task: int | None = None,
+) -> Report:
+    """The sweep's report; GPUs per task default to the experiment file's ``cluster.slurm.gpus``."""
     from tunevlseg.cluster.launch import sweep_storage
 
     folder = out_dir or SweepPaths(experiment.output_dir).results
-    return write_sweep_reports(sweep_storage(experiment), experiment.spec.name, folder)
+    gpus = gpus_per_task if gpus_per_task is not None else experiment.spec.cluster.slurm.gpus
+    return write_sweep_reports(
+        sweep_storage(experiment),
+        experiment.spec.name,
+        folder,
+        outside=outside,
+        formats=formats,
+        plots=plots,
+        importance=importance,
+        gpus_per_task=gpus,
+    )

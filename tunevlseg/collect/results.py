@@ -2,11 +2,18 @@
 
 The best trial of a study is chosen by the *validation* objective (never by test: choosing by
 test would leak the test set into model selection); its test Dice and IoU are the study's result.
+
+Everything is read in one pass: one ``get_all_studies`` and one ``get_all_trials`` per study,
+without copies. A journal storage replays its whole log when it is opened, so per-trial storage
+calls would cost nothing more there, but on PostgreSQL each call is a round trip.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import json
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tunevlseg.catalog import LEARNERS
@@ -18,9 +25,19 @@ if TYPE_CHECKING:
     from optuna.storages import BaseStorage
     from optuna.trial import FrozenTrial
 
+GPUS_ATTR = "tvls.gpus_per_task"
+"""Study attribute with the GPUs each task of the study holds (read when present)."""
+
+SOURCE_STORAGE = "storage"
+
 
 @dataclass(frozen=True)
 class StudyResult:
+    """One study (one cell of the main table) and the numbers the tables show about it.
+
+    ``compute_seconds`` is what GPU-hours are made of; see :func:`trial_seconds`.
+    """
+
     study: str
     sweep: str
     model: str
@@ -40,10 +57,48 @@ class StudyResult:
     test_dice: float | None
     test_iou: float | None
     val_dice: float | None
+    val_iou: float | None = None
+    epochs_run: int | None = None
+    best_epoch: int | None = None
+    trainable_params: int | None = None
+    total_params: int | None = None
+    wall_time_s: float = 0.0
+    task_seconds: float = 0.0
+    compute_seconds: float = 0.0
+    timed_trials: int = 0
+    gpus_per_task: int | None = None
+    best_params: Mapping[str, Any] = field(default_factory=dict)
+    source: str = SOURCE_STORAGE
+
+    @property
+    def remaining(self) -> int:
+        """Trials still to finish, as ``tvls-status`` counts them (pruned trials are done)."""
+        return max(0, self.n_trials - self.complete - self.pruned)
+
+    @property
+    def gpu_hours(self) -> float | None:
+        """GPUs per task x compute seconds / 3600; None when the GPU count is unknown."""
+        if self.gpus_per_task is None:
+            return None
+        return self.gpus_per_task * self.compute_seconds / 3600.0
+
+
+@dataclass(frozen=True)
+class StudyData:
+    """A study's result plus its trials as stored (for the plots and importances)."""
+
+    result: StudyResult
+    direction: str
+    trials: list[FrozenTrial]
 
 
 def best_trial(trials: list[FrozenTrial], direction: str) -> FrozenTrial | None:
-    """The complete trial with the best objective value; ties go to the earliest trial."""
+    """The complete trial with the best objective value.
+
+    Tie rule: among trials with exactly the same objective value the one with the lowest trial
+    number wins (the first one found), so the choice never depends on test results or on the
+    storage's order.
+    """
     from optuna.trial import TrialState
 
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
@@ -53,62 +108,149 @@ def best_trial(trials: list[FrozenTrial], direction: str) -> FrozenTrial | None:
     return min(complete, key=lambda t: (sign * float(t.value), t.number))  # type: ignore[arg-type]
 
 
-def _metric(trial: FrozenTrial | None, key: str) -> float | None:
-    if trial is None:
+def _number(attrs: Mapping[str, Any], key: str) -> float | None:
+    value = attrs.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    value = trial.user_attrs.get(key)
-    return float(value) if isinstance(value, (int, float)) else None
+    return float(value)
 
 
-def study_results(storage: BaseStorage, sweep: str | None = None) -> list[StudyResult]:
-    """One result per study of the sweep (every tunevlseg study when ``sweep`` is None)."""
+def _int(attrs: Mapping[str, Any], key: str) -> int | None:
+    value = _number(attrs, key)
+    return None if value is None else int(value)
+
+
+def trial_seconds(trial: FrozenTrial) -> float | None:
+    """The time a trial held its task's resources, in seconds (None: not known or not over).
+
+    In order of preference:
+
+    1. ``tvls.task_seconds``: the worker's clock from claiming the trial to telling it (model
+       and data building, training, test), written for complete trials;
+    2. ``wall_time_s``: training and evaluation time over all attempts (from ``train.fit``);
+    3. Optuna's ``datetime_complete - datetime_start``, for failed or pruned trials that carry
+       neither (this includes any wait between a preemption and the restart).
+
+    Running and waiting trials are not counted.
+    """
+    for key in ("tvls.task_seconds", "wall_time_s"):
+        value = _number(trial.user_attrs, key)
+        if value is not None:
+            return value
+    if trial.state.is_finished() and trial.datetime_start and trial.datetime_complete:
+        return (trial.datetime_complete - trial.datetime_start).total_seconds()
+    return None
+
+
+def stored_gpus_per_task(attrs: Mapping[str, Any]) -> int | None:
+    """GPUs per task recorded with the study: ``tvls.gpus_per_task`` or the spec's cluster block.
+
+    Today's :class:`StudySpec` holds no cluster settings, so this is None unless a launch records
+    them; the report then falls back to the experiment file's ``cluster.slurm.gpus``.
+    """
+    if isinstance(attrs.get(GPUS_ATTR), int):
+        return int(attrs[GPUS_ATTR])
+    cluster = attrs.get(SPEC_ATTR, {}).get("cluster")
+    slurm = cluster.get("slurm") if isinstance(cluster, dict) else None
+    gpus = slurm.get("gpus") if isinstance(slurm, dict) else None
+    return gpus if isinstance(gpus, int) and not isinstance(gpus, bool) else None
+
+
+def _spec(attrs: Mapping[str, Any]) -> StudySpec:
+    data = attrs[SPEC_ATTR]
+    if "cluster" in data and "cluster" not in StudySpec.model_fields:
+        data = {k: v for k, v in data.items() if k != "cluster"}
+    return StudySpec.model_validate(data)
+
+
+def _result(spec: StudySpec, trials: list[FrozenTrial], gpus: int | None) -> StudyResult:
     from optuna.trial import TrialState
 
-    results = []
+    best = best_trial(trials, spec.search.direction)
+    attrs = best.user_attrs if best else {}
+    states = Counter(t.state for t in trials)
+    wall = task = compute = 0.0
+    timed = 0
+    for trial in trials:
+        wall += _number(trial.user_attrs, "wall_time_s") or 0.0
+        task += _number(trial.user_attrs, "tvls.task_seconds") or 0.0
+        seconds = trial_seconds(trial)
+        if seconds is not None:
+            compute += seconds
+            timed += 1
+    return StudyResult(
+        study=spec.name,
+        sweep=spec.sweep,
+        model=spec.model.key,
+        learner=spec.learner,
+        learner_title=LEARNERS[spec.learner].title,
+        dataset=spec.dataset.name,
+        category=spec.dataset.category,
+        grid=spec.name.split("/", 3)[3] if spec.grid else "",
+        n_trials=spec.n_trials,
+        complete=states[TrialState.COMPLETE],
+        failed=states[TrialState.FAIL],
+        pruned=states[TrialState.PRUNED],
+        running=states[TrialState.RUNNING],
+        waiting=states[TrialState.WAITING],
+        best_trial=best.number if best else None,
+        best_value=float(best.value) if best and best.value is not None else None,
+        test_dice=_number(attrs, "test_dice"),
+        test_iou=_number(attrs, "test_iou"),
+        val_dice=_number(attrs, "val_dice"),
+        val_iou=_number(attrs, "val_iou"),
+        epochs_run=_int(attrs, "epochs_run"),
+        best_epoch=_int(attrs, "best_epoch"),
+        trainable_params=_int(attrs, "trainable_params"),
+        total_params=_int(attrs, "total_params"),
+        wall_time_s=wall,
+        task_seconds=task,
+        compute_seconds=compute,
+        timed_trials=timed,
+        gpus_per_task=gpus,
+        best_params=dict(best.params) if best else {},
+    )
+
+
+def collect_studies(
+    storage: BaseStorage, sweep: str | None = None, *, gpus_per_task: int | None = None
+) -> list[StudyData]:
+    """Every tunevlseg study of the sweep (all sweeps when ``sweep`` is None), sorted by name.
+
+    Args:
+        gpus_per_task: used for studies that do not record their GPU count.
+    """
+    data = []
     for summary in storage.get_all_studies():
         attrs = summary.user_attrs
         if SPEC_ATTR not in attrs:
             continue
-        spec = StudySpec.model_validate(attrs[SPEC_ATTR])
+        spec = _spec(attrs)
         if sweep is not None and spec.sweep != sweep:
             continue
         trials = storage.get_all_trials(summary._study_id, deepcopy=False)
-        best = best_trial(trials, spec.search.direction)
+        gpus = stored_gpus_per_task(attrs)
+        result = _result(spec, trials, gpus if gpus is not None else gpus_per_task)
+        data.append(StudyData(result, spec.search.direction, trials))
+    return sorted(data, key=lambda d: d.result.study)
 
-        def count(state: TrialState, trials: list[FrozenTrial] = trials) -> int:
-            return sum(1 for t in trials if t.state == state)
 
-        results.append(
-            StudyResult(
-                study=spec.name,
-                sweep=spec.sweep,
-                model=spec.model.key,
-                learner=spec.learner,
-                learner_title=LEARNERS[spec.learner].title,
-                dataset=spec.dataset.name,
-                category=spec.dataset.category,
-                grid=spec.name.split("/", 3)[3] if spec.grid else "",
-                n_trials=spec.n_trials,
-                complete=count(TrialState.COMPLETE),
-                failed=count(TrialState.FAIL),
-                pruned=count(TrialState.PRUNED),
-                running=count(TrialState.RUNNING),
-                waiting=count(TrialState.WAITING),
-                best_trial=best.number if best else None,
-                best_value=float(best.value) if best and best.value is not None else None,
-                test_dice=_metric(best, "test_dice"),
-                test_iou=_metric(best, "test_iou"),
-                val_dice=_metric(best, "val_dice"),
-            )
-        )
-    return sorted(results, key=lambda r: r.study)
+def study_results(storage: BaseStorage, sweep: str | None = None) -> list[StudyResult]:
+    """One result per study of the sweep (every tunevlseg study when ``sweep`` is None)."""
+    return [d.result for d in collect_studies(storage, sweep)]
 
 
 def results_frame(results: list[StudyResult]) -> pd.DataFrame:
+    """One row per study (``studies.csv``); the best parameters as a JSON object."""
     import pandas as pd
 
     columns = list(StudyResult.__dataclass_fields__)
-    return pd.DataFrame([asdict(r) for r in results], columns=columns)
+    rows = []
+    for result in results:
+        row = asdict(result)
+        row["best_params"] = json.dumps(dict(result.best_params), sort_keys=True)
+        rows.append(row)
+    return pd.DataFrame(rows, columns=columns)
 
 
 def as_dicts(results: list[StudyResult]) -> list[dict[str, Any]]:

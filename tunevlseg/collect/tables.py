@@ -4,19 +4,29 @@ Rows are model + learner, grouped by model; columns are data sets grouped by cat
 (Non-Radiology, Radiology, Open Domain, then any other); cells are test Dice x 100. The last
 column is the mean and population standard deviation (ddof = 0) over the row's data sets, the
 last row the mean and population std of the row means. Missing cells are left out of the means.
+
+The numbers live in :class:`MainTable`; the renderers (Markdown, LaTeX, HTML, tidy CSV rows) only
+format them, so every format shows the same values. LaTeX and HTML mark the best value of each
+data set column and of the mean column in bold, compared as shown (two decimals), so equal shown
+values are all bold.
 """
 
 from __future__ import annotations
 
+import html
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from tunevlseg.catalog import LEARNERS
+from tunevlseg.collect.render import latex_escape
 from tunevlseg.collect.results import StudyResult
 
 CATEGORY_ORDER = ("Non-Radiology", "Radiology", "Open Domain")
 MISSING = "–"
+MEAN = "Mean ± Std"
+AVERAGE = "Average across methods"
 
 
 @dataclass
@@ -40,6 +50,25 @@ class MainTable:
             return None
         return statistics.fmean(means), statistics.pstdev(means)
 
+    def best_rows(self, column: str | None) -> set[tuple[str, str]]:
+        """Rows holding the best shown value of a data set column (None: the mean column).
+
+        Dice is better when larger; values are compared rounded to two decimals, as printed.
+        """
+        shown: dict[tuple[str, str], float] = {}
+        for row in self.rows:
+            if column is None:
+                stats = self.row_stats(row)
+                value = None if stats is None else stats[0]
+            else:
+                value = self.cells[row][column]
+            if value is not None:
+                shown[row] = round(value, 2)
+        if not shown:
+            return set()
+        best = max(shown.values())
+        return {row for row, value in shown.items() if value == best}
+
 
 def _category_rank(category: str) -> tuple[int, str]:
     if category in CATEGORY_ORDER:
@@ -56,7 +85,8 @@ def build_main_table(results: Sequence[StudyResult]) -> MainTable:
         ((category, name) for name, category in datasets.items()),
         key=lambda item: _category_rank(item[0]),
     )
-    models = list(dict.fromkeys(r.model for r in results))
+    models = list(dict.fromkeys(r.model for r in results if r.source == "storage"))
+    models += [m for m in dict.fromkeys(r.model for r in results) if m not in models]
     titles = {r.learner_title for r in results}
     # The paper's row order: the learners in catalogue order, then anything else by name.
     learner_order = [info.title for info in LEARNERS.values() if info.title in titles]
@@ -74,6 +104,9 @@ def build_main_table(results: Sequence[StudyResult]) -> MainTable:
         table.footnotes.append(
             f"{MISSING}: no complete trial yet (or no test result); left out of the means."
         )
+    outside = sorted({(r.model, r.learner_title, r.source) for r in results if r.source != "storage"})
+    for model, learner, source in outside:
+        table.footnotes.append(f"{model} {learner}: from {source}, not from the study storage.")
     return table
 
 
@@ -88,7 +121,7 @@ def _cell(value: float | None) -> str:
 def to_markdown(table: MainTable) -> str:
     """GitHub Markdown: the category of each column is written above its name."""
     header = ["Model", "Learner"] + [f"{name}<br>*{cat}*" for cat, name in table.datasets]
-    header.append("Mean ± Std")
+    header.append(MEAN)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     previous_model = None
     for model, learner in table.rows:
@@ -100,7 +133,140 @@ def to_markdown(table: MainTable) -> str:
         )
     blanks = [""] * len(table.datasets)
     lines.append(
-        "| " + " | ".join(["Average across methods", "", *blanks, _pm(table.average_across_methods())]) + " |"
+        "| " + " | ".join([AVERAGE, "", *blanks, _pm(table.average_across_methods())]) + " |"
     )
     notes = [f"\n{note}" for note in table.footnotes]
     return "\n".join(lines) + "".join(notes) + "\n"
+
+
+def _category_spans(table: MainTable) -> list[tuple[str, int]]:
+    """Consecutive (category, number of columns) groups, in column order."""
+    spans: list[tuple[str, int]] = []
+    for category, _ in table.datasets:
+        if spans and spans[-1][0] == category:
+            spans[-1] = (category, spans[-1][1] + 1)
+        else:
+            spans.append((category, 1))
+    return spans
+
+
+def _latex_pm(stats: tuple[float, float] | None) -> str:
+    return "--" if stats is None else f"{stats[0]:.2f} $\\pm$ {stats[1]:.2f}"
+
+
+def _bold_latex(text: str, bold: bool) -> str:
+    return f"\\textbf{{{text}}}" if bold else text
+
+
+def to_latex(table: MainTable, caption: str | None = None, label: str | None = None) -> str:
+    """A booktabs table: category headers over their columns (multicolumn + cmidrule).
+
+    Needs ``\\usepackage{booktabs}``. The best value of each data set column and of the mean
+    column is bold; missing cells are ``--`` and left out of the means.
+    """
+    n = len(table.datasets)
+    lines = ["\\begin{table}[t]", "\\centering"]
+    if caption:
+        lines.append(f"\\caption{{{latex_escape(caption)}}}")
+    if label:
+        lines.append(f"\\label{{{label}}}")
+    lines.append("\\begin{tabular}{ll" + "r" * n + "c}")
+    lines.append("\\toprule")
+    groups, rules, start = [], [], 3
+    for category, width in _category_spans(table):
+        groups.append(f"\\multicolumn{{{width}}}{{c}}{{{latex_escape(category)}}}")
+        rules.append(f"\\cmidrule(lr){{{start}-{start + width - 1}}}")
+        start += width
+    lines.append(" & ".join(["", "", *groups, ""]) + " \\\\")
+    if rules:
+        lines.append(" ".join(rules))
+    names = [latex_escape(name) for _, name in table.datasets]
+    lines.append(" & ".join(["Model", "Learner", *names, "Mean $\\pm$ Std"]) + " \\\\")
+    lines.append("\\midrule")
+    best = {name: table.best_rows(name) for _, name in table.datasets}
+    best_mean = table.best_rows(None)
+    previous_model = None
+    for row in table.rows:
+        model, learner = row
+        if previous_model is not None and model != previous_model:
+            lines.append("\\midrule")
+        shown_model = latex_escape(model) if model != previous_model else ""
+        previous_model = model
+        values = [
+            _bold_latex(_cell(table.cells[row][name]).replace(MISSING, "--"), row in best[name])
+            for _, name in table.datasets
+        ]
+        mean = _bold_latex(_latex_pm(table.row_stats(row)), row in best_mean)
+        lines.append(" & ".join([shown_model, latex_escape(learner), *values, mean]) + " \\\\")
+    lines.append("\\midrule")
+    lines.append(
+        " & ".join([f"\\multicolumn{{2}}{{l}}{{{AVERAGE}}}", *[""] * n, _latex_pm(table.average_across_methods())])
+        + " \\\\"
+    )
+    lines.append("\\bottomrule")
+    lines.append("\\end{tabular}")
+    for note in table.footnotes:
+        lines.append(f"\\par\\smallskip{{\\footnotesize {latex_escape(note).replace(MISSING, '--')}}}")
+    lines.append("\\end{table}")
+    return "\n".join(lines) + "\n"
+
+
+def to_html(table: MainTable) -> str:
+    """An HTML ``<table>``: category header row with colspans, best values in ``<b>``."""
+    esc = html.escape
+    parts = ['<table class="main">', "<thead>", '<tr><th rowspan="2">Model</th><th rowspan="2">Learner</th>']
+    for category, width in _category_spans(table):
+        parts.append(f'<th colspan="{width}">{esc(category)}</th>')
+    parts.append(f'<th rowspan="2">{esc(MEAN)}</th></tr>')
+    parts.append("<tr>" + "".join(f"<th>{esc(name)}</th>" for _, name in table.datasets) + "</tr>")
+    parts.append("</thead>")
+    parts.append("<tbody>")
+    best = {name: table.best_rows(name) for _, name in table.datasets}
+    best_mean = table.best_rows(None)
+    previous_model = None
+    for row in table.rows:
+        model, learner = row
+        group = ' class="group"' if previous_model is not None and model != previous_model else ""
+        shown_model = esc(model) if model != previous_model else ""
+        previous_model = model
+        cells = []
+        for _, name in table.datasets:
+            text = esc(_cell(table.cells[row][name]))
+            cells.append(f"<td>{'<b>' + text + '</b>' if row in best[name] else text}</td>")
+        mean = esc(_pm(table.row_stats(row)))
+        cells.append(f"<td>{'<b>' + mean + '</b>' if row in best_mean else mean}</td>")
+        parts.append(f"<tr{group}><td>{shown_model}</td><td>{esc(learner)}</td>{''.join(cells)}</tr>")
+    blanks = "<td></td>" * len(table.datasets)
+    parts.append(
+        f'<tr class="average"><td colspan="2">{esc(AVERAGE)}</td>{blanks}'
+        f"<td>{esc(_pm(table.average_across_methods()))}</td></tr>"
+    )
+    parts.append("</tbody></table>")
+    for note in table.footnotes:
+        parts.append(f'<p class="note">{esc(note)}</p>')
+    return "\n".join(parts) + "\n"
+
+
+def main_table_rows(results: Sequence[StudyResult]) -> list[dict[str, Any]]:
+    """The main table as tidy rows (one per model, learner, data set and grid cell) for CSV.
+
+    ``test_dice`` is in [0, 1] as stored (empty when missing); ``source`` tells a study from an
+    outside result.
+    """
+    return [
+        {
+            "grid": r.grid,
+            "model": r.model,
+            "learner": r.learner,
+            "learner_title": r.learner_title,
+            "category": r.category,
+            "dataset": r.dataset,
+            "test_dice": r.test_dice,
+            "test_iou": r.test_iou,
+            "val_dice": r.val_dice,
+            "best_trial": r.best_trial,
+            "source": r.source,
+            "study": r.study,
+        }
+        for r in results
+    ]

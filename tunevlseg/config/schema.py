@@ -229,7 +229,12 @@ class ContainerSettings(Strict):
 class ClusterSettings(Strict):
     """Where and how trials run."""
 
-    parallelism: int = Field(default=8, ge=1, description="trials running at once per sweep")
+    parallelism: int = Field(
+        default=8,
+        ge=1,
+        description="tasks running at once: the %N throttle of each array job (a plan larger "
+        "than MaxArraySize is several arrays, each with this limit), or local processes",
+    )
     timeout_min: int = Field(default=240, ge=1, description="time limit of one task")
     hf_home: Path | None = Field(
         default=None, description="shared Hugging Face cache (default: $HF_HOME at launch)"

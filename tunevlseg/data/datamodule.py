@@ -57,6 +57,14 @@ class SegmentationDataModule(L.LightningDataModule):
             (one entry per split; see :mod:`tunevlseg.data.cache`), built in :meth:`setup`.
             On a cluster point it at node-local disk (``$TMPDIR``) or a shared scratch.
             ``None`` decodes the files every epoch. Outputs are identical either way.
+        channels_last: Batch ``pixel_values`` in ``torch.channels_last`` layout (for a model
+            converted with ``.to(memory_format=torch.channels_last)``, e.g. a convolutional
+            image encoder on CUDA; a ViT gains nothing). Values are the same either way.
+
+    On CUDA, loaders pin memory (so Lightning's ``non_blocking`` copy overlaps the step);
+    workers stay alive between epochs. Workers are not told to run OpenCV single-threaded:
+    ``cv2.setNumThreads`` in a forked worker can deadlock once the parent has used OpenCV's
+    thread pool (torch already limits each worker to one thread of its own).
     """
 
     def __init__(
@@ -74,6 +82,7 @@ class SegmentationDataModule(L.LightningDataModule):
         train_fraction: float | None = None,
         *,
         cache_dir: Path | None = None,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         if format not in ("medvlsm", "natural"):
@@ -93,7 +102,7 @@ class SegmentationDataModule(L.LightningDataModule):
         self.seed = seed
         self.train_fraction = train_fraction
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
-        self.collate = TokenizeCollate(tokenize)
+        self.collate = TokenizeCollate(tokenize, channels_last=channels_last)
         self.datasets: dict[str, SegmentationDataset] = {}
 
     def samples(self, split: str) -> list[Sample]:

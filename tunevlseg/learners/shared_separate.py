@@ -32,7 +32,7 @@ class SharedSeparate(Learner):
     name: ClassVar[str] = "shared_separate"
     prompts_text: ClassVar[bool] = True
     prompts_vision: ClassVar[bool] = True
-    defaults: ClassVar[dict[str, Any]] = {"prompt_depth": 1, "shared_dim": 512}
+    defaults: ClassVar[dict[str, Any]] = {"prompt_depth": 1, "shared_dim": 64}  # paper: {32, 64}
     prompt_attributes: ClassVar[tuple[str, ...]] = ("shared_ctx",)
 
     def __init__(

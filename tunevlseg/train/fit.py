@@ -324,6 +324,7 @@ _NOISE = (
     r".*treespec, LeafSpec.*",
     r".*callbacks used to create the checkpoint need to be provided.*",
     r".*module\(s\) in eval mode.*",  # the frozen encoders stay in eval mode on purpose
+    r".*The `srun` command is available on your system but is not used.*",  # submitit owns SLURM
 )
 
 

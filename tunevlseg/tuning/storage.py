@@ -105,5 +105,11 @@ def open_storage(storage: StorageURL) -> BaseStorage:
     if storage.scheme == "sqlite":
         assert storage.path is not None
         storage.path.parent.mkdir(parents=True, exist_ok=True)
-    engine_kwargs = {"pool_size": 1, "max_overflow": 0} if storage.scheme == "postgresql" else {}
+    # Bounded connections per process: one in use, plus the one Optuna nests while it sets
+    # up a new schema (_init_alembic); 1,000 array tasks must not open 5 + 10 each.
+    engine_kwargs = (
+        {"pool_size": 1, "max_overflow": 1, "pool_pre_ping": True}
+        if storage.scheme == "postgresql"
+        else {}
+    )
     return optuna.storages.RDBStorage(storage.url, engine_kwargs=engine_kwargs)

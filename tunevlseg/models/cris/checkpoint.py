@@ -17,6 +17,7 @@ anything else is a :class:`tunevlseg.models.loading.ModelNotFoundError`.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,7 @@ __all__ = [
     "LoadedCRIS",
     "is_complete_cris_folder",
     "load_cris",
+    "make_cris_folder",
     "load_cris_state_dict",
     "save_cris",
     "strip_prefixes",
@@ -78,7 +80,9 @@ class CheckpointMismatchError(ValueError):
             )
             parts.append(f"{len(mismatched)} shape mismatch(es): {shown}{_more(mismatched)}")
         if missing:
-            parts.append(f"{len(missing)} missing key(s): {', '.join(missing[:_SHOWN])}{_more(missing)}")
+            parts.append(
+                f"{len(missing)} missing key(s): {', '.join(missing[:_SHOWN])}{_more(missing)}"
+            )
         if unexpected:
             parts.append(
                 f"{len(unexpected)} unexpected key(s): "
@@ -164,18 +168,55 @@ def load_cris_state_dict(
 def is_complete_cris_folder(folder: Path) -> bool:
     """Whether ``folder`` holds a CRIS config, weights and a CLIP tokenizer."""
     folder = Path(folder)
-    return all(
-        (folder / name).is_file() for name in (CONFIG_FILE, WEIGHTS_FILE, "vocab.json", "merges.txt")
-    )
+    names = (CONFIG_FILE, WEIGHTS_FILE, "vocab.json", "merges.txt")
+    return all((folder / name).is_file() for name in names)
 
 
 def save_cris(model: CRIS, folder: Path) -> Path:
-    """Write ``config.json`` and ``cris.pth`` (unprefixed) into ``folder``; tokenizer not included."""
+    """Write ``config.json`` and ``cris.pth`` (no prefix) into ``folder``; not the tokenizer."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model.config.save(folder / CONFIG_FILE)
     torch.save(model.state_dict(), folder / WEIGHTS_FILE)
     return folder
+
+
+TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def make_cris_folder(
+    weights: Path,
+    folder: Path,
+    *,
+    tokenizer: str | Path,
+    config: CRISConfig | None = None,
+) -> Path:
+    """Turn a released CRIS checkpoint into a model folder this toolkit loads.
+
+    Checks the weights strictly against ``config`` first (so a wrong config fails here, not on
+    a compute node), then writes ``config.json``, ``cris.pth`` (the cleaned, unprefixed state
+    dict) and the CLIP tokenizer files.
+
+    Args:
+        weights: the released ``.pth`` file (any of the wrapped / prefixed forms).
+        folder: the model folder to write.
+        tokenizer: a folder with ``vocab.json`` + ``merges.txt``, or a hub id in the HF cache
+            (for example ``openai/clip-vit-base-patch32``).
+        config: the sizes; CRIS-R50 by default.
+    """
+    config = config or CRISConfig()
+    source = Path(tokenizer) if Path(tokenizer).is_dir() else resolve_pretrained(str(tokenizer))
+    if not all((source / name).is_file() for name in ("vocab.json", "merges.txt")):
+        raise ModelNotFoundError(str(tokenizer), f"no vocab.json + merges.txt in {source}")
+    state_dict = strip_prefixes(torch.load(weights, map_location="cpu", weights_only=True))
+    with torch.device("meta"):
+        model = CRIS(config)
+    load_cris_state_dict(model, state_dict, strict=True, assign=True)
+    save_cris(model, folder)
+    for name in TOKENIZER_FILES:
+        if (source / name).is_file():
+            shutil.copyfile(source / name, Path(folder) / name)
+    return Path(folder)
 
 
 @dataclass
@@ -205,7 +246,7 @@ def load_cris(pretrained: str | Path) -> LoadedCRIS:
     """Load a CRIS model folder (or a hub id already in the HF cache) without the network.
 
     The model is built on the meta device and adopts the checkpoint's tensors, so a real-size
-    load costs reading the file and nothing else.
+    load costs reading the file (no random initialisation, no second copy in memory).
 
     Raises:
         ModelNotFoundError: no such folder / cached snapshot, or it lacks weights or tokenizer.
@@ -215,12 +256,20 @@ def load_cris(pretrained: str | Path) -> LoadedCRIS:
 
     from tunevlseg.models.loading import quiet_transformers
 
+    local = Path(pretrained).expanduser()
+    if local.is_dir() and not (local / CONFIG_FILE).is_file():
+        raise ModelNotFoundError(
+            str(pretrained),
+            f"folder {local} has no {CONFIG_FILE}; a CRIS model folder holds {CONFIG_FILE}, "
+            f"{WEIGHTS_FILE}, vocab.json and merges.txt (make one from a released checkpoint "
+            "with tunevlseg.models.cris.checkpoint.make_cris_folder)",
+        )
     folder = resolve_pretrained(pretrained)
     config = _read_config(folder, str(pretrained))
     weights = folder / WEIGHTS_FILE
     if not weights.is_file():
         raise ModelNotFoundError(str(pretrained), f"folder {folder} has no {WEIGHTS_FILE}")
-    state_dict = torch.load(weights, map_location="cpu", weights_only=True, mmap=True)
+    state_dict = torch.load(weights, map_location="cpu", weights_only=True)
     with torch.device("meta"):
         model = CRIS(config)
     load_cris_state_dict(model, state_dict, strict=True, assign=True)

@@ -76,7 +76,8 @@ class AttentionPool(nn.Module):
         super().__init__()
         self.grid = grid
         self.heads = heads
-        self.positional_embedding = nn.Parameter(torch.randn(grid * grid + 1, width) / width**0.5)
+        # Filled by CRIS.init_weights (random models) or a checkpoint.
+        self.positional_embedding = nn.Parameter(torch.empty(grid * grid + 1, width))
         self.k_proj = nn.Linear(width, width)
         self.q_proj = nn.Linear(width, width)
         self.v_proj = nn.Linear(width, width)

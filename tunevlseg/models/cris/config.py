@@ -121,7 +121,8 @@ class CRISConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(
-                f"unknown CRIS config key(s): {', '.join(unknown)}; valid: {', '.join(sorted(known))}"
+                f"unknown CRIS config key(s): {', '.join(unknown)}; "
+                f"valid: {', '.join(sorted(known))}"
             )
         return cls(**data)
 

@@ -117,9 +117,13 @@ class CRIS(nn.Module):
     def init_weights(self) -> None:
         """CLIP-like scales for the tensors PyTorch's module defaults do not cover.
 
-        Only matters for random models (tests, demo): real weights come from a checkpoint.
+        Only matters for random models (tests, demo): real weights come from a checkpoint. On
+        the meta device it does nothing: meta random kernels are Python code whose first use
+        imports sympy (seconds), and a meta model gets its tensors from a checkpoint anyway.
         """
         backbone = self.backbone
+        if backbone.token_embedding.weight.is_meta:
+            return
         text_width = self.config.text_width
         with torch.no_grad():
             nn.init.normal_(backbone.token_embedding.weight, std=0.02)

@@ -75,7 +75,7 @@ class TextGatedFPN(nn.Module):
     def forward(self, features: list[Tensor], sentence: Tensor) -> Tensor:
         """``features``: ``[c3, c4, c5]``; ``sentence``: ``(B, embed_dim)``. Returns stride 16."""
         c3, c4, c5 = features
-        gate = self.txt_proj(sentence)[:, :, None, None]
+        gate = self._gate(sentence)[:, :, None, None]
         f5 = self.norm_layer(self.f1_v_proj(c5) * gate)
         f4 = self.f2_v_proj(c4)
         f4 = self.f2_cat(torch.cat([f4, _resize(f5, f4)], dim=1))
@@ -84,6 +84,28 @@ class TextGatedFPN(nn.Module):
         q5 = _resize(self.f4_proj5(f5), f4)
         fused = torch.cat([self.f4_proj3(f3), self.f4_proj4(f4), q5], dim=1)
         return self.coordconv(self.aggr(fused))
+
+    def _gate(self, sentence: Tensor) -> Tensor:
+        """``txt_proj(sentence)``, also for a training batch of one sentence.
+
+        BatchNorm1d cannot take batch statistics of a single vector and raises; end-to-end
+        training with one image per step (gradient accumulation on a small device) would then
+        fail. For that case only, the running statistics normalise instead.
+        """
+        linear, norm, relu = self.txt_proj
+        if not (self.training and sentence.shape[0] == 1):
+            return self.txt_proj(sentence)
+        assert isinstance(norm, nn.BatchNorm1d)
+        normed = F.batch_norm(
+            linear(sentence),
+            norm.running_mean,
+            norm.running_var,
+            norm.weight,
+            norm.bias,
+            training=False,
+            eps=norm.eps,
+        )
+        return relu(normed)
 
 
 def _resize(x: Tensor, like: Tensor) -> Tensor:

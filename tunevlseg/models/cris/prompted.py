@@ -74,7 +74,8 @@ class _FrozenTextAccess:
         tokenizer = self._owner.tokenizer
         words = self._word_ids(text)
         device = backbone.token_embedding.weight.device
-        ids = torch.tensor([[tokenizer.bos_token_id, *words, tokenizer.eos_token_id]], device=device)
+        sequence = [tokenizer.bos_token_id, *words, tokenizer.eos_token_id]
+        ids = torch.tensor([sequence], device=device)
         hidden = backbone.token_embedding(ids) + backbone.positional_embedding[: ids.shape[1]]
         mask = causal_mask(ids.shape[1], hidden.dtype, device)
         inputs = []

@@ -56,26 +56,57 @@ def tiny_cris_config(image_size: int = 96) -> CRISConfig:
 def fast_random_cris(config: CRISConfig, *, seed: int = 0, scale: float = 0.02) -> CRIS:
     """A CRIS with U(-scale, scale) weights and identity BatchNorm statistics, in eval mode.
 
-    Built on the meta device and filled in place: a real-size CRIS (~150 M parameters) costs a
-    fraction of a second instead of seconds of per-module initialisation. The weights mean
+    Built on the meta device and filled in place from one shared pool of random numbers (each
+    tensor takes a window at its own offset): drawing ~150 M fresh numbers, or running the
+    per-module initialisers, takes seconds on a CPU, copying takes a fraction. The weights mean
     nothing but keep activations finite, which is all shape, loading and speed tests need.
     """
     with torch.device("meta"):
         model = CRIS(config)
     model = model.to_empty(device="cpu")
+    largest = max(p.numel() for p in model.parameters())
     generator = torch.Generator().manual_seed(seed)
+    pool = torch.empty(largest + 4099).uniform_(-scale, scale, generator=generator)
     with torch.no_grad():
-        for name, parameter in model.named_parameters():
+        for index, (name, parameter) in enumerate(model.named_parameters()):
             if name.endswith(("bn1.weight", "bn2.weight", "bn3.weight")) or ".norm" in name:
                 parameter.fill_(1.0)
             else:
-                parameter.uniform_(-scale, scale, generator=generator)
+                start = (index * 4099) % (pool.numel() - parameter.numel() + 1)
+                parameter.copy_(pool[start : start + parameter.numel()].view_as(parameter))
         for name, buffer in model.named_buffers():
             if name.endswith("running_var"):
                 buffer.fill_(1.0)
             else:
                 buffer.zero_()
     return model.eval()
+
+
+def calibrate_batchnorm(model: CRIS, image_size: int, *, batches: int = 4, batch_size: int = 8) -> None:
+    """Set every BatchNorm's running statistics from forward passes on random inputs.
+
+    A randomly initialised ResNet in eval mode uses the default statistics (mean 0, variance 1)
+    while its random convolutions shrink the signal layer by layer: the tiny model's output
+    then hardly depends on the image, and a prompt-tuning demo cannot learn anything. With
+    statistics measured on inputs, every normalised layer passes a unit-scale signal on, as in
+    a trained network. Only buffers change; no weight is trained.
+    """
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average over the calibration batches
+    was_training = model.training
+    model.train()
+    vocabulary = len(tiny_vocabulary()[0])
+    with torch.no_grad():
+        for _ in range(batches):
+            images = torch.randn(batch_size, 3, image_size, image_size)
+            ids = torch.randint(1, vocabulary - 2, (batch_size, 8))
+            model(images, ids, torch.ones_like(ids))
+    for norm, momentum in zip(norms, momenta, strict=True):
+        norm.momentum = momentum
+    model.train(was_training)
 
 
 def write_tiny_cris(folder: Path, *, image_size: int = 96, seed: int = 0) -> Path:
@@ -96,6 +127,8 @@ def write_tiny_cris(folder: Path, *, image_size: int = 96, seed: int = 0) -> Pat
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             model = CRIS(tiny_cris_config(image_size))
+            calibrate_batchnorm(model, image_size)
+        model.eval()
         save_cris(model, staging)
         write_clip_tokenizer(staging)
         if folder.exists() and not any(folder.iterdir()):

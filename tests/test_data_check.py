@@ -1,0 +1,155 @@
+"""``tvls-data check`` / ``synth``: clean sets pass, every kind of damage is named and counted."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from tunevlseg.cli.data import main
+from tunevlseg.data.check import check_dataset
+from tunevlseg.data.synthetic import write_synthetic_medvlsm, write_synthetic_natural
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_synthetic_medvlsm(
+        tmp_path_factory.mktemp("check") / "clean",
+        n_train=6,
+        n_val=3,
+        n_test=2,
+        image_size=48,
+        classes=("polyp", "tool"),
+    )
+
+
+def _run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict]:
+    code = main(["check", *argv, "--json"])
+    return code, json.loads(capsys.readouterr().out)
+
+
+def _kinds(report: dict) -> dict[str, int]:
+    return {p["kind"]: p["count"] for p in report["problems"]}
+
+
+def test_clean_set_passes(clean: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", str(clean)]) == 0
+    captured = capsys.readouterr()
+    assert "train" in captured.out and "p0, p1, p2" in captured.out
+    assert "clean" in captured.err
+    code, report = _run_json(capsys, str(clean))
+    assert code == 0 and report["ok"] and report["problems"] == []
+    train = report["splits"][0]
+    assert train == {
+        "split": "train",
+        "samples": 12,
+        "images": 6,
+        "classes": ["polyp", "tool"],
+        "prompt_keys": ["p0", "p1", "p2"],
+    }
+
+
+def test_corrupted_copy_reports_every_problem(
+    clean: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = Path(shutil.copytree(clean, tmp_path / "broken"))
+    anns = json.loads((root / "anns" / "train.json").read_text())
+    # Entries come in (polyp, tool) pairs per image.
+    (root / "images" / anns[0]["img_name"]).unlink()  # missing image, reported once per file
+    jpeg = root / "images" / anns[2]["img_name"]
+    jpeg.write_bytes(jpeg.read_bytes()[: len(jpeg.read_bytes()) // 2])  # truncated JPEG
+    mask_path = root / "masks" / anns[4]["mask_name"]
+    mask = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE)
+    cv2.imwrite(str(mask_path), cv2.resize(mask, (30, 40), interpolation=cv2.INTER_NEAREST))
+    gray = root / "masks" / anns[6]["mask_name"]
+    cv2.imwrite(str(gray), np.full((48, 48), 128, np.uint8))  # grey mask
+    anns.append(dict(anns[8]))  # duplicate entry
+    anns.append({**anns[9], "img_name": "../../etc/passwd"})  # escapes the root
+    (root / "anns" / "train.json").write_text(json.dumps(anns))
+    (root / "anns" / "test.json").write_text("[]")  # empty split
+
+    code, report = _run_json(capsys, str(root))
+    assert code == 1 and not report["ok"]
+    assert _kinds(report) == {
+        "empty_split": 1,
+        "path_escapes_root": 1,
+        "duplicate_entry": 1,
+        "missing_file": 1,
+        "unreadable_image": 1,
+        "size_mismatch": 1,
+        "non_binary_mask": 1,
+    }
+    examples = {p["kind"]: p["examples"][0] for p in report["problems"]}
+    assert examples["missing_file"]["path"].endswith(anns[0]["img_name"])
+    assert examples["unreadable_image"]["path"].endswith(anns[2]["img_name"])
+    assert "truncated JPEG" in examples["unreadable_image"]["detail"]
+    assert examples["size_mismatch"]["detail"] == "mask 40x30, image 48x48"
+    assert examples["non_binary_mask"]["path"].endswith(anns[6]["mask_name"])
+    assert examples["duplicate_entry"]["path"].endswith(anns[8]["mask_name"])
+    assert "train.json entry 13" in examples["path_escapes_root"]["path"]
+    assert examples["empty_split"]["path"].endswith("test.json")
+
+    assert main(["check", str(root)]) == 1  # the table view fails the same way
+    captured = capsys.readouterr()
+    assert "non_binary_mask" in captured.out and "error(s)" in captured.err
+
+
+def test_annotation_problems_and_warnings(clean: Path, tmp_path: Path) -> None:
+    root = Path(shutil.copytree(clean, tmp_path / "anns"))
+    (root / "anns" / "val.json").unlink()
+    (root / "anns" / "test.json").write_text("{not json")
+    anns = json.loads((root / "anns" / "train.json").read_text())
+    del anns[1]["mask_name"]
+    anns[3]["prompts"] = {"p0": 3}
+    (root / "anns" / "train.json").write_text(json.dumps(anns))
+    binary01 = root / "masks" / anns[5]["mask_name"]
+    mask = cv2.imread(str(binary01), cv2.IMREAD_GRAYSCALE)
+    cv2.imwrite(str(binary01), (mask > 127).astype(np.uint8))  # saved as 0/1
+
+    report = check_dataset(root)
+    counts = {g.kind: g.count for g in report.problems.values()}
+    assert counts == {"missing_annotation": 1, "bad_annotation": 3, "low_value_mask": 1}
+    assert report.n_errors == 4 and report.n_warnings == 1 and not report.ok
+
+
+def test_jpeg_ringing_is_not_reported(tmp_path: Path) -> None:
+    root = write_synthetic_medvlsm(tmp_path / "jpg", n_train=3, n_val=1, n_test=1, image_size=64)
+    anns = json.loads((root / "anns" / "train.json").read_text())
+    for entry in anns:
+        png = root / "masks" / entry["mask_name"]
+        cv2.imwrite(str(png.with_suffix(".jpg")), cv2.imread(str(png)), [cv2.IMWRITE_JPEG_QUALITY, 75])
+        entry["mask_name"] = png.with_suffix(".jpg").name
+    (root / "anns" / "train.json").write_text(json.dumps(anns))
+    assert check_dataset(root, splits=("train",)).ok
+
+
+def test_natural_layout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["synth", str(tmp_path / "nat"), "--format", "natural", "--n-train", "3",
+                 "--n-val", "2", "--n-test", "1", "--image-size", "32",
+                 "--classes", "car,traffic_light"]) == 0
+    root = Path(capsys.readouterr().out.strip())
+    assert root == tmp_path / "nat"
+    code, report = _run_json(capsys, str(root), "--format", "natural")
+    assert code == 0 and report["splits"][0]["classes"] == ["car", "traffic_light"]
+
+    (root / "images" / "val" / "val_0000.jpg").unlink()  # its two masks lose their image
+    shutil.copy(root / "images" / "train" / "train_0001.jpg", root / "images" / "train" / "train_0001.png")
+    shutil.rmtree(root / "annotations" / "test")
+    code, report = _run_json(capsys, str(root), "--format", "natural")
+    assert code == 1
+    assert _kinds(report) == {"missing_annotation": 1, "duplicate_entry": 1, "missing_file": 2}
+
+
+def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", str(tmp_path / "absent")]) == 2
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "data.txt").write_text("not synthetic")
+    assert main(["synth", str(tmp_path / "real")]) == 2
+    assert "refusing" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["check"])
+    assert exit_info.value.code == 2

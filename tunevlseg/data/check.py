@@ -1,0 +1,405 @@
+"""Check a data set before spending GPU hours on it: every problem, counted, with examples.
+
+The readers stop at the first malformed entry and the loader at the first unreadable file,
+hours into a run. :func:`check_dataset` instead walks every split once and collects all
+problems, each under a stable ``kind``:
+
+=====================  ======================================================================
+kind                   meaning
+=====================  ======================================================================
+missing_annotation     ``anns/<split>.json`` (MedVLSM) or ``annotations/<split>`` /
+                       ``images/<split>`` (natural) does not exist
+bad_annotation         the annotation is not valid JSON, not a list, or an entry lacks
+                       ``img_name`` / ``mask_name`` / ``prompts`` or has malformed prompts
+empty_split            a split has no entries (MedVLSM) or no masks (natural)
+path_escapes_root      a name in an annotation is absolute or climbs out with ``..``
+duplicate_entry        the same (image, mask) pair is listed twice in a split, or (natural) two
+                       image files share a name stem, so which one is used is ambiguous
+missing_file           an image or mask file does not exist
+unreadable_image       OpenCV cannot decode the file, or it is truncated (a JPEG that does not
+                       end with its end-of-image marker, a PNG without its ``IEND`` chunk:
+                       OpenCV would silently fill the missing part with grey)
+size_mismatch          a mask's height x width differs from its image's
+non_binary_mask        more than 1 % of a mask's pixels lie strictly between 30 and 225, i.e.
+                       far from both 0 and 255: thresholding at 127 would invent a boundary.
+                       JPEG ringing around edges stays well below this; a grey-scale or
+                       soft (probability) mask does not
+low_value_mask         (warning) a mask has foreground pixels but none above 30, e.g. saved as
+                       0/1 instead of 0/255: thresholding at 127 makes it empty
+=====================  ======================================================================
+
+Everything except ``low_value_mask`` is an error. A file is reported once, however many entries
+use it. The check streams: one image and one mask are
+decoded at a time, and an image shared by several entries (multi-class sets) is decoded once.
+It keeps one small record per distinct image and per (image, mask) pair, never pixels.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import cv2
+import numpy as np
+
+from tunevlseg.data.medvlsm import CLASS_KEYS, SPLITS, annotation_path
+from tunevlseg.data.natural import IMAGE_SUFFIXES
+from tunevlseg.data.sample import DatasetFormatError, resolve_inside
+from tunevlseg.data.transforms import MASK_THRESHOLD
+
+__all__ = [
+    "ERROR_KINDS",
+    "MIDTONE_HIGH",
+    "MIDTONE_LOW",
+    "MIDTONE_MAX_FRACTION",
+    "WARNING_KINDS",
+    "CheckReport",
+    "ProblemGroup",
+    "SplitSummary",
+    "check_dataset",
+    "iter_problem_rows",
+]
+
+ERROR_KINDS = (
+    "missing_annotation",
+    "bad_annotation",
+    "empty_split",
+    "path_escapes_root",
+    "duplicate_entry",
+    "missing_file",
+    "unreadable_image",
+    "size_mismatch",
+    "non_binary_mask",
+)
+WARNING_KINDS = ("low_value_mask",)
+MIDTONE_LOW, MIDTONE_HIGH = 30, 225
+MIDTONE_MAX_FRACTION = 0.01
+
+Format = Literal["medvlsm", "natural"]
+
+
+@dataclass
+class ProblemGroup:
+    """All problems of one kind: how many, and the first few (path, detail) examples."""
+
+    kind: str
+    count: int = 0
+    examples: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def is_error(self) -> bool:
+        return self.kind not in WARNING_KINDS
+
+
+@dataclass
+class SplitSummary:
+    """What a split holds (counted over the entries that could be read)."""
+
+    split: str
+    samples: int = 0
+    images: int = 0
+    classes: list[str] = field(default_factory=list)
+    prompt_keys: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CheckReport:
+    """The outcome of :func:`check_dataset`."""
+
+    root: Path
+    format: Format
+    splits: list[SplitSummary] = field(default_factory=list)
+    problems: dict[str, ProblemGroup] = field(default_factory=dict)
+    max_examples: int = 5
+
+    @property
+    def n_errors(self) -> int:
+        return sum(g.count for g in self.problems.values() if g.is_error)
+
+    @property
+    def n_warnings(self) -> int:
+        return sum(g.count for g in self.problems.values() if not g.is_error)
+
+    @property
+    def ok(self) -> bool:
+        """True when there is no error (warnings allowed)."""
+        return self.n_errors == 0
+
+    def add(self, kind: str, path: Path | str, detail: str = "") -> None:
+        """Record one problem (only the first ``max_examples`` per kind keep their path)."""
+        if kind not in ERROR_KINDS and kind not in WARNING_KINDS:
+            raise ValueError(f"unknown problem kind {kind!r}")
+        group = self.problems.setdefault(kind, ProblemGroup(kind))
+        group.count += 1
+        if len(group.examples) < self.max_examples:
+            group.examples.append((str(path), detail))
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready view; problems in the order of :data:`ERROR_KINDS` then warnings."""
+        order = [*ERROR_KINDS, *WARNING_KINDS]
+        return {
+            "root": str(self.root),
+            "format": self.format,
+            "ok": self.ok,
+            "errors": self.n_errors,
+            "warnings": self.n_warnings,
+            "splits": [vars(s) for s in self.splits],
+            "problems": [
+                {
+                    "kind": g.kind,
+                    "severity": "error" if g.is_error else "warning",
+                    "count": g.count,
+                    "examples": [{"path": p, "detail": d} for p, d in g.examples],
+                }
+                for g in sorted(self.problems.values(), key=lambda g: order.index(g.kind))
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class _Entry:
+    image: Path
+    mask: Path
+    class_name: str
+
+
+def check_dataset(
+    root: Path,
+    format: Format = "medvlsm",
+    *,
+    splits: Sequence[str] = SPLITS,
+    max_examples: int = 5,
+    progress: Callable[[str, int], None] | None = None,
+) -> CheckReport:
+    """Check every split of the data set at ``root``.
+
+    Args:
+        root: The data set folder.
+        format: ``"medvlsm"`` or ``"natural"``.
+        splits: The splits that must exist (training reads all three).
+        max_examples: Paths kept per problem kind.
+        progress: Called with (split, number of entries) before each split's files are read.
+
+    Returns:
+        The report; ``report.ok`` is False when any error was found.
+
+    Raises:
+        NotADirectoryError: ``root`` is not a folder.
+        ValueError: Unknown ``format``.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise NotADirectoryError(f"data set root {root} is not a folder")
+    if format not in ("medvlsm", "natural"):
+        raise ValueError(f"unknown data format {format!r}; expected 'medvlsm' or 'natural'")
+    report = CheckReport(root=root, format=format, max_examples=max_examples)
+    shapes: dict[Path, tuple[int, int] | None] = {}  # decoded images, shared by the splits
+    for split in splits:
+        summary = SplitSummary(split)
+        report.splits.append(summary)
+        read = _medvlsm_entries if format == "medvlsm" else _natural_entries
+        entries = read(root, split, report, summary)
+        if entries is None:
+            continue
+        if not entries:
+            report.add("empty_split", _split_location(root, format, split), "no entries")
+            continue
+        if progress is not None:
+            progress(split, len(entries))
+        _check_files(entries, report, summary, shapes)
+    return report
+
+
+def _split_location(root: Path, format: Format, split: str) -> Path:
+    return annotation_path(root, split) if format == "medvlsm" else root / "annotations" / split
+
+
+def _medvlsm_entries(
+    root: Path, split: str, report: CheckReport, summary: SplitSummary
+) -> list[_Entry] | None:
+    path = annotation_path(root, split)
+    if not path.is_file():
+        report.add("missing_annotation", path, "annotation file not found")
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        report.add("bad_annotation", path, f"not valid JSON: {error}")
+        return None
+    if not isinstance(data, list):
+        report.add("bad_annotation", path, "expected a JSON list of entries")
+        return None
+    entries: list[_Entry] = []
+    prompt_keys: set[str] = set()
+    for i, raw in enumerate(data):
+        where = f"{path} entry {i}"
+        if not isinstance(raw, dict):
+            report.add("bad_annotation", where, f"expected an object, got {type(raw).__name__}")
+            continue
+        missing = [k for k in ("img_name", "mask_name", "prompts") if k not in raw]
+        if missing:
+            report.add("bad_annotation", where, f"missing {', '.join(missing)}")
+            continue
+        prompts = raw["prompts"]
+        if not isinstance(prompts, dict) or not prompts or not all(
+            _is_prompt(v) for v in prompts.values()
+        ):
+            report.add("bad_annotation", where, "prompts must map keys to strings or lists")
+        else:
+            prompt_keys.update(prompts)
+        image = _inside(root / "images", raw["img_name"], f"{where} img_name", report)
+        mask = _inside(root / "masks", raw["mask_name"], f"{where} mask_name", report)
+        if image is None or mask is None:
+            continue
+        name = next((raw[k] for k in CLASS_KEYS if isinstance(raw.get(k), str)), "")
+        entries.append(_Entry(image, mask, name))
+    summary.prompt_keys = sorted(prompt_keys)
+    return entries
+
+
+def _is_prompt(value: object) -> bool:
+    return isinstance(value, str) or (
+        isinstance(value, list) and bool(value) and all(isinstance(v, str) for v in value)
+    )
+
+
+def _inside(base: Path, name: object, where: str, report: CheckReport) -> Path | None:
+    try:
+        return resolve_inside(base, name, where=where)
+    except DatasetFormatError as error:
+        kind = "path_escapes_root" if isinstance(name, str) and name.strip() else "bad_annotation"
+        report.add(kind, where, str(error).removeprefix(f"{where}: "))
+        return None
+
+
+def _natural_entries(
+    root: Path, split: str, report: CheckReport, summary: SplitSummary
+) -> list[_Entry] | None:
+    ann_dir, image_dir = root / "annotations" / split, root / "images" / split
+    absent = [folder for folder in (ann_dir, image_dir) if not folder.is_dir()]
+    for folder in absent:
+        report.add("missing_annotation", folder, "split folder not found")
+    if absent:
+        return None
+    images: dict[str, Path] = {}
+    for path in sorted(image_dir.iterdir()):
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        if path.stem in images:
+            report.add("duplicate_entry", path, f"same name as {images[path.stem].name}")
+            continue
+        images[path.stem] = path
+    entries: list[_Entry] = []
+    for class_dir in sorted(p for p in ann_dir.iterdir() if p.is_dir()):
+        for mask in sorted(class_dir.glob("*.png")):
+            image = images.get(mask.stem)
+            if image is None:
+                report.add("missing_file", mask, f"no image {mask.stem}.* in {image_dir}")
+                continue
+            entries.append(_Entry(image, mask, class_dir.name))
+    summary.prompt_keys = ["<class name>"] if entries else []
+    return entries
+
+
+def _check_files(
+    entries: list[_Entry],
+    report: CheckReport,
+    summary: SplitSummary,
+    shapes: dict[Path, tuple[int, int] | None],
+) -> None:
+    seen_pairs: set[tuple[Path, Path]] = set()
+    split_images: set[Path] = set()
+    classes: set[str] = set()
+    for entry in entries:
+        pair = (entry.image, entry.mask)
+        if pair in seen_pairs:
+            report.add("duplicate_entry", entry.mask, f"listed again with {entry.image.name}")
+            continue
+        seen_pairs.add(pair)
+        summary.samples += 1
+        split_images.add(entry.image)
+        if entry.class_name:
+            classes.add(entry.class_name)
+        if entry.image not in shapes:
+            shapes[entry.image] = _image_shape(entry.image, report)
+        image_shape = shapes[entry.image]
+        mask = _decode(entry.mask, cv2.IMREAD_GRAYSCALE, report)
+        if mask is None:
+            continue
+        if image_shape is not None and mask.shape[:2] != image_shape:
+            report.add(
+                "size_mismatch",
+                entry.mask,
+                f"mask {mask.shape[0]}x{mask.shape[1]}, image {image_shape[0]}x{image_shape[1]}",
+            )
+        _check_mask_values(entry.mask, mask, report)
+    summary.images = len(split_images)
+    summary.classes = sorted(classes)
+
+
+def _image_shape(path: Path, report: CheckReport) -> tuple[int, int] | None:
+    image = _decode(path, cv2.IMREAD_COLOR, report)
+    return None if image is None else (int(image.shape[0]), int(image.shape[1]))
+
+
+def _decode(path: Path, flags: int, report: CheckReport) -> np.ndarray | None:
+    """Read and decode one file, recording why it could not be (the same decoder as training)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        report.add("missing_file", path, "file not found")
+        return None
+    except OSError as error:
+        report.add("unreadable_image", path, f"cannot read: {error.strerror or error}")
+        return None
+    truncated = _truncation(path, data)
+    if truncated:
+        report.add("unreadable_image", path, truncated)
+        return None
+    array = cv2.imdecode(np.frombuffer(data, np.uint8), flags) if data else None
+    if array is None:
+        report.add("unreadable_image", path, "OpenCV cannot decode it")
+        return None
+    return array
+
+
+def _truncation(path: Path, data: bytes) -> str:
+    """Why ``data`` looks cut off ("" if it does not); OpenCV decodes such files without error."""
+    if data.startswith(b"\xff\xd8"):  # JPEG
+        if not data.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9"):
+            return "truncated JPEG (no end-of-image marker)"
+    elif data.startswith(b"\x89PNG\r\n\x1a\n"):
+        if b"IEND" not in data[-32:]:
+            return "truncated PNG (no IEND chunk)"
+    return ""
+
+
+def _check_mask_values(path: Path, mask: np.ndarray, report: CheckReport) -> None:
+    histogram = np.bincount(mask.ravel(), minlength=256)
+    midtones = int(histogram[MIDTONE_LOW + 1 : MIDTONE_HIGH].sum())
+    fraction = midtones / mask.size
+    if fraction > MIDTONE_MAX_FRACTION:
+        report.add(
+            "non_binary_mask",
+            path,
+            f"{fraction:.1%} of pixels in ({MIDTONE_LOW}, {MIDTONE_HIGH})",
+        )
+    elif histogram[1 : MIDTONE_LOW + 1].any() and not histogram[MASK_THRESHOLD + 1 :].any():
+        report.add(
+            "low_value_mask",
+            path,
+            f"foreground values <= {int(np.flatnonzero(histogram).max())}: empty after "
+            f"thresholding at {MASK_THRESHOLD} (saved as 0/1?)",
+        )
+
+
+def iter_problem_rows(report: CheckReport) -> Iterator[tuple[str, str, int, str]]:
+    """(kind, severity, count, first examples) rows in a stable order, for tables."""
+    for group in report.to_dict()["problems"]:
+        examples = "; ".join(
+            f"{e['path']}" + (f" ({e['detail']})" if e["detail"] else "") for e in group["examples"]
+        )
+        yield group["kind"], group["severity"], group["count"], examples
