@@ -22,8 +22,12 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("train") / "experiments"
     folder.mkdir()
     text = (ROOT / "experiments" / "demo.yaml").read_text()
-    assert "max_epochs: 5" in text
-    (folder / "demo.yaml").write_text(text.replace("max_epochs: 5", "max_epochs: 2"))
+    assert "max_epochs: 5" in text and "learners: [coop, cocoop, vpt, shared_attention]" in text
+    text = text.replace("max_epochs: 5", "max_epochs: 2").replace(
+        "learners: [coop, cocoop, vpt, shared_attention]",
+        "learners: [coop, cocoop, vpt, maple, shared_attention, zeroshot]",
+    )
+    (folder / "demo.yaml").write_text(text)
     return folder / "demo.yaml"
 
 
@@ -85,7 +89,7 @@ def test_bad_params_exit_2_naming_the_range(
 
 
 def test_a_choice_outside_the_choices(demo: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    argv = [str(demo), "--study", "clipseg-maple/synthetic-polyps", "--params", "use_lora=maybe"]
+    argv = [str(demo), "--study", "clipseg-cocoop/synthetic-polyps", "--params", "use_lora=maybe"]
     assert main(argv) == 2
     assert "use_lora takes one of true, false" in capsys.readouterr().err
 
@@ -102,9 +106,12 @@ def test_unknown_or_ambiguous_study_lists_names(
 
 def test_describe_counts_every_learner(demo: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main([str(demo), "--describe", "--json"]) == 0
-    rows = {row["learner"]: row for row in json.loads(capsys.readouterr().out)}
-    assert set(rows) == {"coop", "vpt", "maple", "shared_attention", "zeroshot"}
-    for learner, row in rows.items():
+    rows = {(row["model"], row["learner"]): row for row in json.loads(capsys.readouterr().out)}
+    assert set(rows) == {
+        *(("clipseg", x) for x in ("coop", "cocoop", "vpt", "maple", "shared_attention", "zeroshot")),
+        *(("cris", x) for x in ("coop", "cocoop", "zeroshot")),
+    }
+    for (_, learner), row in rows.items():
         assert row["total"] > 0
         if learner == "zeroshot":
             assert row["trainable"] == 0 and row["prompt_depth"] is None
@@ -114,7 +121,7 @@ def test_describe_counts_every_learner(demo: Path, capsys: pytest.CaptureFixture
     assert main([str(demo), "--describe"]) == 0
     table = capsys.readouterr().out
     assert "trainable" in table and "total" in table and "share" in table
-    assert all(learner in table for learner in rows)
+    assert all(learner in table for _, learner in rows)
 
 
 def test_describe_real_size(demo: Path, capsys: pytest.CaptureFixture[str]) -> None:

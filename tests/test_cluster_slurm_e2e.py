@@ -9,91 +9,19 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
-import time
 import uuid
 from pathlib import Path
 
-import optuna
 import pytest
-from optuna.trial import TrialState
+from _slurm_sweeps import all_job_ids, assert_complete, cli, wait_for_queue, write_sweep
 
 from tunevlseg.cluster import slurm
-from tunevlseg.cluster.launch import sweep_storage
 from tunevlseg.cluster.manifest import read_manifest
-from tunevlseg.config.grid import expand
 from tunevlseg.config.loader import load_experiment
 from tunevlseg.paths import SweepPaths
-from tunevlseg.tuning.storage import open_storage
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
 ROOT = Path(__file__).resolve().parents[1]
-
-SWEEP = """\
-name: {name}
-output_dir: {output_dir}
-models:
-  - {{name: clipseg, pretrained: ../assets/clipseg-tiny, image_size: 32, synthetic: true}}
-learners: {learners}
-datasets:
-  - {{name: synth, root: ../assets/synth, synthetic: true}}
-data: {{num_workers: 0}}
-training: {{max_epochs: 1, patience: 1, batch_size: 8, effective_batch_size: 8, precision: "32"}}
-search: {{n_trials: {n_trials}, n_startup_trials: 1, space: {{prompt_depth: {{low: 1, high: 2}}}}}}
-cluster:
-  parallelism: 2
-  timeout_min: 30
-  hf_home: {hf_home}
-  slurm: {{cpus_per_task: 1, mem_gb: 2, gpus: 1, extra: {extra}}}
-"""
-
-
-def write_sweep(folder: Path, *, name: str = "sl", learners: str = "[coop]", n_trials: int = 2,
-                output_dir: str = "../runs/sl", hf_home: str = "../hf", extra: str = "{}") -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}.yaml"
-    path.write_text(
-        SWEEP.format(name=name, learners=learners, n_trials=n_trials, output_dir=output_dir,
-                     hf_home=hf_home, extra=extra)
-    )
-    return path
-
-
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=600
-    )
-
-
-def wait_for_queue(job_ids: list[str], timeout: float = 900) -> None:
-    """Until SLURM holds no task of these jobs (bounded; fails the test on time-out)."""
-    deadline = time.monotonic() + timeout
-    while slurm.queued_tasks(job_ids):
-        assert time.monotonic() < deadline, f"jobs {job_ids} still queued after {timeout} s"
-        time.sleep(1)
-
-
-def all_job_ids(output_dir: Path) -> list[str]:
-    manifest = read_manifest(SweepPaths(output_dir).manifest)
-    assert manifest is not None
-    ids = manifest.array_job_ids()
-    if manifest.last_collector_job_id:
-        ids.append(manifest.last_collector_job_id)
-    return ids
-
-
-def assert_complete(experiment_path: Path) -> None:
-    experiment = load_experiment(experiment_path)
-    storage = open_storage(sweep_storage(experiment))
-    for spec in expand(experiment).studies:
-        trials = optuna.load_study(study_name=spec.name, storage=storage).trials
-        complete = [t for t in trials if t.state == TrialState.COMPLETE]
-        assert len(complete) == spec.n_trials, (spec.name, [t.state for t in trials])
-        assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
-        for trial in complete:
-            assert trial.user_attrs["tvls.slurm_job_id"]
-            assert "tvls.slurm_array_task_id" in trial.user_attrs  # None for a one-task plan
-            assert 0.0 <= trial.user_attrs["test_dice"] <= 1.0
 
 
 def test_demo_runs_as_arrays_and_the_collector_writes_the_table(tmp_path: Path) -> None:
@@ -186,4 +114,14 @@ def test_folder_slurm_would_rewrite_is_refused_before_anything_is_written(tmp_pa
     launched = cli("tunevlseg.cli.launch", str(experiment), cwd=tmp_path)
     assert launched.returncode == 1
     assert "which SLURM rewrites in job log file names" in launched.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_sqlite_is_refused_for_parallel_slurm_tasks_before_anything_is_written(tmp_path: Path) -> None:
+    experiment = write_sweep(tmp_path / "exp", name="lite")
+    text = experiment.read_text().replace("output_dir:", "storage: sqlite:///../runs/lite.db\noutput_dir:")
+    experiment.write_text(text)
+    launched = cli("tunevlseg.cli.launch", str(experiment), cwd=tmp_path)
+    assert launched.returncode == 1
+    assert "sqlite storage cannot take parallel SLURM tasks" in launched.stderr
     assert not (tmp_path / "runs").exists()

@@ -120,3 +120,18 @@ def test_retry_limit_fails_for_good(setup) -> None:  # type: ignore[no-untyped-d
     assert "failed for good" in actions[0]
     states = [t.state for t in optuna.load_study(study_name=spec.name, storage=storage).trials]
     assert states == [TrialState.FAIL]
+
+
+def test_a_setting_added_to_the_schema_later_is_no_change(setup) -> None:  # type: ignore[no-untyped-def]
+    """A study stored by an older version (without a newer key) relaunches without --force."""
+    from tunevlseg.tuning.studies import SPEC_HASH_ATTR
+
+    storage, studies = setup
+    ensure_studies(storage, studies)
+    study = optuna.load_study(study_name=studies[0].name, storage=storage)
+    older = dict(study.user_attrs[SPEC_ATTR])
+    older["data"] = {k: v for k, v in older["data"].items() if k != "cache_dir"}
+    study.set_user_attr(SPEC_ATTR, older)
+    study.set_user_attr(SPEC_HASH_ATTR, "written-by-an-older-version")
+    ensure_studies(storage, studies)  # no StudyConflictError
+    assert load_spec(optuna.load_study(study_name=studies[0].name, storage=storage)) == studies[0]

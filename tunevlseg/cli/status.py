@@ -23,6 +23,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = _app.parser("tvls-status", "Show the progress of every study of a sweep.")
     p.add_argument("experiment", help="the experiment YAML file")
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
+    p.add_argument(
+        "--repair",
+        action="store_true",
+        help="first fail and re-queue trials whose task is gone (the next launch runs them)",
+    )
     return p
 
 
@@ -51,6 +56,17 @@ def command(args: argparse.Namespace) -> int:
     from tunevlseg.paths import SweepPaths
 
     experiment = load_experiment(args.experiment)
+    if args.repair:
+        from tunevlseg.cluster.launch import LaunchError, repair
+
+        try:
+            actions = repair(experiment)
+        except LaunchError as error:
+            raise _app.CommandError(str(error)) from None
+        for line in actions:
+            _app.messages().print(f"repaired {line}", markup=False)
+        if not actions:
+            _app.messages().print("no stale trials", markup=False)
     plan = current_plan(experiment, read_only=True)
     queue = queue_view(SweepPaths(experiment.output_dir).manifest)
     rows = [study.progress.to_dict() for study in plan.studies]

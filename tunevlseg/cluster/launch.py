@@ -232,6 +232,43 @@ def _running_job_ids(storage: BaseStorage, expansion: Expansion) -> list[str]:
     return sorted(ids)
 
 
+def slurm_liveness(experiment: Experiment, storage: BaseStorage, expansion: Expansion) -> SlurmLiveness:
+    """Liveness of every task the sweep ever submitted or that owns a RUNNING trial."""
+    manifest = read_manifest(SweepPaths(experiment.output_dir).manifest)
+    known = set(_running_job_ids(storage, expansion)) | set(manifest.array_job_ids() if manifest else [])
+    return SlurmLiveness(sorted(known))
+
+
+def repair(experiment: Experiment) -> list[str]:
+    """Fail and re-enqueue stale trials now (``tvls-status --repair``); submit nothing.
+
+    Uses SLURM's view when the sweep has SLURM tasks and SLURM answers, else local processes.
+    """
+    from tunevlseg.cluster import slurm
+    from tunevlseg.tuning.recovery import local_liveness, recover_stale
+    from tunevlseg.tuning.storage import open_storage
+
+    storage_url = sweep_storage(experiment)
+    if not storage_url.exists:
+        return []
+    storage = open_storage(storage_url)
+    expansion = expand(experiment)
+    uses_slurm = bool(_running_job_ids(storage, expansion))
+    liveness: Callable[[FrozenTrial], bool | None] = local_liveness
+    if uses_slurm:
+        if not slurm.available():
+            raise LaunchError("the sweep has SLURM tasks but SLURM does not answer: cannot tell stale trials")
+        liveness = slurm_liveness(experiment, storage, expansion)
+    actions = []
+    for spec in expansion.studies:
+        try:
+            storage.get_study_id_from_name(spec.name)
+        except KeyError:
+            continue
+        actions += recover_stale(storage, spec, liveness, getattr(liveness, "reason", None))
+    return actions
+
+
 @dataclass(frozen=True)
 class SlurmSetup:
     """How tasks are started: the interpreter command, job-script setup, sbatch parameters."""
@@ -299,12 +336,13 @@ def launch_slurm(
 
     console = console or Console(stderr=True)
     check_slurm_paths(experiment)
+    if sweep_storage(experiment).scheme == "sqlite" and experiment.spec.cluster.parallelism > 1:
+        if not force:
+            raise LaunchError(
+                "sqlite storage cannot take parallel SLURM tasks (no row locks; its file locks "
+                "break on NFS): use journal:// (the default) or postgresql://, or pass --force"
+            )
     expansion, storage_url, storage = _open(experiment)
-    if storage_url.scheme == "sqlite" and experiment.spec.cluster.parallelism > 1 and not force:
-        raise LaunchError(
-            "sqlite storage cannot take parallel SLURM tasks (no row locks; its file locks break "
-            "on NFS): use journal:// (the default) or postgresql://, or pass --force"
-        )
     if not slurm.available():
         raise LaunchError(
             "SLURM does not answer (sbatch/scontrol missing or slurmctld down); use --local to "
@@ -312,9 +350,7 @@ def launch_slurm(
         )
     try:
         max_array = experiment.spec.cluster.slurm.max_array_size or slurm.max_array_size()
-        manifest = read_manifest(SweepPaths(experiment.output_dir).manifest)
-        known_jobs = sorted(set(_running_job_ids(storage, expansion)) | set(manifest.array_job_ids() if manifest else []))
-        liveness = SlurmLiveness(known_jobs)
+        liveness = slurm_liveness(experiment, storage, expansion)
     except slurm.SlurmError as error:
         raise LaunchError(str(error)) from None
     prepared = _prepare(
@@ -344,7 +380,12 @@ def launch_slurm(
     try:
         collector_id = launcher.submit_collector(
             collector_job,
-            [storage_url.url, experiment.spec.name, str(SweepPaths(experiment.output_dir).results)],
+            [
+                storage_url.url,
+                experiment.spec.name,
+                str(SweepPaths(experiment.output_dir).results),
+                experiment.spec.cluster.slurm.gpus,
+            ],
             setup.collector(job_ids),
         )
     except Exception as error:
@@ -369,6 +410,7 @@ def launch_slurm(
 
 
 __all__ = [
+    "repair",
     "LaunchError",
     "LaunchResult",
     "current_plan",

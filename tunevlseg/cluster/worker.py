@@ -9,7 +9,9 @@ continues it from the trial folder's checkpoint, with the same parameters.
 
 from __future__ import annotations
 
+import functools
 import os
+import signal
 import socket
 import time
 import traceback
@@ -31,6 +33,35 @@ if TYPE_CHECKING:
     from tunevlseg.config.grid import StudySpec
 
 THREADS_ENV = "TVLS_THREADS"
+
+
+class InterruptionWatch:
+    """Remembers whether this process was signalled (preemption, time-out, cancel).
+
+    submitit answers USR2 by checkpointing and exiting from inside its signal handler, which can
+    surface anywhere, wrapped in whatever exception the interrupted library raises (seen: a
+    pydantic ``SchemaError`` around ``SystemExit`` during an import). An error after such a
+    signal is not the trial's fault: the trial must stay RUNNING, so the requeued task (or the
+    next launch) continues it, instead of being told FAIL.
+    """
+
+    SIGNALS = (signal.SIGUSR2, signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+
+    def install(self) -> None:
+        for signum in self.SIGNALS:
+            previous = signal.getsignal(signum)
+            signal.signal(signum, functools.partial(self._handle, previous=previous))
+
+    def _handle(self, signum: int, frame: Any, *, previous: Any) -> None:
+        self.received = signal.Signals(signum).name
+        if callable(previous):
+            previous(signum, frame)
+        elif previous == signal.SIG_DFL:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
 
 
 @dataclass(frozen=True)
@@ -170,6 +201,8 @@ def run_task(task: TrialTask) -> TaskOutcome:
     from tunevlseg.tuning.objective import run_trial
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    watch = InterruptionWatch()
+    watch.install()
     storage = with_retries(lambda: open_storage(parse_storage_url(task.storage)), what="opening the storage")
     claim = claim_trial(storage, task)
     if isinstance(claim, TaskOutcome):
@@ -177,7 +210,9 @@ def run_task(task: TrialTask) -> TaskOutcome:
     started = time.monotonic()
     try:
         result = run_trial(claim.spec, claim.params, claim.run_dir, seed=claim.spec.training.seed + claim.lineage)
-    except Exception as error:
+    except BaseException as error:
+        if watch.received or not isinstance(error, Exception):
+            raise  # interrupted, not failed: the trial stays RUNNING to be continued
         detail = "".join(traceback.format_exception_only(error)).strip()[-2000:]
         trial_id = claim.trial._trial_id
         with_retries(lambda: storage.set_trial_user_attr(trial_id, recovery.FAILURE_ATTR, detail), what="recording the failure")

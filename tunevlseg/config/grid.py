@@ -134,6 +134,8 @@ def expand(experiment: Experiment) -> Expansion:
         if not LEARNERS[entry.name].trains:
             model_settings = model_settings.model_copy(update={"use_upsampler": False})
         data = _with_cell(spec.data, "data", cell)
+        if data.cache_dir is not None:
+            data = data.model_copy(update={"cache_dir": experiment.resolve(data.cache_dir)})
         prompt_key = data.prompt_key if "data.prompt_key" in cell else dataset.prompt_key
         resolved_dataset = dataset.model_copy(
             update={

@@ -129,6 +129,11 @@ class DataSettings(Strict):
     prompt_key: str = Field(default="p1", pattern=r"^p\d+$")
     num_workers: int = Field(default=4, ge=0, le=64)
     train_fraction: float | None = Field(default=None, gt=0, le=1)
+    cache_dir: Path | None = Field(
+        default=None,
+        description="decoded, resized images cached here once per (data set, size); best on "
+        "node-local disk, e.g. /tmp/tvls-cache; none = decode every epoch",
+    )
 
 
 class TrainingSettings(Strict):

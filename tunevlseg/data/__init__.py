@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from tunevlseg.data.cache import CachedArrays, ensure_cache
+    from tunevlseg.data.check import CheckReport, check_dataset
     from tunevlseg.data.datamodule import SegmentationDataModule, read_split
     from tunevlseg.data.medvlsm import read_medvlsm
     from tunevlseg.data.natural import read_natural
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
 _EXPORTS = {
     "CachedArrays": "cache",
     "ensure_cache": "cache",
+    "CheckReport": "check",
+    "check_dataset": "check",
     "DatasetFormatError": "sample",
     "Sample": "sample",
     "read_medvlsm": "medvlsm",
@@ -35,10 +38,12 @@ _EXPORTS = {
 
 __all__ = [
     "CachedArrays",
+    "CheckReport",
     "DatasetFormatError",
     "Sample",
     "SegmentationDataModule",
     "build_transform",
+    "check_dataset",
     "ensure_cache",
     "load_image",
     "load_mask",

@@ -31,25 +31,23 @@ has no trainable tensor and no upsampler.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import nullcontext
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from tunevlseg.catalog import LEARNERS, load_object
 from tunevlseg.learners.base import EncoderDims, Learner, Prompts
+from tunevlseg.models.context_tokens import ContextTokenizerMixin, placeholder_token_id
 from tunevlseg.models.loading import LoadedCLIPSeg, load_clipseg
+from tunevlseg.models.trainable import TrainableParametersMixin
 from tunevlseg.models.upsampler import LearnableUpsampler
 
 if TYPE_CHECKING:
     from transformers import CLIPSegForImageSegmentation, PreTrainedTokenizerBase
 
 __all__ = ["PromptedCLIPSeg", "build_prompted_clipseg", "causal_attention_mask"]
-
-PLACEHOLDER = "x"
 
 
 def causal_attention_mask(attention_mask: Tensor, dtype: torch.dtype) -> Tensor:
@@ -111,8 +109,12 @@ class _FrozenTextAccess:
         return inputs
 
 
-class PromptedCLIPSeg(nn.Module):
+class PromptedCLIPSeg(TrainableParametersMixin, ContextTokenizerMixin):
     """CLIPSeg whose encoders take the prompts of a context learner (see the module docstring).
+
+    The training API (``train``, ``param_groups``, ``trainable_state_dict``, ...) comes from
+    :class:`tunevlseg.models.trainable.TrainableParametersMixin`, ``tokenize`` from
+    :class:`tunevlseg.models.context_tokens.ContextTokenizerMixin`.
 
     Attributes:
         clipseg: the HF ``CLIPSegForImageSegmentation`` (frozen for prompt learners).
@@ -122,6 +124,8 @@ class PromptedCLIPSeg(nn.Module):
         image_size: working resolution in pixels (352 for ``CIDAS/clipseg-rd64*``).
         image_mean, image_std: per-channel normalisation the data pipeline must apply.
     """
+
+    backbone_attribute: ClassVar[str] = "clipseg"
 
     def __init__(
         self,
@@ -160,9 +164,7 @@ class PromptedCLIPSeg(nn.Module):
             self.dims, n_ctx=n_ctx, frozen_text=_FrozenTextAccess(self), **learner_params
         )
         self.n_text_ctx = n_ctx if learner_cls.prompts_text else 0
-        self._placeholder_id = int(
-            self.tokenizer(PLACEHOLDER, add_special_tokens=False)["input_ids"][0]
-        )
+        self._placeholder_id = placeholder_token_id(self.tokenizer)
         use_upsampler = use_upsampler and learner_cls.trains
         self.upsampler = LearnableUpsampler(config.reduce_dim) if use_upsampler else None
 
@@ -190,51 +192,11 @@ class PromptedCLIPSeg(nn.Module):
             vision.post_layernorm.requires_grad_(False)
             clip.visual_projection.requires_grad_(False)
 
-    @property
-    def trains_backbone(self) -> bool:
-        return type(self.learner).trains_backbone
-
-    def train(self, mode: bool = True) -> PromptedCLIPSeg:
-        """Set train mode, but keep a frozen CLIPSeg in eval mode (no dropout, fixed behaviour)."""
-        super().train(mode)
-        if not self.trains_backbone:
-            self.clipseg.eval()
-        return self
-
-    def tokenize(self, prompts: list[str]) -> dict[str, Tensor]:
-        """Tokenize, insert the ``n_ctx`` placeholders after BOS, truncate and pad.
-
-        Returns:
-            ``input_ids`` and ``attention_mask``, ``(B, L)`` long tensors, padded to the longest
-            sequence. Over-long prompts are truncated to the text encoder's 77 positions,
-            keeping EOS last.
-        """
-        tokenizer = self.tokenizer
-        encoded = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
-        bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-        room = self._max_length - 2 - self.n_text_ctx
-        sequences = [
-            [bos, *[self._placeholder_id] * self.n_text_ctx, *ids[1:-1][:room], eos]
-            for ids in encoded
-        ]
-        length = max(len(s) for s in sequences)
-        input_ids = torch.full((len(sequences), length), pad, dtype=torch.long)
-        attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
-        for row, sequence in enumerate(sequences):
-            input_ids[row, : len(sequence)] = torch.tensor(sequence)
-            attention_mask[row, : len(sequence)] = 1
-        return {"input_ids": input_ids, "attention_mask": attention_mask}
-
     def _eos_index(self, input_ids: Tensor) -> Tensor:
         """Where CLIP pools: the highest id (old configs, eos id 2) or the first EOS."""
         if self._eos_token_id == 2:
             return input_ids.to(torch.int).argmax(dim=-1)
         return (input_ids == self._eos_token_id).int().argmax(dim=-1)
-
-    def _grad_context(self, prompted: bool) -> Any:
-        """No autograd graph through an encoder that is frozen and gets no prompts."""
-        return nullcontext() if prompted or self.trains_backbone else torch.no_grad()
 
     # ----------------------------------------------------------------------------- encoders
     def encode_text(
@@ -337,61 +299,6 @@ class PromptedCLIPSeg(nn.Module):
         if self.upsampler is not None:
             logits = self.upsampler(features, logits)
         return logits
-
-    # ----------------------------------------------------------------------------- training API
-    def _trainable(self) -> Iterator[tuple[str, nn.Parameter]]:
-        return ((name, p) for name, p in self.named_parameters() if p.requires_grad)
-
-    def _is_prompt(self, name: str) -> bool:
-        parts = name.split(".")
-        return parts[0] == "learner" and parts[1] in type(self.learner).prompt_attributes
-
-    def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
-        """AdamW groups: weight decay only on weight matrices / kernels.
-
-        Prompt vectors, biases and normalisation weights (every tensor with fewer than two
-        dimensions) are exempt: decaying them pulls prompts towards zero and norms off scale.
-        """
-        decay: list[nn.Parameter] = []
-        no_decay: list[nn.Parameter] = []
-        for name, parameter in self._trainable():
-            (no_decay if parameter.ndim < 2 or self._is_prompt(name) else decay).append(parameter)
-        groups = [
-            {"params": decay, "weight_decay": float(weight_decay)},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
-        return [group for group in groups if group["params"]]
-
-    def trainable_state_dict(self) -> dict[str, Tensor]:
-        """Only the trainable tensors (detached copies), keyed like ``named_parameters``."""
-        return {name: p.detach().clone() for name, p in self._trainable()}
-
-    def load_trainable_state_dict(self, state_dict: dict[str, Tensor]) -> None:
-        """Load what :meth:`trainable_state_dict` saved; keys must match exactly.
-
-        Raises:
-            KeyError: listing missing and unexpected keys.
-            ValueError: on a shape mismatch.
-        """
-        parameters = dict(self._trainable())
-        missing = sorted(set(parameters) - set(state_dict))
-        unexpected = sorted(set(state_dict) - set(parameters))
-        if missing or unexpected:
-            raise KeyError(f"trainable state mismatch: missing={missing}, unexpected={unexpected}")
-        with torch.no_grad():
-            for name, parameter in parameters.items():
-                value = state_dict[name]
-                if value.shape != parameter.shape:
-                    raise ValueError(
-                        f"{name}: shape {tuple(value.shape)} != {tuple(parameter.shape)}"
-                    )
-                parameter.copy_(value)
-
-    def count_parameters(self) -> tuple[int, int]:
-        """``(trainable, total)`` parameter counts."""
-        trainable = sum(p.numel() for _, p in self._trainable())
-        total = sum(p.numel() for p in self.parameters())
-        return trainable, total
 
 
 def build_prompted_clipseg(

@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,6 +31,7 @@ __all__ = [
     "fast_random_clipseg",
     "real_size_clipseg_config",
     "tiny_clipseg_config",
+    "write_folder_atomically",
     "write_tiny_clipseg",
 ]
 
@@ -185,24 +187,55 @@ def write_preprocessor_config(folder: Path, image_size: int) -> None:
     (folder / "preprocessor_config.json").write_text(json.dumps(config, indent=2))
 
 
-def write_tiny_clipseg(folder: Path, *, image_size: int = 96, seed: int = 0) -> Path:
-    """Write a random tiny CLIPSeg checkpoint folder (idempotent, safe against races).
+def write_folder_atomically(
+    folder: Path, fill: Callable[[Path], None], is_complete: Callable[[Path], bool]
+) -> Path:
+    """Write a model folder so that no reader ever sees half of it (idempotent, race-safe).
 
-    The folder is filled in a temporary sibling and renamed into place, so a concurrent reader
-    never sees half a checkpoint. If ``folder`` already holds a complete model it is left alone.
+    If ``is_complete(folder)`` already holds, nothing is written. Otherwise ``fill`` writes the
+    files into a fresh temporary sibling of ``folder``, which is then renamed into place (an
+    empty ``folder`` is replaced). If the rename fails because a concurrent writer got there
+    first, that is fine as long as ``is_complete(folder)`` now holds; otherwise the error is
+    raised. The temporary sibling is removed in every case.
 
     Returns:
-        ``folder``, ready for :func:`tunevlseg.models.loading.load_clipseg`.
+        ``folder`` (as a :class:`~pathlib.Path`).
     """
-    import torch
-    from transformers import CLIPSegForImageSegmentation
-
     folder = Path(folder)
-    if is_complete_folder(folder):
+    if is_complete(folder):
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
+        fill(staging)
+        if folder.exists() and not any(folder.iterdir()):
+            folder.rmdir()
+        try:
+            os.replace(staging, folder)
+        except OSError:
+            if not is_complete(folder):  # lost a race to a writer that did not finish
+                raise
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+def write_tiny_clipseg(folder: Path, *, image_size: int = 96, seed: int = 0) -> Path:
+    """Write a random tiny CLIPSeg checkpoint folder (idempotent, safe against races).
+
+    The folder is filled in a temporary sibling and renamed into place, so a concurrent reader
+    never sees half a checkpoint. If ``folder`` already holds a complete model it is left alone
+    (see :func:`write_folder_atomically`).
+
+    Returns:
+        ``folder``, ready for :func:`tunevlseg.models.loading.load_clipseg`.
+    """
+
+    def fill(staging: Path) -> None:
+        import torch
+        from transformers import CLIPSegForImageSegmentation
+
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             model = CLIPSegForImageSegmentation(tiny_clipseg_config(image_size))
@@ -210,14 +243,5 @@ def write_tiny_clipseg(folder: Path, *, image_size: int = 96, seed: int = 0) -> 
         model.save_pretrained(staging)
         write_clip_tokenizer(staging)
         write_preprocessor_config(staging, image_size)
-        if folder.exists() and not any(folder.iterdir()):
-            folder.rmdir()
-        try:
-            os.replace(staging, folder)
-        except OSError:
-            if not is_complete_folder(folder):  # lost a race to a writer that did not finish
-                raise
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return folder
+
+    return write_folder_atomically(folder, fill, is_complete_folder)

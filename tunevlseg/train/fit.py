@@ -231,6 +231,10 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 
 def _make_trainer(settings: FitSettings, paths: RunPaths, callbacks: list[Callback]) -> L.Trainer:
+    if _uses_cuda(settings.accelerator):
+        # TF32 matmuls and convolutions on Ampere+: ~2x faster fp32 parts, precision ample here.
+        torch.set_float32_matmul_precision("high")
+        torch.backends.cudnn.allow_tf32 = True
     return L.Trainer(
         accelerator=settings.accelerator,
         devices=1,

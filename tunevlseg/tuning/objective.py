@@ -48,6 +48,7 @@ def build_datamodule(spec: StudySpec, model: Any, seed: int) -> Any:
         num_workers=spec.data.num_workers,
         seed=seed,
         train_fraction=spec.data.train_fraction,
+        cache_dir=spec.data.cache_dir,
     )
 
 

@@ -81,8 +81,14 @@ def ensure_studies(
         if spec.name not in existing:
             continue
         stored = storage.get_study_user_attrs(storage.get_study_id_from_name(spec.name))
-        if stored.get(SPEC_HASH_ATTR) != spec_hash(spec) and not force:
-            conflicts.append(_describe_difference(spec, stored.get(SPEC_ATTR, {})))
+        if stored.get(SPEC_HASH_ATTR) == spec_hash(spec) or force:
+            continue
+        # Compare definitions, not bytes: a setting added to the schema since the study was
+        # created reads back with its default and is no change.
+        previous = _validated(stored.get(SPEC_ATTR, {}))
+        if previous != spec:
+            old = previous.to_attrs() if previous is not None else stored.get(SPEC_ATTR, {})
+            conflicts.append(_describe_difference(spec, old))
     if conflicts:
         raise StudyConflictError(
             "the experiment file changed the definition of studies that already exist in the "
@@ -103,6 +109,15 @@ def ensure_studies(
             study.set_user_attr(SPEC_HASH_ATTR, spec_hash(spec))
 
 
+def _validated(data: Any) -> StudySpec | None:
+    from pydantic import ValidationError
+
+    try:
+        return StudySpec.model_validate(data)
+    except ValidationError:
+        return None
+
+
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(data, dict):
         out: dict[str, Any] = {}
@@ -112,12 +127,17 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: data}
 
 
+def _shown(value: Any) -> str:
+    return "(absent)" if type(value) is object else repr(value)
+
+
 def _describe_difference(spec: StudySpec, stored: dict[str, Any]) -> str:
     new, old = _flatten(spec.to_attrs()), _flatten(stored)
+    absent = object()
     changed = [
-        f"    {key}: {old.get(key, '(absent)')!r} -> {new.get(key, '(absent)')!r}"
+        f"    {key}: {_shown(old.get(key, absent))} -> {_shown(new.get(key, absent))}"
         for key in sorted(set(new) | set(old))
-        if new.get(key) != old.get(key)
+        if new.get(key, absent) != old.get(key, absent)
     ]
     return f"  {spec.name}\n" + "\n".join(changed[:12]) + (
         f"\n    ... and {len(changed) - 12} more" if len(changed) > 12 else ""

@@ -25,8 +25,7 @@ CLIP's unused ``logit_scale``; ``zeroshot`` trains nothing and has no upsampler.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -34,10 +33,11 @@ from torch import Tensor
 
 from tunevlseg.catalog import LEARNERS, load_object
 from tunevlseg.learners.base import EncoderDims, Learner, Prompts
-from tunevlseg.models.cris._trainable import TrainableParametersMixin
+from tunevlseg.models.context_tokens import ContextTokenizerMixin, placeholder_token_id
 from tunevlseg.models.cris.checkpoint import LoadedCRIS, load_cris
 from tunevlseg.models.cris.clip_text import causal_mask
 from tunevlseg.models.cris.model import CRIS
+from tunevlseg.models.trainable import TrainableParametersMixin
 from tunevlseg.models.upsampler import LearnableUpsampler
 
 if TYPE_CHECKING:
@@ -45,7 +45,6 @@ if TYPE_CHECKING:
 
 __all__ = ["PromptedCRIS", "build_prompted_cris"]
 
-PLACEHOLDER = "x"
 VISION_REFUSAL = (
     "learner {name!r} prompts the image encoder, but CRIS's image encoder is a ResNet: there are "
     "no tokens to prompt. Use a text learner (coop, cocoop) or a baseline (zeroshot, e2e) with "
@@ -85,8 +84,11 @@ class _FrozenTextAccess:
         return inputs
 
 
-class PromptedCRIS(TrainableParametersMixin):
+class PromptedCRIS(TrainableParametersMixin, ContextTokenizerMixin):
     """CRIS whose text encoder takes a context learner's prompts (see the module docstring).
+
+    The training API comes from :class:`tunevlseg.models.trainable.TrainableParametersMixin`,
+    ``tokenize`` from :class:`tunevlseg.models.context_tokens.ContextTokenizerMixin`.
 
     Attributes:
         cris: the CRIS network (frozen for prompt learners).
@@ -97,6 +99,8 @@ class PromptedCRIS(TrainableParametersMixin):
         image_mean, image_std: CLIP's per-channel normalisation for the data pipeline.
         dims: the sizes the learner sees (text 512 x 12 layers, projection 1024 for RN50).
     """
+
+    backbone_attribute: ClassVar[str] = "cris"
 
     def __init__(
         self,
@@ -133,9 +137,7 @@ class PromptedCRIS(TrainableParametersMixin):
             raise ValueError(
                 f"n_ctx={n_ctx} leaves no room for words in CRIS's {self._max_length} positions"
             )
-        self._placeholder_id = int(
-            self.tokenizer(PLACEHOLDER, add_special_tokens=False)["input_ids"][0]
-        )
+        self._placeholder_id = placeholder_token_id(self.tokenizer)
         use_upsampler = use_upsampler and learner_cls.trains
         self.upsampler = LearnableUpsampler(config.projector_dim) if use_upsampler else None
 
@@ -144,41 +146,6 @@ class PromptedCRIS(TrainableParametersMixin):
         if not learner_cls.trains:
             self.requires_grad_(False)
         self.train(False)
-
-    def train(self, mode: bool = True) -> PromptedCRIS:
-        """Set train mode, but keep a frozen CRIS in eval mode (fixed BatchNorm, no dropout)."""
-        super().train(mode)
-        if not self.trains_backbone:
-            self.cris.eval()
-        return self
-
-    def tokenize(self, prompts: list[str]) -> dict[str, Tensor]:
-        """Tokenize, insert the ``n_ctx`` placeholders after BOS, truncate and pad with EOS.
-
-        Returns:
-            ``input_ids`` and ``attention_mask``, ``(B, L)`` long tensors, padded to the longest
-            sequence; prompts longer than ``word_length`` are truncated, keeping EOS last.
-        """
-        tokenizer = self.tokenizer
-        encoded = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
-        bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-        room = self._max_length - 2 - self.n_text_ctx
-        sequences = [
-            [bos, *[self._placeholder_id] * self.n_text_ctx, *ids[1:-1][:room], eos]
-            for ids in encoded
-        ]
-        length = max(len(s) for s in sequences)
-        input_ids = torch.full((len(sequences), length), pad, dtype=torch.long)
-        attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
-        for row, sequence in enumerate(sequences):
-            input_ids[row, : len(sequence)] = torch.tensor(sequence)
-            attention_mask[row, : len(sequence)] = 1
-        return {"input_ids": input_ids, "attention_mask": attention_mask}
-
-    def _grad_context(self, needed: bool) -> Any:
-        """No autograd graph through a frozen part that receives no prompts."""
-        return nullcontext() if needed or self.trains_backbone else torch.no_grad()
 
     def encode_image(
         self, pixel_values: Tensor, *, pooled: bool = False

@@ -13,9 +13,6 @@ milliseconds at 96 px.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -23,7 +20,7 @@ import torch
 from tunevlseg.models.cris.checkpoint import is_complete_cris_folder, save_cris
 from tunevlseg.models.cris.config import CRISConfig
 from tunevlseg.models.cris.model import CRIS
-from tunevlseg.models.tiny import tiny_vocabulary, write_clip_tokenizer
+from tunevlseg.models.tiny import tiny_vocabulary, write_clip_tokenizer, write_folder_atomically
 
 __all__ = ["fast_random_cris", "tiny_cris_config", "write_tiny_cris"]
 
@@ -113,17 +110,14 @@ def write_tiny_cris(folder: Path, *, image_size: int = 96, seed: int = 0) -> Pat
     """Write a random tiny CRIS model folder (idempotent, safe against concurrent writers).
 
     The folder is filled in a temporary sibling and renamed into place, so a reader never sees
-    half a model. If ``folder`` already holds a complete model it is left alone.
+    half a model. If ``folder`` already holds a complete model it is left alone (see
+    :func:`tunevlseg.models.tiny.write_folder_atomically`).
 
     Returns:
         ``folder``, ready for :func:`tunevlseg.models.cris.checkpoint.load_cris`.
     """
-    folder = Path(folder)
-    if is_complete_cris_folder(folder):
-        return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
+
+    def fill(staging: Path) -> None:
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             model = CRIS(tiny_cris_config(image_size))
@@ -131,14 +125,5 @@ def write_tiny_cris(folder: Path, *, image_size: int = 96, seed: int = 0) -> Pat
         model.eval()
         save_cris(model, staging)
         write_clip_tokenizer(staging)
-        if folder.exists() and not any(folder.iterdir()):
-            folder.rmdir()
-        try:
-            os.replace(staging, folder)
-        except OSError:
-            if not is_complete_cris_folder(folder):  # lost a race to a writer that did not finish
-                raise
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return folder
+
+    return write_folder_atomically(folder, fill, is_complete_cris_folder)

@@ -1,15 +1,26 @@
-"""The training API every prompted model offers, written once for CRIS.
+"""The training API every prompted model offers, written once.
 
-:class:`tunevlseg.models.clipseg.PromptedCLIPSeg` has the same methods with the same meaning;
-this mixin states them against two hooks (``learner`` and ``_is_prompt``) so that a second
-model does not repeat them. (Moving it up to ``tunevlseg.models`` and letting CLIPSeg use it too
-is a natural follow-up.)
+:class:`tunevlseg.models.clipseg.PromptedCLIPSeg` and
+:class:`tunevlseg.models.cris.prompted.PromptedCRIS` both inherit
+:class:`TrainableParametersMixin`, so training, tuning and the CLI treat them alike.
+
+Contract for a subclass:
+
+* it owns a ``learner`` submodule (:class:`tunevlseg.learners.base.Learner`); the learner class's
+  ``trains_backbone`` says whether the pretrained network trains (``e2e``) and its
+  ``prompt_attributes`` name the prompt vectors (exempt from weight decay);
+* it sets the class attribute ``backbone_attribute`` to the name of the pretrained network's
+  submodule (``"clipseg"``, ``"cris"``), which :meth:`TrainableParametersMixin.train` keeps in
+  eval mode while it is frozen;
+* it freezes (``requires_grad_(False)``) whatever should not train; every other parameter is
+  trainable, saved by ``trainable_state_dict`` and counted as trainable.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from contextlib import nullcontext
+from typing import Any, ClassVar, Self
 
 import torch
 from torch import Tensor, nn
@@ -18,17 +29,30 @@ __all__ = ["TrainableParametersMixin"]
 
 
 class TrainableParametersMixin(nn.Module):
-    """``param_groups``, ``trainable_state_dict``, ``load_trainable_state_dict``, counts.
-
-    Subclasses own a ``learner`` (:class:`tunevlseg.learners.base.Learner`) submodule; its
-    ``prompt_attributes`` name the prompt vectors.
-    """
+    """``train``, ``param_groups``, ``trainable_state_dict``, ``load_trainable_state_dict``,
+    ``count_parameters`` (see the module docstring for what a subclass provides)."""
 
     learner: nn.Module
+    backbone_attribute: ClassVar[str]
 
     @property
     def trains_backbone(self) -> bool:
         return bool(getattr(type(self.learner), "trains_backbone", False))
+
+    def train(self, mode: bool = True) -> Self:
+        """Set train mode, but keep a frozen backbone in eval mode.
+
+        A frozen network then behaves exactly as at inference (fixed BatchNorm statistics, no
+        dropout) while the learner and the upsampler train.
+        """
+        super().train(mode)
+        if not self.trains_backbone:
+            getattr(self, self.backbone_attribute).eval()
+        return self
+
+    def _grad_context(self, needed: bool) -> Any:
+        """No autograd graph through a frozen part that receives no prompts."""
+        return nullcontext() if needed or self.trains_backbone else torch.no_grad()
 
     def _trainable(self) -> Iterator[tuple[str, nn.Parameter]]:
         return ((name, p) for name, p in self.named_parameters() if p.requires_grad)
@@ -37,7 +61,8 @@ class TrainableParametersMixin(nn.Module):
         """Persistent buffers that training changes: BatchNorm statistics, for ``e2e`` only.
 
         A frozen backbone stays in eval mode, so its statistics never move; an end-to-end run
-        updates them, and predictions depend on them as much as on the weights.
+        updates them, and predictions depend on them as much as on the weights. (CLIPSeg has
+        no persistent buffers, so for it this is always empty.)
         """
         if not self.trains_backbone:
             return {}
