@@ -55,6 +55,23 @@ def assert_placeholders_inserted(prompted: Any, plain: Any, n_ctx: int) -> None:
     assert torch.equal(prompted["input_ids"][:, 1 + n_ctx :], plain["input_ids"][:, 1:])
 
 
+def tokens_with_last_word_changed(
+    model: Any, text: str = "a photo of a polyp"
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], int]:
+    """``(tokens, changed, last_word)``: ``text`` tokenized, and a copy whose last word differs."""
+    tokens = model.tokenize([text])
+    changed = {k: v.clone() for k, v in tokens.items()}
+    last_word = int(tokens["attention_mask"].sum()) - 2
+    changed["input_ids"][0, last_word] = 100
+    return tokens, changed, last_word
+
+
+def assert_causal(first: torch.Tensor, second: torch.Tensor, last_word: int) -> None:
+    """Text states before ``last_word`` ignore the change there; those from it on do not."""
+    assert torch.equal(first[0, :last_word], second[0, :last_word])
+    assert not torch.equal(first[0, last_word:], second[0, last_word:])
+
+
 def assert_frozen_step(model: Any, backbone: nn.Module) -> None:
     """In train mode, one AdamW step changes every trainable tensor and nothing of ``backbone``.
 

@@ -6,11 +6,25 @@ import copy
 import re
 import shutil
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from _model_checks import (
+    TEXTS,
+    assert_causal,
+    assert_frozen_step,
+    assert_load_trainable_state_is_strict,
+    assert_placeholders_inserted,
+    assert_trainable_state_round_trip,
+    assert_zeroshot_and_coop_counts,
+    build_model,
+    make_batch as batch,
+    no_decay_names,
+    tokens_with_last_word_changed,
+)
 
 from tunevlseg.catalog import LEARNERS, MODELS, load_object
 from tunevlseg.models.cris import (
@@ -31,7 +45,6 @@ from tunevlseg.train.loss import dice_bce_loss
 PROMPT_LEARNERS = ["coop", "cocoop"]
 VISUAL_LEARNERS = ["vpt", "maple", "shared_separate", "shared_attention"]
 SMALL = {"cocoop": {"intermediate_dim": 8}}
-TEXTS = ["a photo of a polyp", "the thing on the left"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -58,19 +71,7 @@ def tiny_cris(tiny_folder: Path) -> LoadedCRIS:
 def build(
     loaded: LoadedCRIS, learner: str, depth: int | None = 1, seed: int = 0, **kwargs
 ) -> PromptedCRIS:
-    params = (
-        {} if learner in ("e2e", "zeroshot") else {"prompt_depth": depth, **SMALL.get(learner, {})}
-    )
-    torch.manual_seed(seed)
-    learner_cls = load_object(LEARNERS[learner].implementation)
-    return PromptedCRIS(copy.deepcopy(loaded), learner_cls, params, **kwargs)
-
-
-def batch(model: PromptedCRIS, seed: int = 1) -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    size = model.image_size
-    pixels = torch.randn(len(TEXTS), 3, size, size, generator=generator)
-    return {"pixel_values": pixels, **model.tokenize(TEXTS)}
+    return build_model(PromptedCRIS, loaded, learner, depth, seed, small=SMALL, **kwargs)
 
 
 # ----------------------------------------------------------------------------- forward, learners
@@ -131,24 +132,12 @@ def test_upsampler_flag(tiny_cris: LoadedCRIS) -> None:
 @pytest.mark.parametrize("learner", PROMPT_LEARNERS)
 def test_frozen_means_frozen(tiny_cris: LoadedCRIS, learner: str) -> None:
     model = build(tiny_cris, learner, 2).train()
-    assert not any(m.training for m in model.cris.modules())
-    assert not any(p.requires_grad for p in model.cris.parameters())
-    frozen = {k: v.clone() for k, v in model.cris.state_dict().items()}  # BN statistics too
-    before = model.trainable_state_dict()
-    optimizer = torch.optim.AdamW(model.param_groups(weight_decay=0.05), lr=1e-2)
-    model(**batch(model)).pow(2).mean().backward()
-    optimizer.step()
-    after = model.cris.state_dict()
-    assert [k for k in frozen if not torch.equal(frozen[k], after[k])] == []
-    unchanged = [k for k, v in model.trainable_state_dict().items() if torch.equal(v, before[k])]
-    assert unchanged == []
+    assert_frozen_step(model, model.cris)  # BN statistics too
 
 
 def test_param_groups_exempt_prompts_biases_and_norms(tiny_cris: LoadedCRIS) -> None:
     model = build(tiny_cris, "cocoop", 2)
-    groups = model.param_groups(weight_decay=0.1)
-    no_decay = {id(p) for g in groups if g["weight_decay"] == 0.0 for p in g["params"]}
-    names = {n for n, p in model.named_parameters() if id(p) in no_decay}
+    names = no_decay_names(model, weight_decay=0.1)
     assert {
         "learner.text_ctx.0",
         "learner.text_ctx.1",
@@ -158,23 +147,18 @@ def test_param_groups_exempt_prompts_biases_and_norms(tiny_cris: LoadedCRIS) -> 
     } <= names
     assert "learner.meta_nets.0.0.weight" not in names
     assert "upsampler.conv.weight" not in names
-    assert sum(len(g["params"]) for g in groups) == len(model.trainable_state_dict())
 
 
 def test_text_encoder_stays_causal_with_prompts(tiny_cris: LoadedCRIS) -> None:
     model = build(tiny_cris, "coop", 4)
-    tokens = model.tokenize(["a photo of a polyp"])
-    changed = {k: v.clone() for k, v in tokens.items()}
-    last_word = int(tokens["attention_mask"].sum()) - 2
-    changed["input_ids"][0, last_word] = 100
+    tokens, changed, last_word = tokens_with_last_word_changed(model)
     prompts = model.learner().text
     with torch.no_grad():
         first, _ = model.encode_text(tokens["input_ids"], tokens["attention_mask"], prompts)
         second, _ = model.encode_text(changed["input_ids"], changed["attention_mask"], prompts)
         other = [p + 1.0 for p in prompts]
         third, _ = model.encode_text(tokens["input_ids"], tokens["attention_mask"], other)
-    assert torch.equal(first[0, :last_word], second[0, :last_word])
-    assert not torch.equal(first[0, last_word:], second[0, last_word:])
+    assert_causal(first, second, last_word)
     assert torch.equal(first[0, 0], third[0, 0])  # BOS sees nothing after it
     assert not torch.equal(first[0, 1:], third[0, 1:])
 
@@ -185,9 +169,7 @@ def test_tokenize_inserts_placeholders_and_truncates(tiny_cris: LoadedCRIS) -> N
     assert torch.equal(e2e.tokenize(TEXTS)["input_ids"], plain["input_ids"])
     prompted = coop.tokenize(TEXTS)
     n_ctx = coop.learner.n_ctx
-    assert prompted["input_ids"].shape[1] == plain["input_ids"].shape[1] + n_ctx
-    assert len(set(prompted["input_ids"][:, 1 : 1 + n_ctx].flatten().tolist())) == 1
-    assert torch.equal(prompted["input_ids"][:, 1 + n_ctx :], plain["input_ids"][:, 1:])
+    assert_placeholders_inserted(prompted, plain, n_ctx)
     long = coop.tokenize(["polyp " * 200])["input_ids"]
     assert long.shape[1] == tiny_cris.config.word_length
     assert long[0, -1].item() == coop.tokenizer.eos_token_id
@@ -206,40 +188,18 @@ def test_cocoop_conditions_on_the_pooled_clip_feature(tiny_cris: LoadedCRIS) -> 
 # ----------------------------------------------------------------------------- training API
 @pytest.mark.parametrize("learner", ["coop", "cocoop", "e2e"])
 def test_trainable_state_round_trip(tiny_cris: LoadedCRIS, learner: str) -> None:
-    model = build(tiny_cris, learner, 2, seed=0).train()
-    optimizer = torch.optim.AdamW(model.param_groups(0.01), lr=1e-2)
-    inputs = batch(model)
-    model(**inputs).pow(2).mean().backward()
-    optimizer.step()
-    state = model.trainable_state_dict()
-    fresh = build(tiny_cris, learner, 2, seed=123)
-    fresh.load_trainable_state_dict(state)
-    with torch.no_grad():
-        assert torch.equal(model.eval()(**inputs), fresh.eval()(**inputs))
+    assert_trainable_state_round_trip(partial(build, tiny_cris), learner)
 
 
 def test_load_trainable_state_is_strict(tiny_cris: LoadedCRIS) -> None:
-    model = build(tiny_cris, "coop", 2)
-    state = model.trainable_state_dict()
-    with pytest.raises(KeyError, match="missing"):
-        model.load_trainable_state_dict({k: v for k, v in state.items() if "upsampler" not in k})
-    with pytest.raises(KeyError, match="unexpected"):
-        model.load_trainable_state_dict({**state, "learner.extra": torch.zeros(1)})
-    with pytest.raises(ValueError, match="shape"):
-        model.load_trainable_state_dict({**state, "upsampler.ratio": torch.zeros(2)})
+    assert_load_trainable_state_is_strict(build(tiny_cris, "coop", 2))
 
 
 def test_counts_and_baselines(tiny_cris: LoadedCRIS) -> None:
-    zeroshot = build(tiny_cris, "zeroshot")
-    trainable, total = zeroshot.count_parameters()
-    assert trainable == 0 and total > 0 and zeroshot.trainable_state_dict() == {}
+    total = assert_zeroshot_and_coop_counts(build(tiny_cris, "zeroshot"), build(tiny_cris, "coop"))
     e2e = build(tiny_cris, "e2e", use_upsampler=False)
     assert e2e.count_parameters() == (total - 1, total)  # all but CLIP's logit_scale
     assert e2e.train().cris.training
-    coop = build(tiny_cris, "coop")
-    n_trainable, n_total = coop.count_parameters()
-    assert n_trainable == sum(v.numel() for v in coop.trainable_state_dict().values())
-    assert n_total == total + n_trainable
 
 
 @pytest.mark.parametrize(

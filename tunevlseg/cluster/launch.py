@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -277,12 +278,11 @@ class SlurmSetup:
     setup: list[str]
     arrays: dict[str, Any]
     collector: Callable[[list[str]], dict[str, Any]]
-    jobs_folder: Any
+    jobs_folder: Path
 
 
 def slurm_setup(experiment: Experiment, expansion: Expansion, storage_url: StorageURL) -> SlurmSetup:
     import os
-    from pathlib import Path
 
     from tunevlseg.cluster.container import bind_paths, python_command, setup_lines, task_environment
     from tunevlseg.cluster.submit import array_parameters, collector_parameters
@@ -356,11 +356,8 @@ def launch_slurm(
     prepared = _prepare(
         experiment, expansion, storage_url, storage, force=force, console=console, liveness=liveness
     )
-    covered = {
-        prepared.manifest.task_index()[key]
-        for key in liveness.queued
-        if key in prepared.manifest.task_index()
-    }
+    index = prepared.manifest.task_index()
+    covered = {index[key] for key in liveness.queued if key in index}
     tasks = [t for t in prepared.waiting if (t.study, t.trial_number) not in covered]
     plan = make_plan(expansion, storage)
     setup = slurm_setup(experiment, expansion, storage_url)

@@ -1,0 +1,192 @@
+"""Per-step cost of the full training stack against a bare PyTorch loop, on the same model.
+
+For the tiny CLIPSeg (``write_tiny_clipseg``, 96 px) and a real-size CLIPSeg (ViT-B/16 at
+352 px, ``real_size_clipseg_config`` + ``fast_random_clipseg``) with VPT at prompt depth 11
+(CPU, fp32), three variants run interleaved, ``--rounds`` times each, on one model object:
+
+* ``stack``: the real ``tunevlseg.train.fit.fit`` (``SegmentationDataModule`` -> ``SegmentationModule``
+  in the Lightning ``Trainer`` built by ``_make_trainer``: ModelCheckpoint, EarlyStopping,
+  CSVLogger, AdamW + ReduceLROnPlateau, epoch-level logging), one epoch of
+  ``warmup + steps`` batches (effective batch = batch, so one optimiser step per batch).
+  A forward pre-hook on the model stamps every training forward; a step is the interval
+  between two consecutive training forwards (data fetch, hooks, logging, backward, optimiser
+  step, zero_grad: everything between them). Validation/test after the epoch are not timed.
+* ``bare-loader``: a plain loop over the same data module's train loader doing the same
+  forward (+ the module's resize to the mask size), ``dice_bce_loss``, backward, AdamW step on
+  ``model.param_groups``, zero_grad.
+* ``bare-fixed``: the same loop on one pre-collated batch (compute only: no data loading).
+
+The first ``--warmup`` steps of every round are dropped; per variant the median step over all
+rounds is reported, and the ratios stack / bare-loader (framework overhead) and
+stack / bare-fixed (framework + data loading).
+
+Reproduce::
+
+    .venv/bin/python benchmarks/training_overhead.py            # both sizes (~4 min on 2 cores)
+    .venv/bin/python benchmarks/training_overhead.py --only tiny
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from tunevlseg.catalog import IMAGENET_MEAN, IMAGENET_STD
+from tunevlseg.data.datamodule import SegmentationDataModule
+from tunevlseg.data.synthetic import write_synthetic_medvlsm
+from tunevlseg.models.clipseg import build_prompted_clipseg
+from tunevlseg.models.tiny import (
+    fast_random_clipseg,
+    real_size_clipseg_config,
+    write_clip_tokenizer,
+    write_preprocessor_config,
+    write_tiny_clipseg,
+)
+from tunevlseg.train.fit import fit
+from tunevlseg.train.loss import dice_bce_loss
+from tunevlseg.train.settings import FitSettings
+
+
+def write_real_size(folder: Path) -> Path:
+    model = fast_random_clipseg(real_size_clipseg_config())
+    model.save_pretrained(folder)
+    write_clip_tokenizer(folder)
+    write_preprocessor_config(folder, 352)
+    return folder
+
+
+class StepClock:
+    """Stamps each grad-enabled (training) forward of the model (a forward pre-hook)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.stamps: list[float] = []
+        self.active = False
+        model.register_forward_pre_hook(self._hook)
+
+    def _hook(self, module: torch.nn.Module, args: Any) -> None:
+        if self.active and torch.is_grad_enabled():  # training forwards only (eval runs no_grad)
+            self.stamps.append(time.perf_counter())
+
+    def intervals(self) -> list[float]:
+        return [b - a for a, b in zip(self.stamps, self.stamps[1:], strict=False)]
+
+
+def bare_steps(model: Any, batches: Any, n: int, lr: float, wd: float) -> list[float]:
+    """The plain loop; returns the per-step times (start of one forward to the next)."""
+    optimizer = torch.optim.AdamW(model.param_groups(wd), lr=lr)
+    stamps = []
+    iterator = iter(batches)
+    for _ in range(n):
+        batch = next(iterator)
+        stamps.append(time.perf_counter())
+        logits = model(batch["pixel_values"], batch["input_ids"], batch["attention_mask"])
+        masks = batch["masks"]
+        if logits.shape[-2:] != masks.shape[-2:]:
+            logits = F.interpolate(logits, size=masks.shape[-2:], mode="bilinear", align_corners=False)
+        loss = dice_bce_loss(logits, masks)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    # close the last step like the hook does: time to the would-be next forward
+    stamps.append(time.perf_counter())
+    return [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+
+
+def measure(label: str, folder: Path, image_size: int, learner_params: dict[str, Any], *,
+            batch: int, warmup: int, steps: int, rounds: int, work: Path) -> dict[str, float]:
+    n = warmup + steps
+    data = write_synthetic_medvlsm(work / f"data-{label}", n_train=n * batch, n_val=batch,
+                                   n_test=batch, image_size=image_size)
+    t0 = time.perf_counter()
+    model = build_prompted_clipseg(str(folder), "vpt", learner_params)
+    build_s = time.perf_counter() - t0
+    modes = {name: m.training for name, m in model.named_modules()}
+
+    def restore_modes() -> None:
+        for name, m in model.named_modules():
+            m.training = modes[name]
+
+    def datamodule() -> SegmentationDataModule:
+        return SegmentationDataModule(
+            root=data, format="medvlsm", prompt_key="p1", image_size=image_size,
+            mean=IMAGENET_MEAN, std=IMAGENET_STD, tokenize=model.tokenize, batch_size=batch,
+            num_workers=0, seed=0)
+
+    settings = FitSettings(max_epochs=1, patience=3, batch_size=batch, effective_batch_size=batch,
+                           lr=1e-3, weight_decay=1e-4, precision="32", accelerator="cpu")
+    clock = StepClock(model)
+    fixed_dm = datamodule()
+    fixed_dm.setup("fit")
+    fixed = next(iter(fixed_dm.train_dataloader()))
+    results: dict[str, list[float]] = {"stack": [], "bare-loader": [], "bare-fixed": []}
+    for r in range(rounds):
+        # stack: the real fit() on a fresh run folder
+        restore_modes()
+        run_dir = work / f"run-{label}-{r}"
+        clock.stamps, clock.active = [], True
+        fit(model, datamodule(), settings, run_dir)
+        clock.active = False
+        results["stack"] += clock.intervals()[warmup:steps + warmup - 1]
+        shutil.rmtree(run_dir, ignore_errors=True)
+        # bare over the same loader
+        restore_modes()
+        dm = datamodule()
+        dm.setup("fit")
+        times = bare_steps(model, dm.train_dataloader(), n, settings.lr, settings.weight_decay)
+        results["bare-loader"] += times[warmup:n - 1]
+        # bare on one fixed batch
+        restore_modes()
+        times = bare_steps(model, iter(lambda: fixed, None), n, settings.lr, settings.weight_decay)
+        results["bare-fixed"] += times[warmup:n - 1]
+        print(f"  [{label}] round {r + 1}/{rounds}: "
+              + ", ".join(f"{k} {statistics.median(v[-(steps - 1):]) * 1e3:.1f} ms" for k, v in results.items()),
+              flush=True)
+    med = {k: statistics.median(v) for k, v in results.items()}
+    trainable, total = model.count_parameters()
+    print(f"{label}: batch {batch}, {image_size} px, VPT depth {learner_params['prompt_depth']}, "
+          f"{trainable:,} trainable of {total:,} params, model build {build_s:.2f} s, "
+          f"{len(results['stack'])} timed steps per variant")
+    for k, v in results.items():
+        print(f"  {k:12s} median {med[k] * 1e3:9.1f} ms/step   (min {min(v) * 1e3:.1f}, max {max(v) * 1e3:.1f})")
+    print(f"  ratio stack/bare-loader = {med['stack'] / med['bare-loader']:.3f}   "
+          f"stack/bare-fixed = {med['stack'] / med['bare-fixed']:.3f}   "
+          f"bare-loader/bare-fixed = {med['bare-loader'] / med['bare-fixed']:.3f}", flush=True)
+    return med
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--only", choices=["tiny", "real"], default=None)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--tiny-steps", type=int, default=30)
+    p.add_argument("--real-steps", type=int, default=4)
+    p.add_argument("--real-batch", type=int, default=2)
+    args = p.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"nproc {os.cpu_count()}, load {os.getloadavg()}")
+    work = Path(tempfile.mkdtemp(prefix="tvls-overhead-"))
+    try:
+        if args.only in (None, "tiny"):
+            folder = write_tiny_clipseg(work / "clipseg-tiny")
+            measure("tiny", folder, 96, {"prompt_depth": 3}, batch=8, warmup=5,
+                    steps=args.tiny_steps, rounds=args.rounds, work=work)
+        if args.only in (None, "real"):
+            folder = write_real_size(work / "clipseg-real")
+            measure("real-size", folder, 352, {"prompt_depth": 11}, batch=args.real_batch,
+                    warmup=2, steps=args.real_steps, rounds=args.rounds, work=work)
+        print(f"load after: {os.getloadavg()}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
