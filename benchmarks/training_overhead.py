@@ -17,12 +17,14 @@ For the tiny CLIPSeg (``write_tiny_clipseg``, 96 px) and a real-size CLIPSeg (Vi
 * ``bare-fixed``: the same loop on one pre-collated batch (compute only: no data loading).
 
 The first ``--warmup`` steps of every round are dropped; per variant the median step over all
-rounds is reported, and the ratios stack / bare-loader (framework overhead) and
-stack / bare-fixed (framework + data loading).
+rounds is reported, by wall clock and by this process's CPU time (``time.process_time``; with
+one torch thread it is the steadier measure on a shared machine, as other processes' load does
+not count), and the ratios stack / bare-loader (framework overhead) and stack / bare-fixed
+(framework + data loading).
 
 Reproduce::
 
-    .venv/bin/python benchmarks/training_overhead.py            # both sizes (~4 min on 2 cores)
+    .venv/bin/python benchmarks/training_overhead.py            # both sizes (~10 min here)
     .venv/bin/python benchmarks/training_overhead.py --only tiny
 """
 
@@ -69,25 +71,31 @@ class StepClock:
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.stamps: list[float] = []
+        self.cpu: list[float] = []
         self.active = False
         model.register_forward_pre_hook(self._hook)
 
     def _hook(self, module: torch.nn.Module, args: Any) -> None:
         if self.active and torch.is_grad_enabled():  # training forwards only (eval runs no_grad)
             self.stamps.append(time.perf_counter())
+            self.cpu.append(time.process_time())
 
     def intervals(self) -> list[float]:
         return [b - a for a, b in zip(self.stamps, self.stamps[1:], strict=False)]
 
+    def cpu_intervals(self) -> list[float]:
+        return [b - a for a, b in zip(self.cpu, self.cpu[1:], strict=False)]
 
-def bare_steps(model: Any, batches: Any, n: int, lr: float, wd: float) -> list[float]:
-    """The plain loop; returns the per-step times (start of one forward to the next)."""
+
+def bare_steps(model: Any, batches: Any, n: int, lr: float, wd: float) -> tuple[list[float], list[float]]:
+    """The plain loop; returns the per-step wall and CPU times (one forward's start to the next)."""
     optimizer = torch.optim.AdamW(model.param_groups(wd), lr=lr)
-    stamps = []
+    stamps, cpu = [], []
     iterator = iter(batches)
     for _ in range(n):
+        stamps.append(time.perf_counter())  # before the fetch, as the hook sees a step's start
+        cpu.append(time.process_time())
         batch = next(iterator)
-        stamps.append(time.perf_counter())
         logits = model(batch["pixel_values"], batch["input_ids"], batch["attention_mask"])
         masks = batch["masks"]
         if logits.shape[-2:] != masks.shape[-2:]:
@@ -98,7 +106,9 @@ def bare_steps(model: Any, batches: Any, n: int, lr: float, wd: float) -> list[f
         optimizer.zero_grad()
     # close the last step like the hook does: time to the would-be next forward
     stamps.append(time.perf_counter())
-    return [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+    cpu.append(time.process_time())
+    return ([b - a for a, b in zip(stamps, stamps[1:], strict=False)],
+            [b - a for a, b in zip(cpu, cpu[1:], strict=False)])
 
 
 def measure(label: str, folder: Path, image_size: int, learner_params: dict[str, Any], *,
@@ -128,38 +138,45 @@ def measure(label: str, folder: Path, image_size: int, learner_params: dict[str,
     fixed_dm.setup("fit")
     fixed = next(iter(fixed_dm.train_dataloader()))
     results: dict[str, list[float]] = {"stack": [], "bare-loader": [], "bare-fixed": []}
+    cpu: dict[str, list[float]] = {"stack": [], "bare-loader": [], "bare-fixed": []}
     for r in range(rounds):
         # stack: the real fit() on a fresh run folder
         restore_modes()
         run_dir = work / f"run-{label}-{r}"
-        clock.stamps, clock.active = [], True
+        clock.stamps, clock.cpu, clock.active = [], [], True
         fit(model, datamodule(), settings, run_dir)
         clock.active = False
         results["stack"] += clock.intervals()[warmup:steps + warmup - 1]
+        cpu["stack"] += clock.cpu_intervals()[warmup:steps + warmup - 1]
         shutil.rmtree(run_dir, ignore_errors=True)
         # bare over the same loader
         restore_modes()
         dm = datamodule()
         dm.setup("fit")
-        times = bare_steps(model, dm.train_dataloader(), n, settings.lr, settings.weight_decay)
+        times, cpus = bare_steps(model, dm.train_dataloader(), n, settings.lr, settings.weight_decay)
         results["bare-loader"] += times[warmup:n - 1]
+        cpu["bare-loader"] += cpus[warmup:n - 1]
         # bare on one fixed batch
         restore_modes()
-        times = bare_steps(model, iter(lambda: fixed, None), n, settings.lr, settings.weight_decay)
+        times, cpus = bare_steps(model, iter(lambda: fixed, None), n, settings.lr, settings.weight_decay)
         results["bare-fixed"] += times[warmup:n - 1]
+        cpu["bare-fixed"] += cpus[warmup:n - 1]
         print(f"  [{label}] round {r + 1}/{rounds}: "
               + ", ".join(f"{k} {statistics.median(v[-(steps - 1):]) * 1e3:.1f} ms" for k, v in results.items()),
               flush=True)
     med = {k: statistics.median(v) for k, v in results.items()}
+    cmed = {k: statistics.median(v) for k, v in cpu.items()}
     trainable, total = model.count_parameters()
     print(f"{label}: batch {batch}, {image_size} px, VPT depth {learner_params['prompt_depth']}, "
           f"{trainable:,} trainable of {total:,} params, model build {build_s:.2f} s, "
           f"{len(results['stack'])} timed steps per variant")
     for k, v in results.items():
-        print(f"  {k:12s} median {med[k] * 1e3:9.1f} ms/step   (min {min(v) * 1e3:.1f}, max {max(v) * 1e3:.1f})")
-    print(f"  ratio stack/bare-loader = {med['stack'] / med['bare-loader']:.3f}   "
-          f"stack/bare-fixed = {med['stack'] / med['bare-fixed']:.3f}   "
-          f"bare-loader/bare-fixed = {med['bare-loader'] / med['bare-fixed']:.3f}", flush=True)
+        print(f"  {k:12s} median {med[k] * 1e3:9.1f} ms/step wall (min {min(v) * 1e3:.1f}, "
+              f"max {max(v) * 1e3:.1f});  median {cmed[k] * 1e3:9.1f} ms/step CPU")
+    for name, m in (("wall", med), ("CPU", cmed)):
+        print(f"  {name:4s} ratio stack/bare-loader = {m['stack'] / m['bare-loader']:.3f}   "
+              f"stack/bare-fixed = {m['stack'] / m['bare-fixed']:.3f}   "
+              f"bare-loader/bare-fixed = {m['bare-loader'] / m['bare-fixed']:.3f}", flush=True)
     return med
 
 
@@ -168,9 +185,14 @@ def main() -> None:
     p.add_argument("--only", choices=["tiny", "real"], default=None)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--tiny-steps", type=int, default=30)
-    p.add_argument("--real-steps", type=int, default=4)
-    p.add_argument("--real-batch", type=int, default=2)
+    p.add_argument("--real-steps", type=int, default=3)
+    p.add_argument("--real-warmup", type=int, default=1)
+    p.add_argument("--real-batch", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (1 = a task's share at parallelism 2 on 2 cores, as "
+                        "TVLS_THREADS sets it; also the steadiest on a shared machine)")
     args = p.parse_args()
+    torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"nproc {os.cpu_count()}, load {os.getloadavg()}")
     work = Path(tempfile.mkdtemp(prefix="tvls-overhead-"))
@@ -182,7 +204,7 @@ def main() -> None:
         if args.only in (None, "real"):
             folder = write_real_size(work / "clipseg-real")
             measure("real-size", folder, 352, {"prompt_depth": 11}, batch=args.real_batch,
-                    warmup=2, steps=args.real_steps, rounds=args.rounds, work=work)
+                    warmup=args.real_warmup, steps=args.real_steps, rounds=args.rounds, work=work)
         print(f"load after: {os.getloadavg()}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
