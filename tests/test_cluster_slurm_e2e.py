@@ -123,5 +123,5 @@ def test_sqlite_is_refused_for_parallel_slurm_tasks_before_anything_is_written(t
     experiment.write_text(text)
     launched = cli("tunevlseg.cli.launch", str(experiment), cwd=tmp_path)
     assert launched.returncode == 1
-    assert "sqlite storage cannot take parallel SLURM tasks" in launched.stderr
+    assert "sqlite storage cannot take parallel tasks" in launched.stderr
     assert not (tmp_path / "runs").exists()

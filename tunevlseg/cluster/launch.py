@@ -138,6 +138,16 @@ def _complete_message(plan: Plan) -> str:
     )
 
 
+def refuse_parallel_sqlite(experiment: Experiment, parallelism: int, force: bool) -> None:
+    """SQLite has no row locks: two parallel workers can claim the same trial (measured)."""
+    if sweep_storage(experiment).scheme == "sqlite" and parallelism > 1 and not force:
+        raise LaunchError(
+            "sqlite storage cannot take parallel tasks (no row locks, so two tasks can claim the "
+            "same trial; its file locks break on NFS): use journal:// (the default) or "
+            "postgresql://, set parallelism to 1, or pass --force"
+        )
+
+
 def launch_local(
     experiment: Experiment,
     *,
@@ -151,6 +161,7 @@ def launch_local(
     from tunevlseg.tuning.recovery import local_liveness
 
     console = console or Console(stderr=True)
+    refuse_parallel_sqlite(experiment, parallelism or experiment.spec.cluster.parallelism, force)
     expansion, storage_url, storage = _open(experiment)
     prepared = _prepare(
         experiment, expansion, storage_url, storage, force=force, console=console,
@@ -336,12 +347,7 @@ def launch_slurm(
 
     console = console or Console(stderr=True)
     check_slurm_paths(experiment)
-    if sweep_storage(experiment).scheme == "sqlite" and experiment.spec.cluster.parallelism > 1:
-        if not force:
-            raise LaunchError(
-                "sqlite storage cannot take parallel SLURM tasks (no row locks; its file locks "
-                "break on NFS): use journal:// (the default) or postgresql://, or pass --force"
-            )
+    refuse_parallel_sqlite(experiment, experiment.spec.cluster.parallelism, force)
     expansion, storage_url, storage = _open(experiment)
     if not slurm.available():
         raise LaunchError(
