@@ -18,6 +18,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
 from _slurm_sweeps import all_job_ids, assert_complete, cli, wait_for_queue, write_sweep
 from optuna.trial import TrialState
 
@@ -28,7 +29,8 @@ from tunevlseg.config.loader import load_experiment
 from tunevlseg.tuning.storage import open_storage
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
-EPOCHS = 10
+EPOCHS = 24  # ~0.3 s each here: a trial interrupted in its first EARLY_EPOCHS has seconds left
+EARLY_EPOCHS = 2
 
 
 @dataclass(frozen=True)
@@ -59,13 +61,20 @@ def trials(experiment: Path) -> list[optuna.trial.FrozenTrial]:
 
 
 def wait_for_checkpoint(experiment: Path, timeout: float = 600) -> Running:
-    """Until a trial is RUNNING with its epoch-0 checkpoint written (bounded)."""
+    """Until a trial is RUNNING with a checkpoint of one of its first epochs on disk (bounded).
+
+    A trial with most of its epochs still to run is certain to be interrupted by a cancel:
+    Lightning stops fitting at the next batch after SIGTERM. Near its end the trial could
+    instead be past fitting (testing, telling the result) and finish within KillWait, and the
+    test would have nothing to resume.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for trial in trials(experiment):
             attrs = trial.user_attrs
-            run_dir = Path(attrs.get("tvls.run_dir", "/nonexistent"))
-            if trial.state == TrialState.RUNNING and (run_dir / "checkpoints" / "last.ckpt").is_file():
+            checkpoint = Path(attrs.get("tvls.run_dir", "/nonexistent")) / "checkpoints" / "last.ckpt"
+            run_dir = checkpoint.parent.parent
+            if trial.state == TrialState.RUNNING and _early_checkpoint(checkpoint):
                 return Running(
                     trial.number, attrs["tvls.lineage"], run_dir,
                     slurm.task_key(attrs["tvls.slurm_job_id"], attrs.get("tvls.slurm_array_task_id")),
@@ -73,6 +82,15 @@ def wait_for_checkpoint(experiment: Path, timeout: float = 600) -> Running:
                 )
         time.sleep(0.2)
     raise AssertionError("no trial reached its first checkpoint")
+
+
+def _early_checkpoint(checkpoint: Path) -> bool:
+    """The checkpoint exists and was written after one of the first two of the EPOCHS epochs."""
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    except (FileNotFoundError, EOFError, RuntimeError):
+        return False  # not written yet (or being replaced: the writer renames atomically)
+    return int(state["epoch"]) <= EARLY_EPOCHS - 1
 
 
 def finish(experiment: Path, tmp_path: Path, relaunch: bool) -> None:
