@@ -1,9 +1,10 @@
 """Seconds the collector needs for a large sweep stored in a journal file.
 
 Builds a journal with ``--studies`` studies (default 1,000) of ``--trials`` trials each (default
-20) through Optuna's storage API: each study gets the resolved spec a launch stores, and its trials
-are added as finished ``FrozenTrial`` objects (``study.add_trials``), with the user attributes a
-worker writes. About 5 % of the trials are failed, 2 % pruned, and the last study's last trials
+20) through Optuna's storage API: each study gets the resolved spec a launch stores, and each trial
+is written through the same storage operations as in a real sweep (enqueue, claim, owner stamps,
+parameters, result attributes, tell; about 24 journal lines per trial, see
+``write_like_workers``). About 5 % of the trials are failed, 2 % pruned, and the last study's last trials
 are running or waiting (a partial sweep). Then it times the collector on that journal, as
 ``tvls-collect`` runs it: opening the storage, reading every study, building every table and
 writing every format and plot.
@@ -98,10 +99,15 @@ def make_trials(spec: StudySpec, n_trials: int, rng: random.Random, partial: boo
             state = TrialState.RUNNING if number == n_trials - 2 else TrialState.WAITING
         depth = params.get("prompt_depth", 6)
         val = min(1.0, 0.5 + 0.02 * depth + rng.uniform(0, 0.2))
-        attrs: dict[str, Any] = {
-            "tvls.started_at": 1.7e9 + number * 600,
+        attrs: dict[str, Any] = {  # the owner stamps of tunevlseg.cluster.worker.claim_trial
+            "tvls.host": f"gpu{number % 16:03d}",
+            "tvls.pid": 10_000 + number,
+            "tvls.lineage": number,
+            "tvls.run_dir": f"/scratch/sweeps/bench/studies/{spec.folder}/trial-{number:04d}",
             "tvls.slurm_job_id": str(1000 + number),
             "tvls.slurm_array_task_id": str(number),
+            "tvls.slurm_restart_count": 0,
+            "tvls.started_at": 1.7e9 + number * 600,
         }
         if state == TrialState.COMPLETE:
             attrs.update(
@@ -114,6 +120,7 @@ def make_trials(spec: StudySpec, n_trials: int, rng: random.Random, partial: boo
                 wall_time_s=rng.uniform(600, 3600),
                 trainable_params=1000 * depth,
                 total_params=150_000_000,
+                resumed_from_epoch=None,
                 **{"tvls.task_seconds": rng.uniform(700, 3700)},
             )
         trials.append(
@@ -151,6 +158,35 @@ class _BufferedBackend(BaseJournalBackend):
         JournalFileBackend(str(path), JournalFileOpenLock(str(path))).append_logs(self.logs)
 
 
+def write_like_workers(storage: Any, study_id: int, trials: list[Any]) -> None:
+    """Store ``trials`` through the operations a sweep performs, one journal line each.
+
+    The launcher enqueues a WAITING trial; its task claims it (RUNNING), stamps its owner one
+    attribute at a time, samples each parameter, records each result attribute, and tells the
+    state and value. ``study.add_trials`` would store a trial in one line instead, which makes a
+    journal a fifth as long as a real sweep's and its replay much faster.
+    """
+    from optuna.trial import TrialState, create_trial
+
+    for trial in trials:
+        trial_id = storage.create_new_trial(study_id, create_trial(state=TrialState.WAITING))
+        if trial.state == TrialState.WAITING:
+            continue
+        storage.set_trial_state_values(trial_id, TrialState.RUNNING)
+        for key, value in trial.user_attrs.items():
+            if key.startswith("tvls.") and key != "tvls.task_seconds":
+                storage.set_trial_user_attr(trial_id, key, value)
+        for name, value in trial.params.items():
+            distribution = trial.distributions[name]
+            storage.set_trial_param(trial_id, name, distribution.to_internal_repr(value), distribution)
+        for key, value in trial.user_attrs.items():
+            if not key.startswith("tvls.") or key == "tvls.task_seconds":
+                storage.set_trial_user_attr(trial_id, key, value)
+        if trial.state != TrialState.RUNNING:
+            values = None if trial.value is None else [trial.value]
+            storage.set_trial_state_values(trial_id, trial.state, values)
+
+
 def build_journal(path: Path, n_studies: int, n_trials: int, seed: int = 0) -> int:
     """Write the benchmark sweep into a new journal file; returns the number of trials."""
     import optuna
@@ -165,7 +201,7 @@ def build_journal(path: Path, n_studies: int, n_trials: int, seed: int = 0) -> i
         study.set_user_attr(SPEC_ATTR, spec.to_attrs())
         study.set_user_attr(SPEC_HASH_ATTR, spec_hash(spec))
         trials = make_trials(spec, n_trials, rng, partial=index == len(specs) - 1)
-        study.add_trials(trials)
+        write_like_workers(storage, study._study_id, trials)
         total += len(trials)
     buffer.flush(path)
     return total

@@ -6,6 +6,7 @@ Every expected number below is worked out by hand from ``TRIALS``.
 from __future__ import annotations
 
 import csv
+import random
 import struct
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -19,7 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tunevlseg.cli.collect import main as collect_main
 from tunevlseg.cluster.launch import sweep_storage
 from tunevlseg.collect import importance as importance_module
-from tunevlseg.collect.importance import learner_importances
+from tunevlseg.collect.importance import learner_importances, rank_quantiles
 from tunevlseg.collect.outside import OutsideResultsError, merge_results, read_outside_results
 from tunevlseg.collect.plots import depth_points, history_pages
 from tunevlseg.collect.report import build_report, write_reports
@@ -280,24 +281,57 @@ def test_depth_points_and_history_layout(studies: list[StudyData]) -> None:
 # -- hyperparameter importance ----------------------------------------------------------------
 
 
-def test_importance_averages_studies_with_three_trials_and_survives_failures(
-    studies: list[StudyData], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_importance_pools_studies_with_three_trials_and_survives_failures(
+    studies: list[StudyData], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cache = tmp_path / "cache.json"
-    first = learner_importances(studies, cache)
-    assert (first.evaluated, first.too_few, first.failed) == (1, 5, [])  # only coop/kvasir has 3
-    assert [(r.learner, r.n_studies) for r in first.rows] == [("coop", 1), ("coop", 1)]
-    assert sum(r.mean for r in first.rows) == pytest.approx(1.0)  # normalised per study
+    found = learner_importances(studies)
+    assert (found.evaluated, found.too_few, found.failed) == (1, 5, [])  # only coop/kvasir has 3
+    assert [(r.learner, r.n_studies, r.n_trials) for r in found.rows] == [("coop", 1, 3)] * 2
+    assert sum(r.importance for r in found.rows) == pytest.approx(1.0)
 
-    def broken(data: StudyData) -> None:
+    def broken(trials: list[FrozenTrial]) -> None:
         raise RuntimeError("evaluator exploded")
 
-    monkeypatch.setattr(importance_module, "study_importance", broken)
-    cached = learner_importances(studies, cache)  # unchanged trials: read from the cache
-    assert [(r.param, r.mean) for r in cached.rows] == [(r.param, r.mean) for r in first.rows]
-    fresh = learner_importances(studies, None)
-    assert fresh.rows == [] and len(fresh.failed) == 6
-    assert fresh.failed[0].endswith("RuntimeError: evaluator exploded")
+    monkeypatch.setattr(importance_module, "pooled_importance", broken)
+    failing = learner_importances(studies)
+    assert failing.rows == [] and failing.failed == ["CoOp: RuntimeError: evaluator exploded"]
+
+
+def test_rank_quantiles_put_the_best_first_and_share_ties() -> None:
+    trials = [optuna.trial.create_trial(value=v) for v in (0.5, 0.9, 0.5, 0.1)]
+    assert rank_quantiles(trials, "maximize") == [0.5, 0.125, 0.5, 0.875]
+    assert rank_quantiles(trials, "minimize") == [0.5, 0.875, 0.5, 0.125]
+
+
+def _trials_driven_by_x(rng: random.Random, offset: float, n: int) -> list[FrozenTrial]:
+    """Value = offset + x (higher is better) + a little noise; y does not matter."""
+    distributions = {"x": FloatDistribution(0, 1), "y": FloatDistribution(0, 1)}
+    trials = []
+    for _ in range(n):
+        x, y = rng.random(), rng.random()
+        trials.append(optuna.trial.create_trial(
+            value=offset + 0.1 * x + rng.gauss(0, 0.002), params={"x": x, "y": y},
+            distributions=distributions,
+        ))
+    return trials
+
+
+def test_pooled_importance_equals_optunas_and_ranks_within_each_study() -> None:
+    rng = random.Random(0)
+    # Two data sets on different scales: raw values would make "which data set" the signal.
+    easy, hard = _trials_driven_by_x(rng, 0.8, 40), _trials_driven_by_x(rng, 0.1, 40)
+    pool = []
+    for trials in (easy, hard):
+        pool += importance_module.ranked_trials(trials, rank_quantiles(trials, "maximize"), len(pool))
+    pooled = importance_module.pooled_importance(pool)
+    assert pooled["x"] > 0.8 > pooled["y"]
+
+    reference = optuna.create_study(direction="minimize")  # Optuna's documented path
+    reference.add_trials(pool)
+    expected = optuna.importance.get_param_importances(
+        reference, evaluator=optuna.importance.PedAnovaImportanceEvaluator()
+    )
+    assert pooled == pytest.approx(dict(expected))
 
 
 # -- outside results --------------------------------------------------------------------------

@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument(
-        "--no-importance", action="store_true", help="skip hyperparameter importances (the slow part)"
+        "--no-importance", action="store_true", help="skip hyperparameter importances"
     )
     p.add_argument(
         "--gpus-per-task",

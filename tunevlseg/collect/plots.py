@@ -5,7 +5,7 @@
   of ± one population std, and every trial as a faint dot.
 * ``history/history-NNN.png``: optimisation history in small panels, a row per model + learner
   and a column per data set (:func:`plot_history_pages`).
-* ``importance.png``: mean hyperparameter importance per learner (bars) ± std over its studies.
+* ``importance.png``: hyperparameter importance per learner (bars), pooled over its studies.
 
 A history page is drawn on one canvas, each panel a region of a single axes: a thousand studies
 would otherwise mean a thousand matplotlib axes (ticks, labels, spines) and thousands of text
@@ -244,10 +244,12 @@ def plot_history_pages(studies: Sequence[StudyData], folder: Path) -> list[Path]
 
 
 def plot_importance(importances: Importances, path: Path) -> Path | None:
-    """One bar panel per learner: mean importance ± std, most important on top."""
-    by_learner: dict[str, list[tuple[str, float, float]]] = {}
+    """One bar panel per learner, most important parameter on top."""
+    by_learner: dict[str, list[tuple[str, float]]] = {}
+    counts: dict[str, tuple[int, int]] = {}
     for row in importances.rows:
-        by_learner.setdefault(row.learner_title, []).append((row.param, row.mean, row.std))
+        by_learner.setdefault(row.learner_title, []).append((row.param, row.importance))
+        counts[row.learner_title] = (row.n_studies, row.n_trials)
     if not by_learner:
         return None
     columns = min(3, len(by_learner))
@@ -255,15 +257,14 @@ def plot_importance(importances: Importances, path: Path) -> Path | None:
     figure = _figure(4.2 * columns, 2.4 * rows + 0.3)
     axes = figure.subplots(rows, columns, squeeze=False)
     for ax, (learner, bars) in zip(axes.flat, by_learner.items(), strict=False):
-        names = [b[0] for b in reversed(bars)]
-        ax.barh(names, [b[1] for b in reversed(bars)], xerr=[b[2] for b in reversed(bars)],
-                color="C0", ecolor="0.4", capsize=2)
+        ax.barh([b[0] for b in reversed(bars)], [b[1] for b in reversed(bars)], color="C0")
         ax.set_xlim(0, 1)
-        ax.set_title(learner, fontsize=9)
+        n_studies, n_trials = counts[learner]
+        ax.set_title(f"{learner} ({n_studies} studies, {n_trials} trials)", fontsize=9)
         ax.tick_params(labelsize=7)
     for ax in list(axes.flat)[len(by_learner):]:
         ax.set_axis_off()
-    figure.suptitle("Hyperparameter importance (PED-ANOVA, mean ± std over studies)", fontsize=9)
+    figure.suptitle("Hyperparameter importance (PED-ANOVA over each learner's studies)", fontsize=9)
     figure.subplots_adjust(left=0.12, right=0.98, bottom=0.08, top=1 - 0.5 / figure.get_figheight(),
                            wspace=0.55, hspace=0.45)
     return _save(figure, path)

@@ -165,7 +165,7 @@ def build_report(
 
     storage_results = [d.result for d in studies]
     importances = (
-        clock.run("importance", lambda: learner_importances(studies, folder / ".cache" / "importance.json"))
+        clock.run("importance", lambda: learner_importances(studies))
         if importance
         else Importances([], 0, 0, [])
     )

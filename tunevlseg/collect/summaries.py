@@ -170,21 +170,23 @@ def compute(results: Sequence[StudyResult]) -> Summary:
 
 
 def importance(importances: Importances) -> Summary:
-    """Mean normalised importance per learner and parameter, most important first."""
+    """Each learner's parameter importances (pooled over its studies), most important first."""
     records = [
-        {"learner": row.learner, "param": row.param, "mean_importance": row.mean,
-         "std_importance": row.std, "studies": row.n_studies}
+        {"learner": row.learner, "param": row.param, "importance": row.importance,
+         "studies": row.n_studies, "trials": row.n_trials}
         for row in importances.rows
     ]
-    rows = [[row.learner_title, row.param, f"{row.mean:.3f}", f"{row.std:.3f}", str(row.n_studies)]
+    rows = [[row.learner_title, row.param, f"{row.importance:.3f}", str(row.n_studies), str(row.n_trials)]
             for row in importances.rows]
-    notes = [f"PED-ANOVA importances (optuna), normalised per study and averaged over "
-             f"{importances.evaluated} studies with ≥ 3 complete trials."]
+    notes = [f"PED-ANOVA importances (optuna) of reaching a study's top 10 %, one evaluation per "
+             f"learner over the complete trials of its studies ({importances.evaluated} studies "
+             f"with ≥ 3 complete trials), each trial ranked within its own study; a learner's "
+             f"importances sum to 1."]
     if importances.too_few:
         notes.append(f"{importances.too_few} studies left out: fewer than 3 complete trials.")
     if importances.failed:
-        notes.append(f"{len(importances.failed)} studies left out: the evaluator failed.")
-    header = ["Learner", "Parameter", "Mean importance", "Std", "Studies"]
+        notes.append(f"Left out, the evaluator failed: {'; '.join(importances.failed)}.")
+    header = ["Learner", "Parameter", "Importance", "Studies", "Trials"]
     text = TextTable("importance", "Hyperparameter importance per learner", header, rows,
                      frozenset({2, 3, 4}), notes)
     return Summary(records, text)
