@@ -87,15 +87,20 @@ class StepClock:
         return [b - a for a, b in zip(self.cpu, self.cpu[1:], strict=False)]
 
 
-def bare_steps(model: Any, batches: Any, n: int, lr: float, wd: float) -> tuple[list[float], list[float]]:
-    """The plain loop; returns the per-step wall and CPU times (one forward's start to the next)."""
+def bare_steps(
+    model: Any, batches: Any, n: int, lr: float, wd: float, normalize: Any
+) -> tuple[list[float], list[float]]:
+    """The plain loop; returns the per-step wall and CPU times (one forward's start to the next).
+
+    ``normalize`` is the data module's: the loader yields uint8 images, as in the stack.
+    """
     optimizer = torch.optim.AdamW(model.param_groups(wd), lr=lr)
     stamps, cpu = [], []
     iterator = iter(batches)
     for _ in range(n):
         stamps.append(time.perf_counter())  # before the fetch, as the hook sees a step's start
         cpu.append(time.process_time())
-        batch = next(iterator)
+        batch = normalize(next(iterator))
         logits = model(batch["pixel_values"], batch["input_ids"], batch["attention_mask"])
         masks = batch["masks"]
         if logits.shape[-2:] != masks.shape[-2:]:
@@ -136,7 +141,7 @@ def measure(label: str, folder: Path, image_size: int, learner_params: dict[str,
     clock = StepClock(model)
     fixed_dm = datamodule()
     fixed_dm.setup("fit")
-    fixed = next(iter(fixed_dm.train_dataloader()))
+    fixed = fixed_dm.normalize(next(iter(fixed_dm.train_dataloader())))
     results: dict[str, list[float]] = {"stack": [], "bare-loader": [], "bare-fixed": []}
     cpu: dict[str, list[float]] = {"stack": [], "bare-loader": [], "bare-fixed": []}
     for r in range(rounds):
@@ -153,12 +158,16 @@ def measure(label: str, folder: Path, image_size: int, learner_params: dict[str,
         restore_modes()
         dm = datamodule()
         dm.setup("fit")
-        times, cpus = bare_steps(model, dm.train_dataloader(), n, settings.lr, settings.weight_decay)
+        times, cpus = bare_steps(
+            model, dm.train_dataloader(), n, settings.lr, settings.weight_decay, dm.normalize
+        )
         results["bare-loader"] += times[warmup:n - 1]
         cpu["bare-loader"] += cpus[warmup:n - 1]
         # bare on one fixed batch
         restore_modes()
-        times, cpus = bare_steps(model, iter(lambda: fixed, None), n, settings.lr, settings.weight_decay)
+        times, cpus = bare_steps(
+            model, iter(lambda: fixed, None), n, settings.lr, settings.weight_decay, lambda b: b
+        )
         results["bare-fixed"] += times[warmup:n - 1]
         cpu["bare-fixed"] += cpus[warmup:n - 1]
         print(f"  [{label}] round {r + 1}/{rounds}: "

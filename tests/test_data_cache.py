@@ -40,7 +40,7 @@ def _datasets(
     root: Path, cache_dir: Path, *, train: bool, size: int | tuple[int, int] = 32
 ) -> tuple[SegmentationDataset, SegmentationDataset]:
     samples = read_split(root, "medvlsm", "train", "p2")
-    transform = build_transform(size, MEAN, STD, train=train)
+    transform = build_transform(size, train=train)
     plain = SegmentationDataset(samples, transform, random_prompt=train, seed=3)
     cached = SegmentationDataset(
         samples,
@@ -80,7 +80,7 @@ def test_masks_of_another_size_are_handled_like_the_uncached_path(tmp_path: Path
     samples = read_split(root, "natural", "train", "")
     mask = cv2.imread(str(samples[0].mask), cv2.IMREAD_GRAYSCALE)
     cv2.imwrite(str(samples[0].mask), cv2.resize(mask, (30, 20), interpolation=cv2.INTER_NEAREST))
-    transform = build_transform(32, MEAN, STD, train=False)
+    transform = build_transform(32, train=False)
     plain = SegmentationDataset(samples, transform, random_prompt=False)
     cached = SegmentationDataset(
         samples, transform, random_prompt=False, cache_dir=tmp_path / "c", image_size=32
@@ -148,7 +148,7 @@ def test_losing_the_race_keeps_the_winners_entry(
 
 def test_cache_dir_needs_image_size(root: Path, tmp_path: Path) -> None:
     samples = read_split(root, "medvlsm", "val", "p1")
-    transform = build_transform(32, MEAN, STD, train=False)
+    transform = build_transform(32, train=False)
     with pytest.raises(ValueError, match="image_size"):
         SegmentationDataset(samples, transform, random_prompt=False, cache_dir=tmp_path)
 

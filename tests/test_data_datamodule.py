@@ -57,7 +57,10 @@ def test_batch_layout(root: Path) -> None:
     batch = next(iter(dm.train_dataloader()))
     assert set(batch) == {"pixel_values", "input_ids", "attention_mask", "masks"}
     assert batch["pixel_values"].shape == (4, 3, 32, 32)
-    assert batch["pixel_values"].dtype == torch.float32
+    assert batch["pixel_values"].dtype == torch.uint8  # a quarter of float32 to collate and copy
+    on_device = dm.on_after_batch_transfer(batch, 0)  # what the Trainer calls after the copy
+    assert on_device["pixel_values"].dtype == torch.float32
+    assert -3 < float(on_device["pixel_values"].min()) < float(on_device["pixel_values"].max()) < 3
     assert batch["masks"].shape == (4, 1, 32, 32)
     assert batch["masks"].dtype == torch.float32
     assert set(batch["masks"].unique().tolist()) <= {0.0, 1.0}

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
-from tunevlseg.data.transforms import build_transform, load_image, load_mask
+from tunevlseg.data.transforms import build_transform, load_image, load_mask, normalize_pixels
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -53,9 +54,9 @@ def _example() -> tuple[np.ndarray, np.ndarray]:
     return image, mask
 
 
-def test_eval_transform_is_deterministic_and_normalised() -> None:
+def test_eval_transform_is_deterministic_and_normalised_on_the_batch() -> None:
     image, mask = _example()
-    transform = build_transform(32, MEAN, STD, train=False)
+    transform = build_transform(32, train=False)
     first = transform(image=image, mask=mask)
     for seed in (1, 2):
         transform.set_random_seed(seed)
@@ -63,18 +64,24 @@ def test_eval_transform_is_deterministic_and_normalised() -> None:
         np.testing.assert_array_equal(first["image"], again["image"])
         np.testing.assert_array_equal(first["mask"], again["mask"])
     assert first["image"].shape == (32, 32, 3)
-    assert first["image"].dtype == np.float32
+    assert first["image"].dtype == np.uint8  # normalised on the device, after collation
     assert first["mask"].shape == (32, 32)
     assert set(np.unique(first["mask"])) <= {0, 1}
     resized = cv2.resize(image, (32, 32), interpolation=cv2.INTER_CUBIC)
-    expected = (resized / 255.0 - np.array(MEAN)) / np.array(STD)
-    np.testing.assert_allclose(first["image"], expected, atol=1e-5)
+    np.testing.assert_array_equal(first["image"], resized)
+    batch = torch.from_numpy(np.stack([first["image"]] * 2)).permute(0, 3, 1, 2)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        normalised = normalize_pixels(batch.contiguous(memory_format=layout), MEAN, STD)
+        assert normalised.dtype == torch.float32
+        assert normalised.is_contiguous(memory_format=layout)
+        expected = (resized / 255.0 - np.array(MEAN)) / np.array(STD)
+        np.testing.assert_allclose(normalised[1].permute(1, 2, 0).numpy(), expected, atol=1e-5)
 
 
 def test_train_transform_augments_within_bounds() -> None:
     image, mask = _example()
-    transform = build_transform((32, 48), MEAN, STD, train=True, augment_p=1.0)
-    reference = build_transform((32, 48), MEAN, STD, train=False)(image=image, mask=mask)
+    transform = build_transform((32, 48), train=True, augment_p=1.0)
+    reference = build_transform((32, 48), train=False)(image=image, mask=mask)
     outputs = []
     for seed in range(5):
         transform.set_random_seed(seed)

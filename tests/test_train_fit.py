@@ -87,7 +87,7 @@ def untrained_val_dice(root: Path) -> float:
     dm.setup("validate")
     scores = SegmentationScores()
     with torch.no_grad():
-        for batch in dm.val_dataloader():
+        for batch in map(dm.normalize, dm.val_dataloader()):
             scores.update(
                 model(batch["pixel_values"], batch["input_ids"], batch["attention_mask"]),
                 batch["masks"],

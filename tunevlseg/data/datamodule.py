@@ -16,7 +16,7 @@ from tunevlseg.data.dataset import EpochShuffleSampler, SegmentationDataset, Tok
 from tunevlseg.data.medvlsm import read_medvlsm
 from tunevlseg.data.natural import read_natural
 from tunevlseg.data.sample import Sample
-from tunevlseg.data.transforms import build_transform
+from tunevlseg.data.transforms import build_transform, normalize_pixels
 
 __all__ = ["DataFormat", "SegmentationDataModule", "read_split"]
 
@@ -37,6 +37,10 @@ class SegmentationDataModule(L.LightningDataModule):
 
     Training shuffles, augments and draws a random phrasing of list prompts; val and test do
     none of these. Tokenisation happens in the collate function, so it runs in the workers.
+
+    The loaders yield ``pixel_values`` as uint8; in a Trainer, :meth:`on_after_batch_transfer`
+    normalises them with the model's mean/std on the device. Code that feeds a model from the
+    loaders directly calls :meth:`normalize` on each batch.
 
     Args:
         root: The data set folder.
@@ -124,7 +128,7 @@ class SegmentationDataModule(L.LightningDataModule):
         for split in wanted:
             if split not in self.datasets:
                 train = split == "train"
-                transform = build_transform(self.image_size, self.mean, self.std, train=train)
+                transform = build_transform(self.image_size, train=train)
                 self.datasets[split] = SegmentationDataset(
                     self.samples(split),
                     transform,
@@ -144,6 +148,13 @@ class SegmentationDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader[Any]:
         return self._loader(self._dataset("test"))
+
+    def normalize(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """The batch with float32 ``pixel_values``, normalised with the model's mean and std."""
+        return {**batch, "pixel_values": normalize_pixels(batch["pixel_values"], self.mean, self.std)}
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        return self.normalize(batch)
 
     def _dataset(self, split: str) -> SegmentationDataset:
         if split not in self.datasets:

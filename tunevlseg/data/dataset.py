@@ -126,7 +126,7 @@ class SegmentationDataset(Dataset[dict[str, Any]]):
 class TokenizeCollate:
     """Stacks items and tokenises their prompts in one call (a class, so workers can pickle it).
 
-    The batch holds ``pixel_values`` (B,3,H,W), ``masks`` (B,1,H,W) in {0,1}, and every tensor
+    The batch holds ``pixel_values`` (B,3,H,W) uint8, ``masks`` (B,1,H,W) in {0,1}, and every tensor
     ``tokenize`` returns (at least ``input_ids`` and ``attention_mask``).
 
     Args:
