@@ -30,7 +30,7 @@ from tunevlseg.tuning.storage import open_storage
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
 EPOCHS = 24  # ~0.3 s each here: a trial interrupted in its first EARLY_EPOCHS has seconds left
-EARLY_EPOCHS = 2
+EARLY_EPOCHS = 8  # seen early enough by polling; 16+ epochs (5 s here) are left to interrupt
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ def wait_for_checkpoint(experiment: Path, timeout: float = 600) -> Running:
 
 
 def _early_checkpoint(checkpoint: Path) -> bool:
-    """The checkpoint exists and was written after one of the first two of the EPOCHS epochs."""
+    """The checkpoint exists and was written in one of the first EARLY_EPOCHS of the EPOCHS epochs."""
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     except (FileNotFoundError, EOFError, RuntimeError):

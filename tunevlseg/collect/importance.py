@@ -83,7 +83,9 @@ def _complete_trials(data: StudyData) -> list[FrozenTrial]:
     ]
 
 
-def ranked_trials(trials: Sequence[FrozenTrial], quantiles: Sequence[float], first_id: int) -> list[FrozenTrial]:
+def ranked_trials(
+    trials: Sequence[FrozenTrial], quantiles: Sequence[float], first_id: int
+) -> list[FrozenTrial]:
     """The trials with their rank quantile as value and fresh ids (unique in the pool)."""
     from optuna.trial import FrozenTrial
 
