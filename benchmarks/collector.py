@@ -15,9 +15,11 @@ Usage::
         [--formats md,latex,csv,html] [--no-plots] [--profile]
 
 Prints the build time, then three collector runs (wall and CPU seconds, and seconds per stage):
-without hyperparameter importances (``--no-importance``), with them from scratch, and again
-with them cached from the run before (what a repeated ``tvls-collect`` costs). The first run of
-a process also pays matplotlib's start-up (about 1 s).
+without hyperparameter importances (``--no-importance``) and with them, both on the bare journal
+(a full replay, which also writes the journal's snapshot, see
+:mod:`tunevlseg.tuning.journal_snapshot`), then with the snapshot the run before left, as a
+sweep's tasks and ``tvls-status`` leave it for the collector. The first run of a process also
+pays matplotlib's start-up (about 1 s).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from optuna.storages.journal import BaseJournalBackend
 from tunevlseg.config.grid import StudySpec, expand
 from tunevlseg.config.loader import parse_experiment
 from tunevlseg.config.spaces import ParamSpace
+from tunevlseg.tuning.journal_snapshot import snapshot_path
 from tunevlseg.tuning.storage import StorageURL
 from tunevlseg.tuning.studies import SPEC_ATTR, SPEC_HASH_ATTR, spec_hash
 
@@ -248,12 +251,14 @@ def main() -> None:
         print(f"build: {args.studies} studies, {n} trials, {size:.1f} MB journal in {build:.1f} s")
         formats = tuple(f for f in args.formats.split(",") if f)
         plots = not args.no_plots
-        runs = [
-            ("cold, no importance", False),
-            ("cold, with importance", True),
-            ("re-run (importances cached)", True),
+        runs = [  # (label, importance, keep the journal's snapshot from the run before)
+            ("cold (no snapshot), no importance", False, False),
+            ("cold (no snapshot), with importance", True, False),
+            ("with the snapshot left by the run before, with importance", True, True),
         ]
-        for label, importance in runs:
+        for label, importance, keep_snapshot in runs:
+            if not keep_snapshot:
+                snapshot_path(journal).unlink(missing_ok=True)
             if args.profile:
                 import cProfile
                 import pstats

@@ -4,6 +4,7 @@
   (:class:`~optuna.storages.journal.JournalFileOpenLock`), which is safe on NFS v3+. ``PATH``
   is absolute when it starts with ``/`` (``journal:///shared/sweep.log``), else relative to the
   experiment file. The default for every sweep: a shared file system is all a cluster needs.
+  Large journals are opened from a snapshot beside them (:mod:`tunevlseg.tuning.journal_snapshot`).
 * ``sqlite:///rel.db`` / ``sqlite:////abs.db`` (SQLAlchemy's convention): local runs only,
   because SQLite has no row locks and its file locking breaks on NFS.
 * ``postgresql://user@host:port/db``: for large sweeps. The password never goes in the URL (it
@@ -96,12 +97,11 @@ def open_storage(storage: StorageURL) -> BaseStorage:
     import optuna
 
     if storage.scheme == "journal":
-        from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+        from tunevlseg.tuning.journal_snapshot import open_journal
 
         assert storage.path is not None
         storage.path.parent.mkdir(parents=True, exist_ok=True)
-        lock = JournalFileOpenLock(str(storage.path))
-        return optuna.storages.JournalStorage(JournalFileBackend(str(storage.path), lock))
+        return open_journal(storage.path)
     if storage.scheme == "sqlite":
         assert storage.path is not None
         storage.path.parent.mkdir(parents=True, exist_ok=True)

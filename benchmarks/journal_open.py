@@ -1,0 +1,105 @@
+"""Seconds to open a big sweep's journal: what every array task, ``tvls-status`` and the collector pay.
+
+Builds the collector benchmark's journal (``--studies`` x ``--trials``, written as workers
+write it, see ``collector.py``), then times, each in a fresh process so nothing is cached in
+memory:
+
+* ``replay``: Optuna's ``JournalStorage`` on the file, every line replayed (before snapshots);
+* ``first open``: ``open_storage`` without a snapshot: the same replay, plus writing the
+  snapshot (``tunevlseg.tuning.journal_snapshot``);
+* ``snapshot``: ``open_storage`` again: the snapshot restored, nothing after it to replay;
+* ``snapshot + tail``: after ``--tail`` more trials were written (as workers write them),
+  below the rewrite threshold: the snapshot plus a replay of the new lines.
+
+Each open ends with one read of every study's trials (what a task's claim and the collector
+need). Usage::
+
+    python benchmarks/journal_open.py [--studies 1000] [--trials 20] [--tail 500] [--workdir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from collector import _BufferedBackend, build_journal, make_trials, sweep_specs, write_like_workers
+
+from tunevlseg.tuning.journal_snapshot import snapshot_path
+
+OPEN = """
+import sys, time
+t = time.perf_counter()
+path = sys.argv[1]
+if sys.argv[2] == "replay":
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+    storage = optuna.storages.JournalStorage(JournalFileBackend(path, JournalFileOpenLock(path)))
+else:
+    from pathlib import Path
+    from tunevlseg.tuning.storage import StorageURL, open_storage
+    storage = open_storage(StorageURL("journal", "journal://" + path, Path(path)))
+n = sum(len(storage.get_all_trials(s._study_id, deepcopy=False)) for s in storage.get_all_studies())
+print(f"{time.perf_counter() - t:.2f} {n}")
+"""
+
+
+def timed_open(journal: Path, how: str) -> tuple[float, int]:
+    out = subprocess.run(
+        [sys.executable, "-c", OPEN, str(journal), how], capture_output=True, text=True, check=True
+    ).stdout.split()
+    return float(out[0]), int(out[1])
+
+
+def append_tail(journal: Path, n_trials: int) -> None:
+    """``n_trials`` more trials in a new study, written through a real journal storage."""
+    import optuna
+
+    from tunevlseg.tuning.studies import SPEC_ATTR
+
+    storage = optuna.storages.JournalStorage(_BufferedBackend())
+    spec = sweep_specs(1, n_trials)[0]
+    study = optuna.create_study(storage=storage, study_name="tail/extra", direction="maximize")
+    study.set_user_attr(SPEC_ATTR, spec.to_attrs())
+    write_like_workers(storage, study._study_id, make_trials(spec, n_trials, random.Random(1), False))
+    storage._backend.flush(journal)  # type: ignore[attr-defined]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--studies", type=int, default=1000)
+    parser.add_argument("--trials", type=int, default=20)
+    parser.add_argument("--tail", type=int, default=500)
+    parser.add_argument("--workdir", type=Path)
+    args = parser.parse_args()
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="tvls-bench-journal-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    journal = workdir / "bench.journal"
+    journal.unlink(missing_ok=True)
+    snapshot_path(journal).unlink(missing_ok=True)
+    try:
+        n = build_journal(journal, args.studies, args.trials)
+        lines = sum(1 for _ in journal.open("rb"))
+        print(f"journal: {args.studies} studies, {n} trials, {lines} lines, "
+              f"{journal.stat().st_size / 1e6:.1f} MB")
+        seconds, trials = timed_open(journal, "replay")
+        print(f"replay            {seconds:6.2f} s  ({trials} trials)")
+        seconds, trials = timed_open(journal, "open")
+        size = snapshot_path(journal).stat().st_size / 1e6
+        print(f"first open        {seconds:6.2f} s  (replay + a {size:.1f} MB snapshot)")
+        seconds, trials = timed_open(journal, "open")
+        print(f"snapshot          {seconds:6.2f} s  ({trials} trials)")
+        append_tail(journal, args.tail)
+        seconds, trials = timed_open(journal, "open")
+        print(f"snapshot + tail   {seconds:6.2f} s  ({trials} trials, {args.tail} written after it)")
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
