@@ -22,7 +22,8 @@ from tunevlseg.cluster.launch import sweep_storage
 from tunevlseg.collect import importance as importance_module
 from tunevlseg.collect.importance import learner_importances, rank_quantiles
 from tunevlseg.collect.outside import OutsideResultsError, merge_results, read_outside_results
-from tunevlseg.collect.plots import depth_points, history_pages
+from tunevlseg.collect import plots as plots_module
+from tunevlseg.collect.plots import depth_points, history_pages, plot_history_pages
 from tunevlseg.collect.report import build_report, write_reports
 from tunevlseg.collect.results import StudyData, collect_studies
 from tunevlseg.collect.tables import build_main_table, to_latex, to_markdown
@@ -276,6 +277,25 @@ def test_depth_points_and_history_layout(studies: list[StudyData]) -> None:
     assert history_pages(studies) == [
         (["clipseg CoOp", "clipseg VPT", "cris CoOp"], ["busi", "kvasir"])
     ]
+
+
+def test_history_pages_drawn_in_parallel_equal_the_serial_drawing(
+    studies: list[StudyData], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(plots_module, "PAGE_ROWS", 1)  # one page per model + learner: 3 pages
+    monkeypatch.setattr(plots_module.os, "sched_getaffinity", lambda pid: {0, 1})
+    contexts: list[str] = []
+    real_context = plots_module.multiprocessing.get_context
+    monkeypatch.setattr(plots_module.multiprocessing, "get_context",
+                        lambda method: contexts.append(method) or real_context(method))
+    parallel = plot_history_pages(studies, tmp_path / "parallel")
+    assert contexts == ["fork"]
+    monkeypatch.setattr(plots_module.os, "sched_getaffinity", lambda pid: {0})
+    serial = plot_history_pages(studies, tmp_path / "serial")
+    assert [p.name for p in parallel] == [p.name for p in serial] == [
+        "history-001.png", "history-002.png", "history-003.png"
+    ]
+    assert [p.read_bytes() for p in parallel] == [p.read_bytes() for p in serial]
 
 
 # -- hyperparameter importance ----------------------------------------------------------------

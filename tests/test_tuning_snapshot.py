@@ -60,7 +60,7 @@ def journal(tmp_path: Path) -> Path:
 
 
 def test_small_journals_get_no_snapshot(journal: Path) -> None:
-    open_journal(journal)  # 8 MB default threshold: a 20 kB journal is replayed, not snapshotted
+    open_journal(journal)  # 4 MB default threshold: a 20 kB journal is replayed, not snapshotted
     assert not snapshot_path(journal).exists()
 
 
