@@ -138,7 +138,7 @@ def make_trials(spec: StudySpec, n_trials: int, rng: random.Random, partial: boo
     return trials
 
 
-class _BufferedBackend(BaseJournalBackend):
+class BufferedBackend(BaseJournalBackend):
     """A journal backend that keeps the log in memory until ``flush`` writes it in one append.
 
     Writing through the file backend takes the file lock and appends once per operation (about
@@ -194,7 +194,7 @@ def build_journal(path: Path, n_studies: int, n_trials: int, seed: int = 0) -> i
     """Write the benchmark sweep into a new journal file; returns the number of trials."""
     import optuna
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    buffer = _BufferedBackend()
+    buffer = BufferedBackend()
     storage = optuna.storages.JournalStorage(buffer)
     rng = random.Random(seed)
     specs = sweep_specs(n_studies, n_trials)

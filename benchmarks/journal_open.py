@@ -27,7 +27,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from collector import _BufferedBackend, build_journal, make_trials, sweep_specs, write_like_workers
+from collector import BufferedBackend, build_journal, make_trials, sweep_specs, write_like_workers
 
 from tunevlseg.tuning.journal_snapshot import snapshot_path
 
@@ -61,12 +61,13 @@ def append_tail(journal: Path, n_trials: int) -> None:
 
     from tunevlseg.tuning.studies import SPEC_ATTR
 
-    storage = optuna.storages.JournalStorage(_BufferedBackend())
+    buffer = BufferedBackend()
+    storage = optuna.storages.JournalStorage(buffer)
     spec = sweep_specs(1, n_trials)[0]
     study = optuna.create_study(storage=storage, study_name="tail/extra", direction="maximize")
     study.set_user_attr(SPEC_ATTR, spec.to_attrs())
     write_like_workers(storage, study._study_id, make_trials(spec, n_trials, random.Random(1), False))
-    storage._backend.flush(journal)  # type: ignore[attr-defined]
+    buffer.flush(journal)
 
 
 def main() -> None:

@@ -7,12 +7,12 @@
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import uuid
 from pathlib import Path
 
 import pytest
+from _demo_table import assert_demo_main_table
 from _slurm_sweeps import all_job_ids, assert_complete, cli, wait_for_queue, write_sweep
 
 from tunevlseg.cluster import slurm
@@ -41,15 +41,7 @@ def test_demo_runs_as_arrays_and_the_collector_writes_the_table(tmp_path: Path) 
     wait_for_queue(all_job_ids(output_dir))
     assert_complete(experiment)
     table = (output_dir / "results" / "main_table.md").read_text()
-    expected = [
-        "| clipseg | CoOp |", "|  | CoCoOp |", "|  | VPT |", "|  | Shared Attention |",
-        "| cris | CoOp |", "|  | CoCoOp |",
-    ]
-    rows = [line for line in table.splitlines() if re.match(r"^\| (clipseg|cris|) +\|", line)]
-    assert [row[: len(prefix)] for row, prefix in zip(rows, expected, strict=True)] == expected
-    for row in rows:
-        assert re.search(r"\| \d+\.\d\d \| \d+\.\d\d ± 0\.00 \|$", row), row
-    assert "–" not in table
+    assert_demo_main_table(table)
 
     status = cli("tunevlseg.cli.status", str(experiment), "--json", cwd=tmp_path)
     report = json.loads(status.stdout)
