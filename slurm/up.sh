@@ -7,6 +7,8 @@
 #   WITH_DBD=1           accounting (0: no slurmdbd, sacct unavailable, as on some clusters)
 #   FAKE_GPUS=2          GRES gpu count (character devices aliasing /dev/null)
 #   KEEP_STATE=0         1 keeps job state and accounting from an earlier run
+#   MIN_JOB_AGE=300      seconds slurmctld keeps an ended job before purging it (squeue then
+#                        calls its id invalid); the tests shorten it to see a purge happen
 #
 # Idempotent: daemons already running are left alone. Stop with slurm/down.sh.
 set -euo pipefail
@@ -16,6 +18,7 @@ WITH_DBD=${WITH_DBD:-1}
 FAKE_GPUS=${FAKE_GPUS:-2}
 FAKE_GPU_DIR=${FAKE_GPU_DIR:-/var/lib/slurm-dev/fakegpu}
 KEEP_STATE=${KEEP_STATE:-0}
+MIN_JOB_AGE=${MIN_JOB_AGE:-300}
 DB_PASS=${DB_PASS:-slurm-dev}
 LOG=/var/log/slurm
 APT_LOG=$LOG/apt.log
@@ -119,7 +122,7 @@ JobCompType=jobcomp/filetxt
 JobCompLoc=$LOG/jobcomp.log
 MaxArraySize=$MAX_ARRAY_SIZE
 MaxJobCount=20000
-MinJobAge=300
+MinJobAge=$MIN_JOB_AGE
 KillWait=5
 InactiveLimit=0
 SlurmdTimeout=300
@@ -178,5 +181,5 @@ alive /run/slurmctld.pid || /usr/sbin/slurmctld
 wait_for 30 slurmctld scontrol ping
 alive /run/slurmd.pid || /usr/sbin/slurmd
 wait_for 60 "node $node idle" bash -c "sinfo -h -n $node -o %t | grep -qE '^(idle|mix|alloc)'"
-say "cluster up in $(( $(date +%s) - start )) s: MaxArraySize=$MAX_ARRAY_SIZE, accounting=$WITH_DBD"
+say "cluster up in $(( $(date +%s) - start )) s: MaxArraySize=$MAX_ARRAY_SIZE, accounting=$WITH_DBD, MinJobAge=$MIN_JOB_AGE"
 sinfo -N -o '%N %P %t %c %m %G'

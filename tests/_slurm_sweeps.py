@@ -64,8 +64,8 @@ def wait_for_queue(job_ids: list[str], timeout: float = 900) -> None:
         time.sleep(1)
 
 
-def all_job_ids(output_dir: Path) -> list[str]:
-    manifest = read_manifest(SweepPaths(output_dir).manifest)
+def all_job_ids(experiment_path: Path) -> list[str]:
+    manifest = read_manifest(SweepPaths.of(load_experiment(experiment_path)).manifest)
     assert manifest is not None
     ids = manifest.array_job_ids()
     if manifest.last_collector_job_id:

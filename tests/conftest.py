@@ -33,8 +33,24 @@ def slurm_cluster() -> None:
     _need("SLURM", slurm.available())
 
 
-def restart_slurmctld(max_array_size: int, accounting: bool = True) -> None:
-    """Restart slurmctld with other settings (``scontrol reconfigure`` does not apply them)."""
+def current_min_job_age() -> int:
+    """The running slurmctld's ``MinJobAge`` in seconds (``scontrol`` prints "300 sec")."""
+    from tunevlseg.cluster import slurm
+
+    value = (slurm.config_value("MinJobAge") or "").split()
+    return int(value[0]) if value and value[0].isdigit() else 300
+
+
+def restart_slurmctld(
+    max_array_size: int, accounting: bool = True, min_job_age: int | None = None
+) -> None:
+    """Restart slurmctld with other settings (``scontrol reconfigure`` does not apply them).
+
+    ``min_job_age`` None keeps the running value, so a restart for one setting never silently
+    resets another fixture's (the cluster is shared by concurrent test sessions).
+    """
+    if min_job_age is None:
+        min_job_age = current_min_job_age()
     pid_file = Path("/run/slurmctld.pid")
     pid = int(pid_file.read_text())
     os.kill(pid, 15)
@@ -46,6 +62,7 @@ def restart_slurmctld(max_array_size: int, accounting: bool = True) -> None:
         "MAX_ARRAY_SIZE": str(max_array_size),
         "WITH_DBD": "1" if accounting else "0",
         "KEEP_STATE": "1",
+        "MIN_JOB_AGE": str(min_job_age),
     }
     subprocess.run(["bash", str(ROOT / "slurm" / "up.sh")], env=env, check=True, capture_output=True)
 
@@ -61,6 +78,23 @@ def small_cluster_without_accounting(slurm_cluster: None) -> Iterator[int]:
         yield 11
     finally:
         restart_slurmctld(before, accounting=True)
+
+
+@pytest.fixture
+def short_min_job_age(slurm_cluster: None) -> Iterator[int]:
+    """MinJobAge=5 s, so ended jobs are purged (squeue: "Invalid job id") within about a minute.
+
+    The other settings are kept as they are, and every one is restored after the test: the
+    other sessions sharing the cluster must not see their ended jobs vanish for long.
+    """
+    from tunevlseg.cluster import slurm
+
+    before = (slurm.max_array_size(), slurm.has_accounting(), current_min_job_age())
+    restart_slurmctld(before[0], accounting=before[1], min_job_age=5)
+    try:
+        yield 5
+    finally:
+        restart_slurmctld(before[0], accounting=before[1], min_job_age=before[2])
 
 
 POSTGRES_URL = os.environ.get("TVLS_TEST_POSTGRES", "postgresql://tvls@127.0.0.1:5432/tvls")

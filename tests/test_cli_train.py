@@ -58,7 +58,7 @@ def test_train_coop_prints_metrics(demo: Path, capsys: pytest.CaptureFixture[str
     for key in ("val_dice", "val_iou", "test_dice", "test_iou"):
         assert 0.0 <= record["result"][key] <= 1.0
     run_dir = Path(record["run_dir"])
-    assert run_dir.parent == demo.parent.parent / "runs/demo/train" / COOP
+    assert run_dir.parent == demo.parent.parent / "runs/demo/demo/train" / COOP
     assert (run_dir / "result.json").is_file()
     assert not (demo.parent.parent / "runs/demo/optuna.journal").exists()
 

@@ -94,13 +94,12 @@ def _early_checkpoint(checkpoint: Path) -> bool:
 
 
 def finish(experiment: Path, tmp_path: Path, relaunch: bool) -> None:
-    output_dir = load_experiment(experiment).output_dir
-    wait_for_queue(all_job_ids(output_dir))
+    wait_for_queue(all_job_ids(experiment))
     if relaunch:
         again = cli("tunevlseg.cli.launch", str(experiment), cwd=tmp_path)
         assert again.returncode == 0, again.stderr
         assert "recovered" in again.stderr and "re-queued with its checkpoint" in again.stderr
-        wait_for_queue(all_job_ids(output_dir))
+        wait_for_queue(all_job_ids(experiment))
     assert_complete(experiment)
 
 
@@ -164,8 +163,7 @@ def test_e_whole_array_cancelled_half_way_then_relaunch(tmp_path: Path) -> None:
         assert time.monotonic() < deadline, "no trial completed"
         time.sleep(0.5)
     running = wait_for_checkpoint(experiment)
-    output_dir = load_experiment(experiment).output_dir
-    subprocess.run(["scancel", *all_job_ids(output_dir)], check=True)
+    subprocess.run(["scancel", *all_job_ids(experiment)], check=True)
     finish(experiment, tmp_path, relaunch=True)
     assert_continued(experiment, running)
     assert len([t for t in trials(experiment) if t.state == TrialState.COMPLETE]) == 4

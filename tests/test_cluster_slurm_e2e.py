@@ -37,10 +37,9 @@ def test_demo_runs_as_arrays_and_the_collector_writes_the_table(tmp_path: Path) 
     totals = json.loads(status.stdout)["totals"]
     assert totals["queued"] + totals["on_nodes"] + totals["complete"] >= 12
 
-    output_dir = load_experiment(experiment).output_dir
-    wait_for_queue(all_job_ids(output_dir))
+    wait_for_queue(all_job_ids(experiment))
     assert_complete(experiment)
-    table = (output_dir / "results" / "main_table.md").read_text()
+    table = (SweepPaths.of(load_experiment(experiment)).results / "main_table.md").read_text()
     assert_demo_main_table(table)
 
     status = cli("tunevlseg.cli.status", str(experiment), "--json", cwd=tmp_path)
@@ -49,7 +48,7 @@ def test_demo_runs_as_arrays_and_the_collector_writes_the_table(tmp_path: Path) 
 
     again = cli("tunevlseg.cli.launch", str(experiment), cwd=tmp_path)
     assert again.returncode == 0 and "The sweep is complete" in again.stderr
-    manifest = read_manifest(SweepPaths(output_dir).manifest)
+    manifest = read_manifest(SweepPaths.of(load_experiment(experiment)).manifest)
     assert manifest is not None and len(manifest.launches) == 1
 
 
@@ -62,8 +61,7 @@ def test_plan_above_max_array_size_runs_in_chunks_without_accounting(
     launched = cli("tunevlseg.cli.launch", str(experiment), cwd=tmp_path)
     assert launched.returncode == 0, launched.stderr
     assert "as 3 array job(s)" in launched.stderr
-    output_dir = load_experiment(experiment).output_dir
-    manifest = read_manifest(SweepPaths(output_dir).manifest)
+    manifest = read_manifest(SweepPaths.of(load_experiment(experiment)).manifest)
     assert manifest is not None
     arrays = manifest.launches[0]["arrays"]
     assert [len(a["tasks"]) for a in arrays] == [11, 11, 3]
@@ -72,7 +70,7 @@ def test_plan_above_max_array_size_runs_in_chunks_without_accounting(
     totals = json.loads(status.stdout)["totals"]
     # every task is still queued or has finished its trial (COMPLETING may count twice)
     assert totals["queued"] + totals["on_nodes"] + totals["complete"] >= 25
-    wait_for_queue(all_job_ids(output_dir), timeout=1500)
+    wait_for_queue(all_job_ids(experiment), timeout=1500)
     assert_complete(experiment)
     status = cli("tunevlseg.cli.status", str(experiment), "--json", cwd=tmp_path)
     assert json.loads(status.stdout)["totals"]["remaining"] == 0
@@ -95,9 +93,9 @@ def test_hostile_values_are_quoted_not_run(tmp_path: Path) -> None:
     assert launched.returncode == 0, launched.stderr
     output_dir = load_experiment(experiment).output_dir
     assert "$(touch" in str(output_dir)
-    wait_for_queue(all_job_ids(output_dir))
+    wait_for_queue(all_job_ids(experiment))
     assert_complete(experiment)
-    assert (output_dir / "results" / "main_table.md").is_file()
+    assert (SweepPaths.of(load_experiment(experiment)).results / "main_table.md").is_file()
     assert not marker.exists(), "a value from the YAML ran as a command"
 
 

@@ -467,7 +467,7 @@ def test_cli_experiment_and_outside_results(
     captured = capsys.readouterr()
     assert "| cris | CoOp | 55.00 | 72.00 | 63.50 ± 8.50 |" in captured.out
     assert "warning: cris CoOp on busi: the storage (72.00) wins over o.csv (10.00)" in captured.err
-    folder = experiment.output_dir / "results"
+    folder = experiment.output_dir / experiment.spec.name / "results"
     assert (folder / "main_table.md").read_text().startswith("## r: test Dice × 100\n\n| Model |")
     assert not list(folder.glob("*.tex")) and not (folder / "report.html").exists()
 

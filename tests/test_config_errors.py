@@ -60,6 +60,8 @@ BAD_FILES = [
     ("not-a-mapping", "- just\n- a list\n", "", 1, "expected a mapping of settings"),
     ("broken-yaml", VALID.replace("learners:\n", "learners: [\n"), "", 6, "not valid YAML"),
     ("unknown-learner-option", VALID.replace("  - name: vpt", "  - name: coop2\n    options: {initt: gaussian}"), "learners[1].options", 8, "unknown option"),
+    ("newline-in-output-dir", VALID.replace("output_dir: out", 'output_dir: "out\\nx"'), "output_dir", 2, "control character(s) '\\n'"),
+    ("max-failures-zero", VALID + "  max_failures: 0\n", "search.max_failures", 13, "greater than or equal to 1"),
 ]
 
 

@@ -60,7 +60,7 @@ def test_demo_runs_every_trial_and_prints_the_table(demo) -> None:  # type: igno
             assert 0.0 <= trial.value <= 1.0
             assert 0.0 <= trial.user_attrs["test_dice"] <= 1.0
             assert Path(trial.user_attrs["tvls.run_dir"], "result.json").is_file()
-    table = (loaded.output_dir / "results" / "main_table.md").read_text()
+    table = (loaded.output_dir / "demo" / "results" / "main_table.md").read_text()
     assert table in run.stdout + "\n" or table.strip() in run.stdout
     assert_demo_main_table(table)
 
@@ -68,13 +68,13 @@ def test_demo_runs_every_trial_and_prints_the_table(demo) -> None:  # type: igno
 def test_relaunch_of_a_finished_sweep_submits_nothing(demo) -> None:  # type: ignore[no-untyped-def]
     experiment, first = demo
     assert first.returncode == 0
-    jobs = experiment.parent.parent / "runs" / "demo" / "jobs" / "local"
+    jobs = experiment.parent.parent / "runs" / "demo" / "demo" / "jobs" / "local"
     before = sorted(p.name for p in jobs.iterdir())
     again = _cli("tunevlseg.cli.launch", str(experiment), "--local", cwd=experiment.parent)
     assert again.returncode == 0, again.stderr
     assert "The sweep is complete" in again.stderr
     assert sorted(p.name for p in jobs.iterdir()) == before
-    manifest = json.loads((experiment.parent.parent / "runs/demo/manifest.json").read_text())
+    manifest = json.loads((experiment.parent.parent / "runs/demo/demo/manifest.json").read_text())
     assert manifest["trials"] == 12
     assert len(manifest["launches"]) == 1 and len(manifest["launches"][0]["local_tasks"]) == 12
 
@@ -131,8 +131,10 @@ def test_interrupted_sweep_resumes_only_the_missing_trials(tmp_path: Path) -> No
     assert first_done is not None, "no trial completed"
     launcher.send_signal(signal.SIGINT)
     _, err = launcher.communicate(timeout=120)
-    assert launcher.returncode != 0
-    assert "launch again to resume" in err
+    assert launcher.returncode == 130
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    (line,) = [line for line in err.splitlines() if line.startswith("interrupted:")]
+    assert "running trial(s) stopped" in line and f"tvls-launch {experiment} --local" in line
 
     again = _cli("tunevlseg.cli.launch", str(experiment), "--local", cwd=folder)
     assert again.returncode == 0, again.stderr[-3000:]

@@ -15,7 +15,7 @@ from rich.console import Console
 
 from tunevlseg.config.loader import ConfigError
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 class CommandError(Exception):
@@ -58,7 +58,7 @@ def run(command: Callable[[argparse.Namespace], int], args: argparse.Namespace) 
         return error.code
     except KeyboardInterrupt:
         print("interrupted; launch again to resume", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as error:
         if debug:
             raise

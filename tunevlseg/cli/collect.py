@@ -1,6 +1,6 @@
 """``tvls-collect [FILE]``: the result tables and plots of a sweep, complete or partial.
 
-    tvls-collect experiments/medical.yaml                       # <output_dir>/results/
+    tvls-collect experiments/medical.yaml                       # <output_dir>/<sweep>/results/
     tvls-collect experiments/medical.yaml --results e2e.csv     # plus outside numbers
     tvls-collect --results paper.csv --out tables/              # outside numbers only
     tvls-collect --storage journal:///shared/med.log --sweep medical --out tables/
@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--storage", help="a storage URL to read instead of the experiment file's")
     p.add_argument("--sweep", help="with --storage: only this sweep's studies (default: all)")
-    p.add_argument("--out", type=Path, help="output folder (default: <output_dir>/results)")
+    p.add_argument("--out", type=Path, help="output folder (default: <output_dir>/<sweep>/results)")
     p.add_argument(
         "--format",
         default="md,latex,csv,html",

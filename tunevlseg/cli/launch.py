@@ -26,8 +26,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="print the plan and job scripts; change nothing"
     )
     p.add_argument("--force", action="store_true", help="accept changed study definitions")
-    p.add_argument("--parallelism", type=int, help="local trials at once (default: cluster.parallelism)")
+    p.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="re-run the trials that failed for good (once their cause is fixed), with the same "
+        "parameters; a study stopped by repeated errors takes trials again",
+    )
+    p.add_argument(
+        "--parallelism", type=_positive, help="local trials at once (default: cluster.parallelism)"
+    )
     return p
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _plan_table(plan: Plan) -> Table:
@@ -80,7 +98,7 @@ def _dry_run(experiment: Experiment, local: bool) -> int:
 
 
 def command(args: argparse.Namespace) -> int:
-    from tunevlseg.cluster.launch import LaunchError, launch_local, launch_slurm
+    from tunevlseg.cluster.launch import LaunchError, LaunchInterrupted, launch_local, launch_slurm
     from tunevlseg.config.loader import load_experiment
 
     experiment = load_experiment(args.experiment)
@@ -89,13 +107,17 @@ def command(args: argparse.Namespace) -> int:
     out, err = _app.data(), _app.messages()
     try:
         if not args.local:
-            launch_slurm(experiment, force=args.force, console=err)
+            launch_slurm(experiment, force=args.force, console=err, retry_failed=args.retry_failed)
             return _app.EXIT_OK
         result = launch_local(
-            experiment, force=args.force, console=err, parallelism=args.parallelism
+            experiment, force=args.force, console=err, parallelism=args.parallelism,
+            retry_failed=args.retry_failed,
         )
     except LaunchError as error:
         raise _app.CommandError(str(error)) from None
+    except LaunchInterrupted as interrupted:
+        err.print(str(interrupted), markup=False)
+        return _app.EXIT_INTERRUPTED
     if result.tasks_run:
         from tunevlseg.collect.report import write_reports
 

@@ -2,18 +2,28 @@
 
 The queue view comes from ``squeue`` (every cluster has it; ``sacct`` is not needed) for the
 array jobs the sweep's manifest records. Without SLURM the queue columns are left out.
+Below the table, each failed trial gets one line with why it failed (``tvls.failure``), so a
+sweep that keeps failing can be diagnosed without opening the storage or the job logs.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections import Counter
+from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 
 from tunevlseg.cli import _app
+
+if TYPE_CHECKING:
+    from optuna.storages import BaseStorage
+
+    from tunevlseg.cluster.plan import Plan
+    from tunevlseg.config.loader import Experiment
 
 COLUMNS = ("complete", "running", "waiting", "failed", "pruned", "remaining")
 QUEUE_COLUMNS = ("queued", "on_nodes")
@@ -50,8 +60,77 @@ def queue_view(manifest_path: object) -> dict[str, Counter[str]] | None:
     return view
 
 
+REASON_WIDTH = 200
+"""Characters of a failure reason shown: enough for an exception line, short for one row."""
+
+_UNKNOWN_REASON = "no reason recorded"
+
+
+def one_line_reason(text: object) -> str:
+    """A stored failure reason as one line of at most :data:`REASON_WIDTH` characters.
+
+    A full traceback ends with the exception itself, the line that says what went wrong, so
+    only its last line is kept; any other text (the worker stores the exception alone, which
+    may span several lines) is joined into one line, whitespace collapsed.
+    """
+    lines = [line.strip() for line in str(text or "").splitlines() if line.strip()]
+    if not lines:
+        return _UNKNOWN_REASON
+    if any(line.startswith("Traceback (most recent call last)") for line in lines):
+        lines = lines[-1:]
+    reason = re.sub(r"\s+", " ", " ".join(lines))
+    if len(reason) > REASON_WIDTH:
+        reason = reason[: REASON_WIDTH - 1].rstrip() + "…"
+    return reason
+
+
+def open_existing_storage(experiment: Experiment) -> BaseStorage | None:
+    """The sweep's storage, or None when it does not exist yet (status never creates one).
+
+    Opened once for both the counts and the failures: replaying a big journal takes seconds.
+    """
+    from tunevlseg.cluster.launch import sweep_storage
+    from tunevlseg.tuning.storage import open_storage
+
+    url = sweep_storage(experiment)
+    return open_storage(url) if url.exists else None
+
+
+def study_failures(storage: BaseStorage | None, plan: Plan) -> dict[str, list[dict[str, Any]]]:
+    """Per study: its FAILED trials as ``{trial, reason, attempt}``, oldest first."""
+    from optuna.trial import TrialState
+
+    from tunevlseg.tuning import recovery
+
+    if storage is None:
+        return {}
+    failures: dict[str, list[dict[str, Any]]] = {}
+    for study in plan.studies:
+        try:
+            study_id = storage.get_study_id_from_name(study.spec.name)
+        except KeyError:
+            continue
+        trials = storage.get_all_trials(study_id, deepcopy=False)
+        reruns = {
+            int(t.user_attrs[recovery.RETRY_OF_ATTR]): t.number
+            for t in trials if recovery.RETRY_OF_ATTR in t.user_attrs
+        }
+        failures[study.spec.name] = [
+            {
+                "trial": trial.number,
+                "reason": one_line_reason(trial.user_attrs.get(recovery.FAILURE_ATTR)),
+                "attempt": int(trial.user_attrs.get(recovery.ATTEMPT_ATTR, 1)),
+                "retried_as": reruns.get(trial.number),
+            }
+            for trial in sorted(trials, key=lambda t: t.number)
+            if trial.state == TrialState.FAIL
+        ]
+    return failures
+
+
 def command(args: argparse.Namespace) -> int:
-    from tunevlseg.cluster.launch import current_plan
+    from tunevlseg.cluster.plan import make_plan
+    from tunevlseg.config.grid import expand
     from tunevlseg.config.loader import load_experiment
     from tunevlseg.paths import SweepPaths
 
@@ -67,9 +146,14 @@ def command(args: argparse.Namespace) -> int:
             _app.messages().print(f"repaired {line}", markup=False)
         if not actions:
             _app.messages().print("no stale trials", markup=False)
-    plan = current_plan(experiment, read_only=True)
-    queue = queue_view(SweepPaths(experiment.output_dir).manifest)
+    # What launch.current_plan(read_only=True) does, keeping the storage for the failures.
+    storage = open_existing_storage(experiment)
+    plan = make_plan(expand(experiment), storage)
+    queue = queue_view(SweepPaths.of(experiment).manifest)
     rows = [study.progress.to_dict() for study in plan.studies]
+    failures = study_failures(storage, plan)
+    for row in rows:
+        row["failures"] = failures.get(row["name"], [])
     columns = COLUMNS + (QUEUE_COLUMNS if queue is not None else ())
     for row in rows:
         if queue is not None:
@@ -91,7 +175,21 @@ def command(args: argparse.Namespace) -> int:
     table.add_section()
     table.add_row("total", str(totals["n_trials"]), *(str(totals[c]) for c in columns), "")
     out.print(table)
+    failed = [(row["name"], failure) for row in rows for failure in row["failures"]]
+    if failed:
+        out.print(f"\n{len(failed)} failed trial(s):", markup=False)
+        for name, failure in failed:
+            then = "" if failure["retried_as"] is None else f" -> re-run as #{failure['retried_as']}"
+            out.print(
+                f"  {name} #{failure['trial']} (attempt {failure['attempt']}): {failure['reason']}{then}",
+                markup=False,
+            )
+    for row in rows:
+        if row["stopped"]:
+            out.print(f"\n{row['name']} {row['stopped']}; fix the cause, then relaunch with --retry-failed", markup=False)
     state = "complete" if totals["remaining"] == 0 else f"{totals['remaining']} trial(s) remaining"
+    if totals["remaining"] == 0 and totals["failed"]:
+        state = f"finished, {totals['failed']} trial(s) failed for good"
     _app.messages().print(f"{len(rows)} studies: {state}")
     return _app.EXIT_OK
 

@@ -17,7 +17,6 @@ of the model, for the models as configured or (``--real-size``) for the real CLI
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from collections.abc import Sequence
@@ -99,10 +98,13 @@ def pick_study(studies: Sequence[StudySpec], query: str) -> StudySpec:
 
 
 def run_folder(spec: StudySpec, params: dict[str, Any], seed: int) -> Path:
-    """``<output_dir>/train/<study folder>/run-<hash of settings, params and seed>``."""
-    record = {"study": spec.to_attrs(), "params": params, "seed": seed}
-    digest = hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()
-    return Path(spec.output_dir) / "train" / spec.folder / f"run-{digest[:10]}"
+    """``<output_dir>/<sweep>/train/<study folder>/run-<digest of the run's identity>``."""
+    from tunevlseg.paths import SweepPaths
+    from tunevlseg.train.fit import identity_digest
+    from tunevlseg.tuning.identity import trial_identity
+
+    digest = identity_digest(trial_identity(spec, params, 0, seed))
+    return SweepPaths(Path(spec.output_dir), spec.sweep).sweep_dir / "train" / spec.folder / f"run-{digest[:10]}"
 
 
 def _format(value: Any) -> str:
@@ -159,7 +161,9 @@ def _train(args: argparse.Namespace, studies: Sequence[StudySpec]) -> int:
     else:
         shown = ", ".join(f"{k}={_format(v)}" for k, v in chosen.values.items()) or "no parameters"
         err.print(f"training {spec.name} with {shown} (seed {seed}) in {run_dir}")
-    result = run_trial(spec, chosen.values, run_dir, seed)
+    from tunevlseg.tuning.identity import trial_identity
+
+    result = run_trial(spec, chosen.values, run_dir, seed, trial_identity(spec, chosen.values, 0, seed))
     if args.json:
         record = {
             "study": spec.name,

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 
 from tunevlseg.assets import preflight, prepare_synthetic
+from tunevlseg.cluster.liveness import SweepLiveness, running_job_ids, slurm_liveness
+from tunevlseg.cluster.lock import SweepBusyError, sweep_lock
 from tunevlseg.cluster.manifest import Manifest, read_manifest, write_manifest
 from tunevlseg.cluster.plan import Plan, make_plan
 from tunevlseg.cluster.worker import TrialTask
@@ -25,11 +27,14 @@ from tunevlseg.tuning.storage import StorageURL, default_storage, parse_storage_
 
 if TYPE_CHECKING:
     from optuna.storages import BaseStorage
-    from optuna.trial import FrozenTrial
 
 
 class LaunchError(Exception):
     """A launch that cannot go ahead; nothing has been submitted when it is raised."""
+
+
+class LaunchInterrupted(Exception):
+    """Ctrl-C during a local launch: the workers were stopped; the message says how to resume."""
 
 
 def sweep_storage(experiment: Experiment) -> StorageURL:
@@ -92,11 +97,13 @@ def _prepare(
     *,
     force: bool,
     console: Console,
-    liveness: Callable[[FrozenTrial], bool | None],
+    liveness: SweepLiveness,
+    retry_failed: bool = False,
 ) -> _Prepared:
+    """Studies created, stale trials recovered, the budget enqueued (the caller holds the lock)."""
     import optuna
 
-    from tunevlseg.tuning.recovery import recover_stale
+    from tunevlseg.tuning import recovery
     from tunevlseg.tuning.studies import StudyConflictError, enqueue_missing, ensure_studies
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -107,7 +114,10 @@ def _prepare(
     for line in prepare_synthetic(expansion.studies):
         console.print(f"[dim]wrote {line}[/dim]")
     for spec in expansion.studies:
-        for line in recover_stale(storage, spec, liveness, getattr(liveness, "reason", None)):
+        if retry_failed:
+            for line in recovery.retry_failed(storage, spec):
+                console.print(f"[yellow]retrying[/yellow] {line}", markup=True)
+        for line in recovery.recover_stale(storage, spec, liveness, liveness.reason):
             console.print(f"[yellow]recovered[/yellow] {line}")
     waiting = [
         TrialTask(storage_url.url, spec.name, number)
@@ -115,7 +125,15 @@ def _prepare(
         for number in enqueue_missing(storage, spec)
     ]
     plan = make_plan(expansion, storage)
-    paths = SweepPaths(experiment.output_dir)
+    for study in plan.studies:
+        if study.progress.stopped:
+            console.print(f"[red]{study.spec.name}[/red] {study.progress.stopped}", highlight=False)
+    if any(study.progress.stopped for study in plan.studies):
+        console.print(
+            f"Fix the cause (see `tvls-status {experiment.path}`), then run `tvls-launch "
+            f"{experiment.path} --retry-failed` to re-run the failed trials."
+        )
+    paths = SweepPaths.of(experiment)
     manifest = read_manifest(paths.manifest) or Manifest(
         experiment=str(experiment.path),
         experiment_sha256=experiment.text_sha256,
@@ -132,10 +150,29 @@ def _prepare(
 
 
 def _complete_message(plan: Plan) -> str:
+    failed = sum(study.progress.failed for study in plan.studies)
+    if failed:
+        return (
+            f"[yellow]The sweep is finished[/yellow]: {plan.n_studies} studies, {plan.n_trials} "
+            f"trials, {failed} of them failed (see tvls-status); nothing to run."
+        )
     return (
         f"[green]The sweep is complete[/green]: {plan.n_studies} studies, {plan.n_trials} "
         "trials; nothing to run."
     )
+
+
+LOCAL_LOCK_WAIT_S = 10.0
+"""A local launch holds the lock while its trials run: another one gives up quickly."""
+SLURM_LOCK_WAIT_S = 300.0
+"""A SLURM launch holds the lock for seconds: the next one waits for it, then resumes."""
+
+
+def _lock(experiment: Experiment, wait_s: float, console: Console) -> Any:
+    def told(holder: str) -> None:
+        console.print(f"Waiting for another launch of this sweep to finish ({holder}) ...", highlight=False)
+
+    return sweep_lock(SweepPaths.of(experiment).launch_lock, wait_s=wait_s, on_wait=told)
 
 
 def refuse_parallel_sqlite(experiment: Experiment, parallelism: int, force: bool) -> None:
@@ -154,20 +191,51 @@ def launch_local(
     force: bool = False,
     console: Console | None = None,
     parallelism: int | None = None,
+    retry_failed: bool = False,
 ) -> LaunchResult:
-    """Run every missing trial of the sweep on this machine and wait for them."""
-    from tunevlseg.cluster.local import LocalLauncher
-    from tunevlseg.cluster.progress import local_progress
-    from tunevlseg.tuning.recovery import local_liveness
+    """Run every missing trial of the sweep on this machine and wait for them.
 
+    The sweep's lock is held until the last trial ends: a second launch cannot take the same
+    trials meanwhile, and any trial of an earlier local launch still RUNNING is known stale.
+    """
     console = console or Console(stderr=True)
     refuse_parallel_sqlite(experiment, parallelism or experiment.spec.cluster.parallelism, force)
     expansion, storage_url, storage = _open(experiment)
+    try:
+        with _lock(experiment, LOCAL_LOCK_WAIT_S, console):
+            return _run_local(
+                experiment, expansion, storage_url, storage, force=force, console=console,
+                parallelism=parallelism, retry_failed=retry_failed,
+            )
+    except SweepBusyError as error:
+        raise LaunchError(str(error)) from None
+
+
+def _run_local(
+    experiment: Experiment,
+    expansion: Expansion,
+    storage_url: StorageURL,
+    storage: BaseStorage,
+    *,
+    force: bool,
+    console: Console,
+    parallelism: int | None,
+    retry_failed: bool,
+) -> LaunchResult:
+    from tunevlseg.cluster.local import LocalLauncher
+    from tunevlseg.cluster.progress import local_progress
+
+    import os
+
+    from tunevlseg.tuning.retry import BUDGET_ENV
+
+    paths = SweepPaths.of(experiment)
+    os.environ[BUDGET_ENV] = str(experiment.spec.cluster.storage_retry_s)  # the tasks inherit it
+    liveness = SweepLiveness(read_manifest(paths.manifest), queued=None)
     prepared = _prepare(
         experiment, expansion, storage_url, storage, force=force, console=console,
-        liveness=local_liveness,
+        liveness=liveness, retry_failed=retry_failed,
     )
-    paths = SweepPaths(experiment.output_dir)
     tasks = prepared.waiting
     if tasks:
         prepared.manifest.record_launch(
@@ -186,78 +254,26 @@ def launch_local(
     launcher = LocalLauncher(
         paths.jobs / "local", parallelism=width, timeout_min=experiment.spec.cluster.timeout_min
     )
-    with local_progress(console, len(tasks)) as on_event:
-        events = launcher.run(tasks, on_event)
+    try:
+        with local_progress(console, len(tasks)) as on_event:
+            events = launcher.run(tasks, on_event)
+    except KeyboardInterrupt:
+        raise LaunchInterrupted(
+            f"interrupted: the running trial(s) stopped and keep their checkpoints; resume with "
+            f"`tvls-launch {experiment.path} --local`"
+        ) from None
     failed = [f"{e.task.study} #{e.task.trial_number}: {e.error}" for e in events if e.kind == "failed"]
     return LaunchResult(make_plan(expansion, storage), len(tasks), failed)
-
-
-class SlurmLiveness:
-    """Owner liveness from SLURM's queue: a trial's task that is no longer queued is gone.
-
-    ``squeue`` lists pending, running and requeued tasks on every cluster; a task missing
-    from it has ended. Trials without SLURM ids fall back to local process checks.
-    """
-
-    def __init__(self, job_ids: list[str]) -> None:
-        from tunevlseg.cluster import slurm
-
-        self.queued = {task.key for task in slurm.queued_tasks(job_ids)}
-        self.ended = slurm.ended_states(job_ids)
-
-    def __call__(self, trial: FrozenTrial) -> bool | None:
-        from tunevlseg.cluster.slurm import task_key
-        from tunevlseg.tuning import recovery
-
-        job = trial.user_attrs.get(recovery.SLURM_JOB_ATTR)
-        if not job:
-            return recovery.local_liveness(trial)
-        return task_key(job, trial.user_attrs.get("tvls.slurm_array_task_id")) in self.queued
-
-    def reason(self, trial: FrozenTrial) -> str:
-        from tunevlseg.cluster.slurm import task_key
-        from tunevlseg.tuning import recovery
-
-        job = trial.user_attrs.get(recovery.SLURM_JOB_ATTR)
-        if not job:
-            return recovery.default_reason(trial)
-        key = task_key(job, trial.user_attrs.get("tvls.slurm_array_task_id"))
-        state = self.ended.get(key)
-        return f"SLURM task {key} is no longer queued" + (f" (sacct: {state})" if state else "")
-
-
-def _running_job_ids(storage: BaseStorage, expansion: Expansion) -> list[str]:
-    from optuna.trial import TrialState
-
-    from tunevlseg.tuning import recovery
-
-    ids = set()
-    for spec in expansion.studies:
-        try:
-            study_id = storage.get_study_id_from_name(spec.name)
-        except KeyError:
-            continue
-        for trial in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
-            job = trial.user_attrs.get(recovery.SLURM_JOB_ATTR)
-            if job:
-                ids.add(str(job))
-    return sorted(ids)
-
-
-def slurm_liveness(experiment: Experiment, storage: BaseStorage, expansion: Expansion) -> SlurmLiveness:
-    """Liveness of every task the sweep ever submitted or that owns a RUNNING trial."""
-    manifest = read_manifest(SweepPaths(experiment.output_dir).manifest)
-    known = set(_running_job_ids(storage, expansion)) | set(manifest.array_job_ids() if manifest else [])
-    return SlurmLiveness(sorted(known))
 
 
 def repair(experiment: Experiment) -> list[str]:
     """Fail and re-enqueue stale trials now (``tvls-status --repair``); submit nothing.
 
     Uses SLURM's view when the sweep has SLURM tasks and SLURM answers, else local processes.
+    Holds the sweep's lock like a launch: a running local launch's trials are not touched.
     """
     from tunevlseg.cluster import slurm
-    from tunevlseg.tuning.recovery import local_liveness, recover_stale
+    from tunevlseg.tuning.recovery import recover_stale
     from tunevlseg.tuning.storage import open_storage
 
     storage_url = sweep_storage(experiment)
@@ -265,20 +281,29 @@ def repair(experiment: Experiment) -> list[str]:
         return []
     storage = open_storage(storage_url)
     expansion = expand(experiment)
-    uses_slurm = bool(_running_job_ids(storage, expansion))
-    liveness: Callable[[FrozenTrial], bool | None] = local_liveness
-    if uses_slurm:
-        if not slurm.available():
-            raise LaunchError("the sweep has SLURM tasks but SLURM does not answer: cannot tell stale trials")
-        liveness = slurm_liveness(experiment, storage, expansion)
-    actions = []
-    for spec in expansion.studies:
-        try:
-            storage.get_study_id_from_name(spec.name)
-        except KeyError:
-            continue
-        actions += recover_stale(storage, spec, liveness, getattr(liveness, "reason", None))
-    return actions
+    try:
+        with sweep_lock(SweepPaths.of(experiment).launch_lock, wait_s=LOCAL_LOCK_WAIT_S):
+            manifest = read_manifest(SweepPaths.of(experiment).manifest)
+            uses_slurm = bool(running_job_ids(storage, expansion)) or bool(
+                manifest and manifest.array_job_ids()
+            )
+            liveness = SweepLiveness(manifest, queued=None)
+            if uses_slurm:
+                if not slurm.available():
+                    raise LaunchError(
+                        "the sweep has SLURM tasks but SLURM does not answer: cannot tell stale trials"
+                    )
+                liveness = slurm_liveness(manifest, storage, expansion)
+            actions = []
+            for spec in expansion.studies:
+                try:
+                    storage.get_study_id_from_name(spec.name)
+                except KeyError:
+                    continue
+                actions += recover_stale(storage, spec, liveness, liveness.reason)
+            return actions
+    except SweepBusyError as error:
+        raise LaunchError(str(error)) from None
 
 
 @dataclass(frozen=True)
@@ -301,7 +326,7 @@ def slurm_setup(experiment: Experiment, expansion: Expansion, storage_url: Stora
     cluster = experiment.spec.cluster
     hf_home = cluster.hf_home or Path(os.environ.get("HF_HOME", Path.home() / ".cache/huggingface"))
     hf_home = experiment.resolve(hf_home)
-    environment = task_environment(hf_home)
+    environment = task_environment(hf_home, cluster.storage_retry_s)
     folders = [experiment.output_dir, hf_home]
     if storage_url.path is not None:
         folders.append(storage_url.path.parent)
@@ -311,7 +336,9 @@ def slurm_setup(experiment: Experiment, expansion: Expansion, storage_url: Stora
         if pretrained.is_absolute():
             folders.append(pretrained)
     binds = bind_paths(folders, cluster.container.binds)
-    python = python_command(cluster.container, environment, binds)
+    # Container tasks requeue from the host through markers in this folder (cluster/requeue.py).
+    requeue_dir = SweepPaths.of(experiment).requeue
+    python = python_command(cluster.container, environment, binds, requeue_dir=requeue_dir)
     setup = setup_lines(cluster.container, environment)
     job_name = f"tvls-{experiment.spec.name}"
     return SlurmSetup(
@@ -319,7 +346,7 @@ def slurm_setup(experiment: Experiment, expansion: Expansion, storage_url: Stora
         setup=setup,
         arrays=array_parameters(cluster, job_name, setup),
         collector=lambda after: collector_parameters(cluster, job_name, setup, after),
-        jobs_folder=SweepPaths(experiment.output_dir).jobs,
+        jobs_folder=SweepPaths.of(experiment).jobs,
     )
 
 
@@ -328,7 +355,7 @@ def check_slurm_paths(experiment: Experiment) -> None:
 
     Everything else (spaces, quotes, ``;``, ``$(...)``, backticks) is quoted and safe.
     """
-    jobs = str(SweepPaths(experiment.output_dir).jobs)
+    jobs = str(SweepPaths.of(experiment).jobs)
     bad = sorted({c for c in jobs if c in "%\\"})
     if bad:
         raise LaunchError(
@@ -338,12 +365,18 @@ def check_slurm_paths(experiment: Experiment) -> None:
 
 
 def launch_slurm(
-    experiment: Experiment, *, force: bool = False, console: Console | None = None
+    experiment: Experiment,
+    *,
+    force: bool = False,
+    console: Console | None = None,
+    retry_failed: bool = False,
 ) -> LaunchResult:
-    """Submit the missing trials as SLURM arrays plus a collector job, then return."""
+    """Submit the missing trials as SLURM arrays plus a collector job, then return.
+
+    Everything from reading the queue to writing the manifest happens under the sweep's lock,
+    so two launches at once submit each trial once: the second sees the first's arrays.
+    """
     from tunevlseg.cluster import slurm
-    from tunevlseg.cluster.submit import SlurmLauncher
-    from tunevlseg.collect.report import collector_job
 
     console = console or Console(stderr=True)
     check_slurm_paths(experiment)
@@ -355,26 +388,55 @@ def launch_slurm(
             "run on this machine"
         )
     try:
+        with _lock(experiment, SLURM_LOCK_WAIT_S, console):
+            return _submit(
+                experiment, expansion, storage_url, storage, force=force, console=console,
+                retry_failed=retry_failed,
+            )
+    except SweepBusyError as error:
+        raise LaunchError(str(error)) from None
+
+
+def _submit(
+    experiment: Experiment,
+    expansion: Expansion,
+    storage_url: StorageURL,
+    storage: BaseStorage,
+    *,
+    force: bool,
+    console: Console,
+    retry_failed: bool,
+) -> LaunchResult:
+    from tunevlseg.cluster import slurm
+    from tunevlseg.cluster.submit import SlurmLauncher
+    from tunevlseg.collect.report import collector_job
+
+    paths = SweepPaths.of(experiment)
+    try:
         max_array = experiment.spec.cluster.slurm.max_array_size or slurm.max_array_size()
-        liveness = slurm_liveness(experiment, storage, expansion)
+        liveness = slurm_liveness(read_manifest(paths.manifest), storage, expansion)
     except slurm.SlurmError as error:
         raise LaunchError(str(error)) from None
     prepared = _prepare(
-        experiment, expansion, storage_url, storage, force=force, console=console, liveness=liveness
+        experiment, expansion, storage_url, storage, force=force, console=console,
+        liveness=liveness, retry_failed=retry_failed,
     )
     index = prepared.manifest.task_index()
+    assert liveness.queued is not None
     covered = {index[key] for key in liveness.queued if key in index}
     tasks = [t for t in prepared.waiting if (t.study, t.trial_number) not in covered]
     plan = make_plan(expansion, storage)
     setup = slurm_setup(experiment, expansion, storage_url)
     if not tasks:
-        write_manifest(SweepPaths(experiment.output_dir).manifest, prepared.manifest)
+        write_manifest(paths.manifest, prepared.manifest)
         if plan.complete:
             console.print(_complete_message(plan))
         else:
             console.print(f"Nothing to submit: the {len(covered)} remaining trial(s) are queued.")
         return LaunchResult(plan, 0)
-    launcher = SlurmLauncher(setup.jobs_folder, setup.python, max_array)
+    launcher = SlurmLauncher(
+        setup.jobs_folder, setup.python, max_array, experiment.spec.cluster.max_timeouts
+    )
     try:
         arrays = launcher.submit_arrays(tasks, setup.arrays)
     except Exception as error:
@@ -386,7 +448,7 @@ def launch_slurm(
             [
                 storage_url.url,
                 experiment.spec.name,
-                str(SweepPaths(experiment.output_dir).results),
+                str(paths.results),
                 experiment.spec.cluster.slurm.gpus,
             ],
             setup.collector(job_ids),
@@ -402,7 +464,7 @@ def launch_slurm(
         [(a.job_id, [(t.study, t.trial_number) for t in a.tasks]) for a in arrays],
         collector_job_id=collector_id,
     )
-    write_manifest(SweepPaths(experiment.output_dir).manifest, prepared.manifest)
+    write_manifest(paths.manifest, prepared.manifest)
     console.print(
         f"Submitted {len(tasks)} trial(s) of {plan.n_studies} studies as {len(arrays)} array "
         f"job(s) {', '.join(job_ids)} (at most {experiment.spec.cluster.parallelism} running), "
@@ -415,6 +477,7 @@ def launch_slurm(
 __all__ = [
     "repair",
     "LaunchError",
+    "LaunchInterrupted",
     "LaunchResult",
     "current_plan",
     "launch_local",

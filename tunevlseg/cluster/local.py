@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -39,7 +40,11 @@ class LocalLauncher:
         self.folder = folder
         self.parallelism = max(1, parallelism)
         self.executor = submitit.LocalExecutor(folder=str(folder / "%j"))
-        self.executor.update_parameters(timeout_min=timeout_min)
+        # submitit's controller process (one per task) shares our terminal: on Ctrl-C it would
+        # print its own KeyboardInterrupt traceback there. Its stderr goes to a log instead.
+        folder.mkdir(parents=True, exist_ok=True)
+        quiet = f"exec 2>>{shlex.quote(str(folder / 'controllers.log'))}"
+        self.executor.update_parameters(timeout_min=timeout_min, setup=[quiet])
 
     def run(
         self,
@@ -75,8 +80,20 @@ class LocalLauncher:
         except KeyboardInterrupt:
             for job, _task in running:
                 job.cancel(check=False)
+            _wait_until_done([job for job, _task in running], seconds=30)
             raise
         return ended
+
+
+def _wait_until_done(jobs: Sequence[submitit.Job[Any]], seconds: float) -> None:
+    """Let cancelled tasks finish their last storage write before the launch lets go of the
+    sweep's lock: a relaunch must not find them still alive."""
+    deadline = time.monotonic() + seconds
+    while any(not job.done() for job in jobs) and time.monotonic() < deadline:
+        try:
+            time.sleep(0.2)
+        except KeyboardInterrupt:  # a second Ctrl-C: stop waiting
+            return
 
 
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b.*")

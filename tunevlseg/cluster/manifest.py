@@ -78,8 +78,13 @@ def read_manifest(path: Path) -> Manifest | None:
 
 
 def write_manifest(path: Path, manifest: Manifest) -> None:
-    """Atomic: a temporary file in the same folder, then a rename."""
+    """Atomic: a temporary file in the same folder, then a rename. Callers hold the sweep's
+    launch lock (:mod:`tunevlseg.cluster.lock`) from reading the manifest to writing it, so no
+    launch's entry is lost."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(manifest.to_dict(), indent=2, sort_keys=True))
+    with tmp.open("w") as file:
+        file.write(json.dumps(manifest.to_dict(), indent=2, sort_keys=True))
+        file.flush()
+        os.fsync(file.fileno())  # renamed only once its bytes are on disk
     os.replace(tmp, path)

@@ -19,15 +19,28 @@ class SlurmError(Exception):
     """A SLURM command failed; the message holds the command and what it printed."""
 
 
-def _run(command: Sequence[str], timeout: float = 60) -> str:
+def _call(command: Sequence[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run a SLURM command and hand back its exit code and output, whatever the exit code.
+
+    Callers that can tell a harmless refusal (an unknown job id) from a real failure look at
+    the result themselves; everything else goes through :func:`_run`.
+    """
     if shutil.which(command[0]) is None:
         raise SlurmError(f"{command[0]} not found: is this a SLURM login node?")
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         raise SlurmError(f"{' '.join(command)} did not answer within {timeout:.0f} s") from None
+
+
+def _failure(command: Sequence[str], done: subprocess.CompletedProcess[str]) -> SlurmError:
+    return SlurmError(f"{' '.join(command)} failed: {(done.stderr or done.stdout).strip()}")
+
+
+def _run(command: Sequence[str], timeout: float = 60) -> str:
+    done = _call(command, timeout)
     if done.returncode != 0:
-        raise SlurmError(f"{' '.join(command)} failed: {(done.stderr or done.stdout).strip()}")
+        raise _failure(command, done)
     return done.stdout
 
 
@@ -87,17 +100,44 @@ def task_key(job_id: str, index: int | str | None) -> str:
     return f"{job_id}_{int(index or 0)}"
 
 
+_UNKNOWN_JOB = "Invalid job id specified"
+"""What squeue prints (exit 1) when asked about a job slurmctld no longer holds (or never had)."""
+
+
 def queued_tasks(job_ids: Iterable[str]) -> list[QueuedTask]:
-    """Array tasks of these jobs still in the queue (one entry per task, arrays expanded)."""
+    """Array tasks of these jobs still in the queue (one entry per task, arrays expanded).
+
+    A job that ended more than ``MinJobAge`` (300 s by default) ago is purged from slurmctld,
+    and ``squeue -j`` then refuses it with "Invalid job id specified": SLURM 22.05 does so for
+    a lone id (it asks for that one job) but filters a list of several ids locally and says
+    nothing. A purged or unknown id is simply not queued, so a sweep can be resumed or shown
+    days after its jobs ended. The common case stays one ``squeue -j`` call; only when SLURM
+    refuses a list of ids is the whole queue listed (one call, however many jobs) and filtered
+    here. Any other failure, such as slurmctld being down, still raises :class:`SlurmError`.
+    """
     ids = sorted(set(job_ids))
     if not ids:
         return []
-    output = _run(["squeue", "-h", "-r", "-j", ",".join(ids), "-o", "%i|%T"])
+    fields = ["-h", "-r", "-o", "%i|%T"]
+    command = ["squeue", *fields, "-j", ",".join(ids)]
+    done = _call(command)
+    wanted: set[str] | None = None  # squeue -j already kept only these jobs
+    if done.returncode != 0:
+        if _UNKNOWN_JOB not in done.stderr + done.stdout:
+            raise _failure(command, done)
+        if len(ids) == 1:
+            return []  # the one job asked about is not in slurmctld's memory: nothing queued
+        # --all: a job listed by id shows even in a hidden partition; keep that without -j.
+        command = ["squeue", *fields, "--all"]
+        done = _call(command)
+        if done.returncode != 0:
+            raise _failure(command, done)
+        wanted = set(ids)
     tasks = []
-    for line in output.splitlines():
+    for line in done.stdout.splitlines():
         task_id, _, state = line.strip().partition("|")
         match = _TASK_ID.match(task_id)
-        if match:
+        if match and (wanted is None or match.group(1) in wanted):
             tasks.append(QueuedTask(match.group(1), int(match.group(2) or 0), state))
     return tasks
 
@@ -109,7 +149,11 @@ def cancel(job_ids: Iterable[str]) -> None:
 
 
 def ended_states(job_ids: Iterable[str]) -> dict[str, str]:
-    """``{"<job>_<index>": state}`` from sacct for ended tasks; empty without accounting."""
+    """``{"<job>_<index>": state}`` from sacct for ended tasks; empty without accounting.
+
+    Unlike squeue, sacct keeps jobs slurmctld has purged, and answers an unknown id with no
+    row (exit 0), so purged jobs need no special case here.
+    """
     ids = sorted(set(job_ids))
     if not ids or not has_accounting():
         return {}

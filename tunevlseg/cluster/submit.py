@@ -1,9 +1,10 @@
 """Submit trial tasks as SLURM job arrays (one trial per array task) and the collector job.
 
 submitit writes the job scripts, pickles the tasks and requeues checkpointable ones on
-preemption or time-out. This module only translates the experiment's cluster settings into
-submitit parameters, splits the tasks into arrays whose indices stay below ``MaxArraySize``, and
-chains the collector job after every array (``afterany``).
+preemption or time-out (container tasks from the host: see ``requeue.py``). This module only
+translates the experiment's cluster settings into submitit parameters, splits the tasks into
+arrays whose indices stay below ``MaxArraySize``, and chains the collector job after every
+array (``afterany``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from submitit.slurm.slurm import _make_sbatch_string
 
 from tunevlseg.cluster import slurm
 from tunevlseg.cluster.plan import chunk
-from tunevlseg.cluster.worker import TrialTask, TrialWorker
+from tunevlseg.cluster.requeue import HostRequeueWorker
+from tunevlseg.cluster.worker import TrialTask
 from tunevlseg.config.schema import ClusterSettings
 
 
@@ -105,13 +107,16 @@ def render_script(folder: Path, python: str, parameters: dict[str, Any]) -> str:
 class SlurmLauncher:
     """Submits trial arrays and the collector through submitit's ``SlurmExecutor``."""
 
-    def __init__(self, folder: Path, python: str, max_array_size: int) -> None:
+    def __init__(self, folder: Path, python: str, max_array_size: int, max_timeouts: int = 3) -> None:
         self.folder = folder
         self.python = python
         self.max_array_size = max_array_size
+        self.max_timeouts = max_timeouts
 
     def _executor(self, parameters: dict[str, Any]) -> submitit.SlurmExecutor:
-        executor = submitit.SlurmExecutor(folder=str(self.folder / "%j"), python=self.python)
+        executor = submitit.SlurmExecutor(
+            folder=str(self.folder / "%j"), python=self.python, max_num_timeout=self.max_timeouts
+        )
         executor.update_parameters(**parameters)
         return executor
 
@@ -125,7 +130,9 @@ class SlurmLauncher:
             for part in chunk(list(tasks), self.max_array_size):
                 # A one-task "array" is submitted by submitit as a plain job (id without
                 # "_<index>"); slurm.queued_tasks treats that as index 0.
-                jobs = executor.map_array(TrialWorker(), part)
+                # HostRequeueWorker: TrialWorker that requeues through the host wrapper when
+                # the task runs in a container (requeue.py); the same as TrialWorker otherwise.
+                jobs = executor.map_array(HostRequeueWorker(), part)
                 submitted.append(SubmittedArray(jobs[0].job_id.split("_")[0], list(part)))
         except Exception:
             slurm.cancel(array.job_id for array in submitted)

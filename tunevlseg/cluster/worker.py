@@ -14,13 +14,13 @@ import os
 import signal
 import socket
 import time
-import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import submitit
 
+from tunevlseg.failpoints import failpoint
 from tunevlseg.paths import SweepPaths
 from tunevlseg.tuning import recovery
 from tunevlseg.tuning.retry import with_retries
@@ -96,27 +96,40 @@ class Claim:
     lineage: int
     run_dir: Path
     resumed: bool
+    seed: int
+    identity: dict[str, Any]
 
 
-def _slurm_owner() -> dict[str, Any]:
+def _owner() -> dict[str, Any]:
+    """Who runs this task, every key always present (``None`` when not under SLURM).
+
+    The SLURM job id comes last: a stamp cut short by a kill then never names a job without
+    its array index, and recovery falls back to the manifest for a trial it cannot place.
+    """
     env = os.environ
     job = env.get("SLURM_ARRAY_JOB_ID") or env.get("SLURM_JOB_ID")
-    if not job:
-        return {}
     return {
+        recovery.HOST_ATTR: socket.gethostname(),
+        recovery.PID_ATTR: os.getpid(),
+        recovery.SLURM_TASK_ATTR: env.get("SLURM_ARRAY_TASK_ID") if job else None,
+        "tvls.slurm_restart_count": int(env.get("SLURM_RESTART_COUNT", "0") or 0) if job else None,
         recovery.SLURM_JOB_ATTR: job,
-        "tvls.slurm_array_task_id": env.get("SLURM_ARRAY_TASK_ID"),
-        "tvls.slurm_restart_count": int(env.get("SLURM_RESTART_COUNT", "0") or 0),
     }
 
 
 def _is_mine(user_attrs: dict[str, Any]) -> bool:
     """A RUNNING trial this same SLURM task owned before it was requeued."""
-    owner = _slurm_owner()
-    return bool(owner) and all(
-        user_attrs.get(key) == owner[key]
-        for key in (recovery.SLURM_JOB_ATTR, "tvls.slurm_array_task_id")
+    owner = _owner()
+    return bool(owner[recovery.SLURM_JOB_ATTR]) and all(
+        user_attrs.get(key) == owner[key] for key in (recovery.SLURM_JOB_ATTR, recovery.SLURM_TASK_ATTR)
     )
+
+
+def _stamp(storage: BaseStorage, trial_id: int, attrs: dict[str, Any]) -> None:
+    for key, value in attrs.items():
+        with_retries(
+            lambda k=key, v=value: storage.set_trial_user_attr(trial_id, k, v), what="stamping the trial"
+        )
 
 
 def limit_threads() -> int | None:
@@ -138,20 +151,28 @@ def limit_threads() -> int | None:
 def claim_trial(storage: BaseStorage, task: TrialTask) -> Claim | TaskOutcome:
     """Own the task's trial (or find it ours after a requeue) and sample its parameters.
 
+    Only the task that won the claim writes the owner stamp: a loser writing first could
+    overwrite the winner's stamp on a RUNNING trial, and recovery would then judge the winner
+    by the loser's (ended) task. A kill between the claim and the stamp leaves a RUNNING trial
+    the stamp cannot place; recovery finds it through the manifest's tasks for the trial
+    (:mod:`tunevlseg.cluster.liveness`).
+
     Returns a :class:`TaskOutcome` with status ``skipped`` when the trial is finished, owned by
-    a live task elsewhere, or was claimed by another task a moment ago.
+    a live task elsewhere, was claimed by another task a moment ago, or its study has stopped.
     """
     import optuna
     from optuna.trial import TrialState
 
-    from tunevlseg.tuning.studies import load_spec, make_sampler
+    from tunevlseg.train.fit import identity_digest
+    from tunevlseg.tuning.identity import IDENTITY_ATTR, trial_identity
+    from tunevlseg.tuning.studies import load_spec, make_sampler, stop_reason
 
-    def read() -> tuple[int, Any]:
-        study_id = storage.get_study_id_from_name(task.study)
-        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, task.trial_number)
-        return trial_id, storage.get_trial(trial_id)
+    def read() -> tuple[optuna.Study, int, Any]:
+        study = optuna.load_study(study_name=task.study, storage=storage)
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, task.trial_number)
+        return study, trial_id, storage.get_trial(trial_id)
 
-    trial_id, frozen = with_retries(read, what="reading the trial")
+    study, trial_id, frozen = with_retries(read, what="reading the trial")
     skip = lambda detail, value=None: TaskOutcome(  # noqa: E731
         task.study, task.trial_number, "skipped", value, detail
     )
@@ -159,8 +180,16 @@ def claim_trial(storage: BaseStorage, task: TrialTask) -> Claim | TaskOutcome:
         return skip("already finished", frozen.value)
     if frozen.state == TrialState.RUNNING and not _is_mine(frozen.user_attrs):
         return skip("running elsewhere")
+    spec = load_spec(study)
     resumed = frozen.state == TrialState.RUNNING
+    owner = _owner()
     if not resumed:
+        stopped = stop_reason(
+            with_retries(lambda: study.get_trials(deepcopy=False), what="reading the study"),
+            spec.search.max_failures,
+        )
+        if stopped:
+            return skip(f"study {stopped}")
         try:
             claimed = with_retries(
                 lambda: storage.set_trial_state_values(trial_id, TrialState.RUNNING),
@@ -170,26 +199,49 @@ def claim_trial(storage: BaseStorage, task: TrialTask) -> Claim | TaskOutcome:
             claimed = False  # another task claimed and finished it since we read it
         if not claimed:
             return skip("claimed by another task")
-    spec = load_spec(optuna.load_study(study_name=task.study, storage=storage))
-    study = optuna.load_study(
-        study_name=task.study, storage=storage, sampler=make_sampler(spec, task.trial_number)
-    )
+        failpoint("claimed")
+    study.sampler = make_sampler(spec, task.trial_number)
     lineage = int(frozen.user_attrs.get(recovery.LINEAGE_ATTR, task.trial_number))
-    run_dir = SweepPaths(Path(spec.output_dir)).trial_dir(spec.folder, lineage)
-    owner = {
-        recovery.HOST_ATTR: socket.gethostname(),
-        recovery.PID_ATTR: os.getpid(),
-        recovery.LINEAGE_ATTR: lineage,
-        "tvls.run_dir": str(run_dir),
-        **_slurm_owner(),
-    }
+    run_dir = SweepPaths(Path(spec.output_dir), spec.sweep).trial_dir(spec.folder, lineage)
+    stamp = {**owner, recovery.LINEAGE_ATTR: lineage, "tvls.run_dir": str(run_dir)}
     if not resumed:
-        owner["tvls.started_at"] = time.time()
-    for key, value in owner.items():
-        with_retries(lambda k=key, v=value: storage.set_trial_user_attr(trial_id, k, v), what="stamping the trial")
+        stamp["tvls.started_at"] = time.time()
+    _stamp(storage, trial_id, stamp)
+    failpoint("stamped")
     trial = optuna.Trial(study, trial_id)
-    params = {name: space.suggest(trial, name) for name, space in spec.param_space.items()}
-    return Claim(study, trial, spec, params, lineage, run_dir, resumed)
+    params = with_retries(
+        lambda: {name: space.suggest(trial, name) for name, space in spec.param_space.items()},
+        what="sampling the parameters",
+    )
+    seed = spec.training.seed + lineage
+    identity = trial_identity(spec, params, lineage, seed)
+    _stamp(storage, trial_id, {IDENTITY_ATTR: identity_digest(identity)})
+    failpoint("sampled")
+    return Claim(study, trial, spec, params, lineage, run_dir, resumed, seed, identity)
+
+
+def _record_failure(claim: Claim, storage: BaseStorage, error: Exception) -> None:
+    """Fail the trial for good (its own error) or re-queue it (the infrastructure's)."""
+    from optuna.trial import TrialState
+
+    from tunevlseg.tuning import failures
+
+    detail = failures.describe(error)
+    trial_id = claim.trial._trial_id
+    if failures.is_infrastructure(error):
+        frozen = with_retries(lambda: storage.get_trial(trial_id), what="reading the trial")
+        with_retries(
+            lambda: recovery.fail_and_requeue(claim.study, frozen, detail, claim.spec.search.max_retries),
+            what="re-queueing the trial",
+        )
+        return
+    _stamp(storage, trial_id, {
+        recovery.FAILURE_ATTR: detail, failures.KIND_ATTR: "error", failures.FINAL_ATTR: True,
+    })
+    with_retries(
+        lambda: claim.study.tell(claim.trial, state=TrialState.FAIL, skip_if_finished=True),
+        what="telling the failure",
+    )
 
 
 def run_task(task: TrialTask) -> TaskOutcome:
@@ -209,14 +261,11 @@ def run_task(task: TrialTask) -> TaskOutcome:
         return claim
     started = time.monotonic()
     try:
-        result = run_trial(claim.spec, claim.params, claim.run_dir, seed=claim.spec.training.seed + claim.lineage)
+        result = run_trial(claim.spec, claim.params, claim.run_dir, seed=claim.seed, identity=claim.identity)
     except BaseException as error:
         if watch.received or not isinstance(error, Exception):
             raise  # interrupted, not failed: the trial stays RUNNING to be continued
-        detail = "".join(traceback.format_exception_only(error)).strip()[-2000:]
-        trial_id = claim.trial._trial_id
-        with_retries(lambda: storage.set_trial_user_attr(trial_id, recovery.FAILURE_ATTR, detail), what="recording the failure")
-        with_retries(lambda: claim.study.tell(claim.trial, state=TrialState.FAIL, skip_if_finished=True), what="telling the failure")
+        _record_failure(claim, storage, error)
         raise
     attrs = {**result, "tvls.task_seconds": time.monotonic() - started}
     for key, value in attrs.items():

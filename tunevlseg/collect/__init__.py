@@ -2,7 +2,7 @@
 
 ``results`` reads the storage in one pass, ``tables`` and ``summaries`` arrange the numbers,
 ``render``/``page`` format them, ``plots`` draws, ``outside`` adds results from CSV files, and
-``report`` writes it all under ``<output_dir>/results``.
+``report`` writes it all under ``<output_dir>/<sweep>/results``.
 """
 
 from tunevlseg.collect.report import Report, collector_job, write_reports, write_sweep_reports

@@ -1,4 +1,4 @@
-"""Write a sweep's result tables and plots under ``<output_dir>/results`` (also for a partial
+"""Write a sweep's result tables and plots under ``<output_dir>/<sweep>/results`` (also for a partial
 sweep, and from outside result files alone).
 
 Layout of the folder (every file written to a temporary name, then renamed)::
@@ -278,7 +278,7 @@ def write_reports(
     """The sweep's report; GPUs per task default to the experiment file's ``cluster.slurm.gpus``."""
     from tunevlseg.cluster.launch import sweep_storage
 
-    folder = out_dir or SweepPaths(experiment.output_dir).results
+    folder = out_dir or SweepPaths.of(experiment).results
     gpus = gpus_per_task if gpus_per_task is not None else experiment.spec.cluster.slurm.gpus
     return write_sweep_reports(
         sweep_storage(experiment),

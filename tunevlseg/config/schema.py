@@ -161,7 +161,14 @@ class SearchSettings(Strict):
     seed: int = 0
     n_startup_trials: int = Field(default=5, ge=0)
     objective: Literal["val_dice", "val_iou"] = "val_dice"
-    max_retries: int = Field(default=2, ge=0, description="re-runs of a crashed trial")
+    max_retries: int = Field(
+        default=2, ge=0, description="re-runs of a trial whose process died or met an "
+        "infrastructure error (lost node, storage outage, out of memory)"
+    )
+    max_failures: int = Field(
+        default=3, ge=1, description="trials failed by an error of their own (configuration, "
+        "data, a bug: not retried) after which a study stops taking new trials"
+    )
     space: dict[str, Any] = Field(
         default_factory=dict, description="overrides for every learner that has the parameter"
     )
@@ -241,6 +248,19 @@ class ClusterSettings(Strict):
         "than MaxArraySize is several arrays, each with this limit), or local processes",
     )
     timeout_min: int = Field(default=240, ge=1, description="time limit of one task")
+    max_timeouts: int = Field(
+        default=1000,
+        ge=0,
+        description="requeues after reaching timeout_min that one trial may use (submitit's "
+        "max_num_timeout); each resumes at the next epoch, so max_epochs, not this, bounds a "
+        "trial's work",
+    )
+    storage_retry_s: int = Field(
+        default=180,
+        ge=10,
+        description="seconds a task retries a failed storage call (a database restart, an NFS "
+        "hiccup) before giving up; tasks get it as TVLS_STORAGE_RETRY_S",
+    )
     hf_home: Path | None = Field(
         default=None, description="shared Hugging Face cache (default: $HF_HOME at launch)"
     )
@@ -284,3 +304,12 @@ class ExperimentSpec(Strict):
         if isinstance(models, list):
             return [{"name": x} if isinstance(x, str) else x for x in models]
         return models
+
+    @field_validator("output_dir")
+    @classmethod
+    def _output_dir_is_plain_text(cls, output_dir: Path) -> Path:
+        """A newline or other control character would break job scripts and log names."""
+        bad = sorted({repr(c) for c in str(output_dir) if ord(c) < 32 or ord(c) == 127})
+        if bad:
+            raise ValueError(f"output_dir contains the control character(s) {', '.join(bad)}; choose a plain folder name")
+        return output_dir

@@ -74,22 +74,32 @@ def fit_settings(spec: StudySpec, params: dict[str, Any], seed: int) -> Any:
     )
 
 
-def run_trial(spec: StudySpec, params: dict[str, Any], run_dir: Path, seed: int) -> dict[str, Any]:
-    """Train (or, for zero-shot, only evaluate) one configuration; resumable from ``run_dir``."""
+def run_trial(
+    spec: StudySpec,
+    params: dict[str, Any],
+    run_dir: Path,
+    seed: int,
+    identity: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train (or, for zero-shot, only evaluate) one configuration; resumable from ``run_dir``.
+
+    ``identity`` (see :mod:`tunevlseg.tuning.identity`) binds the folder's files to this trial:
+    a result or checkpoint written for anything else is set aside, never reused.
+    """
     import lightning
 
+    from tunevlseg.failpoints import failpoint
     from tunevlseg.train.fit import evaluate, fit
 
     lightning.seed_everything(seed, workers=True, verbose=False)
     model = build_model(spec, params)
     datamodule = build_datamodule(spec, model, seed)
     settings = fit_settings(spec, params, seed)
+    failpoint("model-built")
     run_dir.mkdir(parents=True, exist_ok=True)
+    run = fit if LEARNERS[spec.learner].trains else evaluate
+    result = run(model, datamodule, settings, run_dir, identity=identity).to_dict()
     (run_dir / "params.json").write_text(json.dumps({"params": params, "seed": seed}, indent=2))
-    if LEARNERS[spec.learner].trains:
-        result = fit(model, datamodule, settings, run_dir).to_dict()
-    else:
-        result = evaluate(model, datamodule, settings, run_dir).to_dict()
     trainable, total = model.count_parameters()
     result.update(trainable_params=trainable, total_params=total)
     return result

@@ -10,27 +10,32 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from tunevlseg.config.grid import StudySpec
 
 if TYPE_CHECKING:
+    import optuna
     from optuna.storages import BaseStorage
     from optuna.trial import FrozenTrial
 
 HOST_ATTR = "tvls.host"
 PID_ATTR = "tvls.pid"
 SLURM_JOB_ATTR = "tvls.slurm_job_id"
+SLURM_TASK_ATTR = "tvls.slurm_array_task_id"
 LINEAGE_ATTR = "tvls.lineage"
 ATTEMPT_ATTR = "tvls.attempt"
 FAILURE_ATTR = "tvls.failure"
+RETRY_OF_ATTR = "tvls.retry_of"
+"""On a re-run: the number of the failed trial it re-runs."""
 
-Liveness = Callable[["FrozenTrial"], "bool | None"]
-"""True: its owner runs; False: its owner is gone; None: cannot tell (leave it alone)."""
+Liveness = Callable[[str, "FrozenTrial"], "bool | None"]
+"""(study name, trial) -> True: its owner runs; False: its owner is gone; None: cannot tell
+(leave it alone)."""
 
 
-def local_liveness(trial: FrozenTrial) -> bool | None:
+def local_liveness(study: str, trial: FrozenTrial) -> bool | None:
     """Owner liveness for trials run by local processes on this host."""
     if trial.user_attrs.get(SLURM_JOB_ATTR):
         return None
@@ -48,7 +53,7 @@ def local_liveness(trial: FrozenTrial) -> bool | None:
     return True
 
 
-def default_reason(trial: FrozenTrial) -> str:
+def default_reason(study: str, trial: FrozenTrial) -> str:
     owner = trial.user_attrs
     return f"owner process {owner.get(PID_ATTR)} on {owner.get(HOST_ATTR)} is gone"
 
@@ -57,7 +62,7 @@ def recover_stale(
     storage: BaseStorage,
     spec: StudySpec,
     is_alive: Liveness = local_liveness,
-    reason_of: Callable[[FrozenTrial], str] | None = None,
+    reason_of: Callable[[str, FrozenTrial], str] | None = None,
 ) -> list[str]:
     """Fail stale RUNNING trials and re-enqueue them; return one line per action."""
     import optuna
@@ -66,25 +71,81 @@ def recover_stale(
     study = optuna.load_study(study_name=spec.name, storage=storage)
     actions: list[str] = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if is_alive(trial) is not False:
+        if is_alive(spec.name, trial) is not False:
             continue
-        reason = (reason_of or default_reason)(trial)
-        storage.set_trial_user_attr(trial._trial_id, FAILURE_ATTR, reason)
+        reason = (reason_of or default_reason)(spec.name, trial)
+        actions.append(fail_and_requeue(study, trial, reason, spec.search.max_retries))
+    return actions
+
+
+def fail_and_requeue(study: optuna.Study, trial: FrozenTrial, reason: str, max_retries: int) -> str:
+    """FAIL a trial whose process died (or met an infrastructure error) and queue its re-run.
+
+    The re-run keeps the parameters and the lineage (so the same folder and checkpoint), and
+    counts one more attempt; past ``max_retries`` re-runs the trial is failed for good and then
+    takes its place in the budget. Safe to repeat after a kill at any step: the re-run is
+    created at most once (:func:`enqueue_rerun`), and the trial is failed last. Returns one line
+    saying what was done.
+    """
+    from optuna.trial import TrialState
+
+    from tunevlseg.tuning.failures import FINAL_ATTR, KIND_ATTR
+
+    storage = study._storage
+    attempt = int(trial.user_attrs.get(ATTEMPT_ATTR, 1))
+    storage.set_trial_user_attr(trial._trial_id, FAILURE_ATTR, reason)
+    storage.set_trial_user_attr(trial._trial_id, KIND_ATTR, "infrastructure")
+    if attempt > max_retries:
+        storage.set_trial_user_attr(trial._trial_id, FINAL_ATTR, True)
         storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-        attempt = int(trial.user_attrs.get(ATTEMPT_ATTR, 1))
-        if attempt > spec.search.max_retries:
-            actions.append(
-                f"{spec.name} trial {trial.number}: {reason}; failed for good after "
-                f"{attempt} attempts (search.max_retries = {spec.search.max_retries})"
-            )
-            continue
-        study.enqueue_trial(
-            trial.params,
-            user_attrs={
-                LINEAGE_ATTR: trial.user_attrs.get(LINEAGE_ATTR, trial.number),
-                ATTEMPT_ATTR: attempt + 1,
-            },
-            skip_if_exists=False,
+        return (
+            f"{study.study_name} trial {trial.number}: {reason}; failed for good after "
+            f"{attempt} attempts (search.max_retries = {max_retries})"
         )
-        actions.append(f"{spec.name} trial {trial.number}: {reason}; re-queued with its checkpoint")
+    number = enqueue_rerun(study, trial, attempt + 1)
+    storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    return f"{study.study_name} trial {trial.number}: {reason}; re-queued as trial {number} with its checkpoint"
+
+
+def retried_numbers(trials: Sequence[FrozenTrial]) -> set[int]:
+    """Numbers of the trials that have a re-run (a finished trial cannot be marked itself)."""
+    return {int(t.user_attrs[RETRY_OF_ATTR]) for t in trials if RETRY_OF_ATTR in t.user_attrs}
+
+
+def enqueue_rerun(study: optuna.Study, trial: FrozenTrial, attempt: int) -> int:
+    """A WAITING copy of ``trial`` (same parameters and folder), made once; returns its number."""
+    from optuna.trial import TrialState, create_trial
+
+    for other in study.get_trials(deepcopy=False):
+        if other.user_attrs.get(RETRY_OF_ATTR) == trial.number:
+            return other.number
+    template = create_trial(
+        state=TrialState.WAITING,
+        system_attrs={"fixed_params": trial.params},
+        user_attrs={
+            LINEAGE_ATTR: trial.user_attrs.get(LINEAGE_ATTR, trial.number),
+            ATTEMPT_ATTR: attempt,
+            RETRY_OF_ATTR: trial.number,
+        },
+    )
+    trial_id = study._storage.create_new_trial(study._study_id, template_trial=template)
+    return study._storage.get_trial_number_from_id(trial_id)
+
+
+def retry_failed(storage: BaseStorage, spec: StudySpec) -> list[str]:
+    """Re-queue every trial failed for good (``tvls-launch --retry-failed``) once its cause is fixed."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from tunevlseg.tuning.failures import FINAL_ATTR
+
+    study = optuna.load_study(study_name=spec.name, storage=storage)
+    trials = study.get_trials(deepcopy=False)
+    retried = retried_numbers(trials)
+    actions = []
+    for trial in trials:
+        if trial.state != TrialState.FAIL or not trial.user_attrs.get(FINAL_ATTR) or trial.number in retried:
+            continue
+        number = enqueue_rerun(study, trial, 1)
+        actions.append(f"{spec.name} trial {trial.number}: re-queued as trial {number}")
     return actions

@@ -4,25 +4,30 @@
   (:class:`~optuna.storages.journal.JournalFileOpenLock`), which is safe on NFS v3+. ``PATH``
   is absolute when it starts with ``/`` (``journal:///shared/sweep.log``), else relative to the
   experiment file. The default for every sweep: a shared file system is all a cluster needs.
-  Large journals are opened from a snapshot beside them (:mod:`tunevlseg.tuning.journal_snapshot`).
+  Large journals are opened from a snapshot beside them, and a line torn by a writer killed
+  mid-append is repaired when met (:mod:`tunevlseg.tuning.journal_snapshot`).
 * ``sqlite:///rel.db`` / ``sqlite:////abs.db`` (SQLAlchemy's convention): local runs only,
   because SQLite has no row locks and its file locking breaks on NFS.
 * ``postgresql://user@host:port/db``: for large sweeps. The password never goes in the URL (it
   would end up in YAML files, manifests and job scripts); libpq reads ``PGPASSWORD`` or the
-  0600 file ``~/.pgpass`` / ``PGPASSFILE`` by itself.
+  0600 file ``~/.pgpass`` / ``PGPASSFILE`` by itself. A connection attempt gives up after
+  :data:`CONNECT_TIMEOUT_S`; opening the storage during an outage fails (OperationalError), so
+  a task opens it through :func:`tunevlseg.tuning.retry.with_retries`, which waits it out.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import parse_qs, urlsplit
 
 if TYPE_CHECKING:
     from optuna.storages import BaseStorage
 
 Scheme = Literal["journal", "sqlite", "postgresql"]
+CONNECT_TIMEOUT_S = 10
+"""Seconds a PostgreSQL connection attempt may take (``?connect_timeout=`` in the URL wins)."""
 
 
 class StorageURLError(ValueError):
@@ -107,9 +112,14 @@ def open_storage(storage: StorageURL) -> BaseStorage:
         storage.path.parent.mkdir(parents=True, exist_ok=True)
     # Bounded connections per process: one in use, plus the one Optuna nests while it sets
     # up a new schema (_init_alembic); 1,000 array tasks must not open 5 + 10 each.
-    engine_kwargs = (
+    # pool_pre_ping replaces a pooled connection the server dropped (a restart) before use.
+    engine_kwargs: dict[str, Any] = (
         {"pool_size": 1, "max_overflow": 1, "pool_pre_ping": True}
         if storage.scheme == "postgresql"
         else {}
     )
+    if storage.scheme == "postgresql" and "connect_timeout" not in parse_qs(urlsplit(storage.url).query):
+        # A host that is down drops the packets: without a timeout one connection attempt
+        # hangs for TCP's ~2 minutes, a task's whole retry budget (tunevlseg.tuning.retry).
+        engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
     return optuna.storages.RDBStorage(storage.url, engine_kwargs=engine_kwargs)

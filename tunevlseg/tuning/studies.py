@@ -20,6 +20,7 @@ from tunevlseg.config.grid import StudySpec
 if TYPE_CHECKING:
     import optuna
     from optuna.storages import BaseStorage
+    from optuna.trial import FrozenTrial
 
 SPEC_ATTR = "tvls.spec"
 SPEC_HASH_ATTR = "tvls.spec_sha256"
@@ -83,6 +84,8 @@ def ensure_studies(
         stored = storage.get_study_user_attrs(storage.get_study_id_from_name(spec.name))
         if stored.get(SPEC_HASH_ATTR) == spec_hash(spec) or force:
             continue
+        if SPEC_ATTR not in stored:
+            continue  # created by a launch that stopped before recording its definition
         # Compare definitions, not bytes: a setting added to the schema since the study was
         # created reads back with its default and is no change.
         previous = _validated(stored.get(SPEC_ATTR, {}))
@@ -146,7 +149,12 @@ def _describe_difference(spec: StudySpec, stored: dict[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class StudyProgress:
-    """Trial counts of one study against its budget."""
+    """Trial counts of one study against its budget.
+
+    ``failed`` counts the trials failed for good (an error of their own, or retries used up):
+    they take their place in the budget. Trials failed by a lost process that were re-queued
+    are not counted; their re-runs are.
+    """
 
     name: str
     n_trials: int
@@ -157,10 +165,12 @@ class StudyProgress:
     pruned: int = 0
     best_value: float | None = None
     exists: bool = True
+    stopped: str | None = None
+    """Why the study takes no new trials (repeated errors), or None."""
 
     @property
     def done(self) -> int:
-        return self.complete + self.pruned
+        return self.complete + self.pruned + self.failed
 
     @property
     def remaining(self) -> int:
@@ -170,15 +180,43 @@ class StudyProgress:
     @property
     def to_enqueue(self) -> int:
         """Trials that exist nowhere yet: neither finished, running nor waiting."""
+        if self.stopped:
+            return 0
         return max(0, self.n_trials - self.done - self.running - self.waiting)
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "remaining": self.remaining}
 
 
+def stop_reason(trials: Sequence[FrozenTrial], max_failures: int) -> str | None:
+    """Why a study must stop: ``max_failures`` trials failed by errors of their own, not retried."""
+    from optuna.trial import TrialState
+
+    from tunevlseg.tuning.failures import KIND_ATTR
+    from tunevlseg.tuning.recovery import FAILURE_ATTR, retried_numbers
+
+    retried = retried_numbers(trials)
+    errors = [
+        t for t in trials
+        if t.state == TrialState.FAIL and t.user_attrs.get(KIND_ATTR) == "error"
+        and t.number not in retried
+    ]
+    if len(errors) < max_failures:
+        return None
+    last = max(errors, key=lambda t: t.number)
+    reason = str(last.user_attrs.get(FAILURE_ATTR, "no reason recorded")).strip().splitlines()
+    return (
+        f"stopped after {len(errors)} trials failed with errors (search.max_failures = "
+        f"{max_failures}); last, trial {last.number}: {reason[-1] if reason else '?'}"
+    )
+
+
 def progress(storage: BaseStorage, spec: StudySpec) -> StudyProgress:
     """Count a study's trials by state (a study not yet created has every trial remaining)."""
     from optuna.trial import TrialState
+
+    from tunevlseg.tuning.failures import FINAL_ATTR
+    from tunevlseg.tuning.recovery import retried_numbers
 
     try:
         study_id = storage.get_study_id_from_name(spec.name)
@@ -190,25 +228,37 @@ def progress(storage: BaseStorage, spec: StudySpec) -> StudyProgress:
     best = None
     if values:
         best = min(values) if spec.search.direction == "minimize" else max(values)
+    retried = retried_numbers(trials)
+    failed = sum(
+        1 for t in trials
+        if t.state == TrialState.FAIL and t.user_attrs.get(FINAL_ATTR) and t.number not in retried
+    )
     return StudyProgress(
         name=spec.name,
         n_trials=spec.n_trials,
         complete=states[TrialState.COMPLETE],
         running=states[TrialState.RUNNING],
         waiting=states[TrialState.WAITING],
-        failed=states[TrialState.FAIL],
+        failed=failed,
         pruned=states[TrialState.PRUNED],
         best_value=best,
+        stopped=stop_reason(trials, spec.search.max_failures),
     )
 
 
 def enqueue_missing(storage: BaseStorage, spec: StudySpec) -> list[int]:
-    """Add WAITING trials until the budget is covered; return every WAITING trial's number."""
+    """Add WAITING trials until the budget is covered; return every WAITING trial's number.
+
+    A stopped study (repeated errors) gets no new trials and runs none of its waiting ones.
+    """
     import optuna
     from optuna.trial import TrialState
 
+    state = progress(storage, spec)
+    if state.stopped:
+        return []
     study = optuna.load_study(study_name=spec.name, storage=storage)
-    for _ in range(progress(storage, spec).to_enqueue):
+    for _ in range(state.to_enqueue):
         study.enqueue_trial({}, skip_if_exists=False)
     waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
     return sorted(trial.number for trial in waiting)
