@@ -393,6 +393,7 @@ def test_job_script_runs_the_wrapper_with_hostile_folders(tmp_path: Path) -> Non
     assert args[-6:] == [str(container.image), "python3", "-u", "-m", "submitit.core._submit", str(folder)]
 
 
+@pytest.mark.usefixtures("slurm_cluster")  # a dry run checks SLURM like a launch
 def test_dry_run_shows_the_wrapper(tmp_path: Path) -> None:
     from _slurm_sweeps import cli, write_sweep
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from typing import TYPE_CHECKING
 
@@ -25,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dry-run", action="store_true", help="print the plan and job scripts; change nothing"
     )
+    p.add_argument("--json", action="store_true", help="with --dry-run: the plan and its problems as JSON")
     p.add_argument("--force", action="store_true", help="accept changed study definitions")
     p.add_argument(
         "--retry-failed",
@@ -59,21 +61,45 @@ def _plan_table(plan: Plan) -> Table:
     return table
 
 
-def _dry_run(experiment: Experiment, local: bool) -> int:
+MATRIX_ABOVE = 12
+"""Sweeps with more studies than this also get the compact model-learner x data set matrix."""
+
+
+def _matrix_table(plan: Plan) -> Table:
+    """Trials to run / trials per (model-learner, data set), grid cells added up."""
+    cells: dict[tuple[str, str], list[int]] = {}
+    for study in plan.studies:
+        cell = cells.setdefault((study.spec.combination, study.spec.dataset.name), [0, 0])
+        cell[0] += study.n_tasks
+        cell[1] += study.spec.n_trials
+    rows = list(dict.fromkeys(key[0] for key in cells))
+    columns = list(dict.fromkeys(key[1] for key in cells))
+    table = Table(title="Trials to run / in the budget", title_justify="left")
+    table.add_column("model-learner", no_wrap=True)
+    for column in columns:
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(row, *(
+            f"{cells[(row, column)][0]}/{cells[(row, column)][1]}" if (row, column) in cells else "–"
+            for column in columns
+        ))
+    return table
+
+
+def _dry_run(experiment: Experiment, local: bool, force: bool, parallelism: int | None, as_json: bool) -> int:
+    """The plan, then every problem a launch would stop at (the same checks, read-only)."""
     from tunevlseg.cluster import slurm
-    from tunevlseg.cluster.launch import current_plan, slurm_setup, sweep_storage
-    from tunevlseg.cluster.plan import chunk
+    from tunevlseg.cluster.launch import slurm_setup
+    from tunevlseg.cluster.plan import chunk, make_plan
+    from tunevlseg.cluster.preflight import run_preflight
     from tunevlseg.cluster.submit import render_array_script, render_script
 
     out = _app.data()
-    plan = current_plan(experiment, read_only=True)
-    out.print(_plan_table(plan))
-    for note in plan.notes:
-        out.print(f"note: {note}")
-    summary = (
-        f"{plan.n_studies} studies, {plan.n_trials} trials, {plan.n_done} done, "
-        f"{plan.n_tasks} tasks to run"
-    )
+    checked = run_preflight(experiment, local=local, force=force, parallelism=parallelism)
+    plan = make_plan(checked.expansion, checked.storage)
+    chunks: list[list[int]] = []
+    max_array, source = None, ""
+    setup = None
     if not local and plan.n_tasks:
         max_array = experiment.spec.cluster.slurm.max_array_size
         source = "from the experiment file"
@@ -83,8 +109,36 @@ def _dry_run(experiment: Experiment, local: bool) -> int:
             else:
                 max_array, source = slurm.DEFAULT_MAX_ARRAY_SIZE, "SLURM's default; SLURM not reachable"
         chunks = chunk(list(range(plan.n_tasks)), max_array)
+        setup = slurm_setup(experiment, plan.expansion, checked.storage_url)
+    if as_json:
+        report = {
+            "sweep": experiment.spec.name,
+            "mode": "local" if local else "slurm",
+            **plan.summary(),
+            "studies": [
+                {**study.progress.to_dict(), "to_run": study.n_tasks, "learner": study.spec.learner,
+                 "model": study.spec.model.key, "dataset": study.spec.dataset.name, "grid": study.spec.grid}
+                for study in plan.studies
+            ],
+            "arrays": [len(part) for part in chunks],
+            "max_array_size": max_array,
+            "python": setup.python if setup else None,
+            "notes": plan.notes,
+            "problems": checked.problems,
+        }
+        out.print_json(json.dumps(report))
+        return _app.EXIT_FAILED if checked.problems else _app.EXIT_OK
+    out.print(_plan_table(plan))
+    if plan.n_studies > MATRIX_ABOVE:
+        out.print(_matrix_table(plan))
+    for note in plan.notes:
+        out.print(f"note: {note}")
+    summary = (
+        f"{plan.n_studies} studies, {plan.n_trials} trials, {plan.n_done} done, "
+        f"{plan.n_tasks} tasks to run"
+    )
+    if setup is not None:
         summary += f" as {len(chunks)} array job(s) (MaxArraySize {max_array}, {source})"
-        setup = slurm_setup(experiment, plan.expansion, sweep_storage(experiment))
         folder = setup.jobs_folder / "%j"
         out.print("\n# Interpreter command of every task", markup=False)
         out.print(setup.python, markup=False)
@@ -94,6 +148,11 @@ def _dry_run(experiment: Experiment, local: bool) -> int:
         after = [f"<array {i + 1}>" for i in range(len(chunks))]
         out.print(render_script(folder, setup.python, setup.collector(after)), markup=False)
     out.print(f"{summary} (dry run: nothing was changed)", markup=False)
+    if checked.problems:
+        err = _app.messages()
+        err.print(f"{len(checked.problems)} problem(s): a launch would stop at", markup=False)
+        err.print(checked.message, markup=False)
+        return _app.EXIT_FAILED
     return _app.EXIT_OK
 
 
@@ -103,7 +162,9 @@ def command(args: argparse.Namespace) -> int:
 
     experiment = load_experiment(args.experiment)
     if args.dry_run:
-        return _dry_run(experiment, args.local)
+        return _dry_run(experiment, args.local, args.force, args.parallelism, args.json)
+    if args.json:
+        raise _app.CommandError("--json goes with --dry-run (the plan as data)", _app.EXIT_USAGE)
     out, err = _app.data(), _app.messages()
     try:
         if not args.local:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
-from tunevlseg.assets import preflight, prepare_synthetic
+from tunevlseg.assets import prepare_synthetic
 from tunevlseg.cluster.liveness import SweepLiveness, running_job_ids, slurm_liveness
 from tunevlseg.cluster.lock import SweepBusyError, sweep_lock
 from tunevlseg.cluster.manifest import Manifest, read_manifest, write_manifest
@@ -23,7 +23,8 @@ from tunevlseg.cluster.worker import TrialTask
 from tunevlseg.config.grid import Expansion, expand
 from tunevlseg.config.loader import Experiment
 from tunevlseg.paths import SweepPaths
-from tunevlseg.tuning.storage import StorageURL, default_storage, parse_storage_url
+from tunevlseg.cluster.preflight import run_preflight, sweep_storage
+from tunevlseg.tuning.storage import StorageURL
 
 if TYPE_CHECKING:
     from optuna.storages import BaseStorage
@@ -35,13 +36,6 @@ class LaunchError(Exception):
 
 class LaunchInterrupted(Exception):
     """Ctrl-C during a local launch: the workers were stopped; the message says how to resume."""
-
-
-def sweep_storage(experiment: Experiment) -> StorageURL:
-    """The sweep's storage, resolved against the experiment file's folder."""
-    if experiment.spec.storage is None:
-        return default_storage(experiment.output_dir)
-    return parse_storage_url(experiment.spec.storage).resolved(experiment.base_dir)
 
 
 def current_plan(experiment: Experiment, *, read_only: bool) -> Plan:
@@ -73,20 +67,24 @@ class _Prepared:
     manifest: Manifest
 
 
-def _open(experiment: Experiment) -> tuple[Expansion, StorageURL, BaseStorage]:
+def _open(
+    experiment: Experiment, *, local: bool, force: bool, parallelism: int | None = None
+) -> tuple[Expansion, StorageURL, BaseStorage]:
+    """Every check of :func:`~tunevlseg.cluster.preflight.run_preflight`, then the storage
+    opened (created when new): the first write of a launch."""
     from tunevlseg.tuning.storage import open_storage
 
-    expansion = expand(experiment)
-    problems = preflight(expansion.studies)
-    if problems:
-        raise LaunchError("cannot launch:\n" + "\n".join(f"  {p}" for p in problems))
-    storage_url = sweep_storage(experiment)
-    try:
-        storage = open_storage(storage_url)
-        storage.get_all_studies()
-    except Exception as error:  # any driver error: its message is what the user needs
-        raise LaunchError(f"cannot open the study storage {storage_url}: {error}") from None
-    return expansion, storage_url, storage
+    checked = run_preflight(experiment, local=local, force=force, parallelism=parallelism)
+    if checked.problems:
+        raise LaunchError(checked.message)
+    storage = checked.storage
+    if storage is None:
+        try:
+            storage = open_storage(checked.storage_url)
+            storage.get_all_studies()
+        except Exception as error:  # any driver error: its message is what the user needs
+            raise LaunchError(f"cannot open the study storage {checked.storage_url}: {error}") from None
+    return checked.expansion, checked.storage_url, storage
 
 
 def _prepare(
@@ -175,16 +173,6 @@ def _lock(experiment: Experiment, wait_s: float, console: Console) -> Any:
     return sweep_lock(SweepPaths.of(experiment).launch_lock, wait_s=wait_s, on_wait=told)
 
 
-def refuse_parallel_sqlite(experiment: Experiment, parallelism: int, force: bool) -> None:
-    """SQLite has no row locks: two parallel workers can claim the same trial (measured)."""
-    if sweep_storage(experiment).scheme == "sqlite" and parallelism > 1 and not force:
-        raise LaunchError(
-            "sqlite storage cannot take parallel tasks (no row locks, so two tasks can claim the "
-            "same trial; its file locks break on NFS): use journal:// (the default) or "
-            "postgresql://, set parallelism to 1, or pass --force"
-        )
-
-
 def launch_local(
     experiment: Experiment,
     *,
@@ -199,8 +187,7 @@ def launch_local(
     trials meanwhile, and any trial of an earlier local launch still RUNNING is known stale.
     """
     console = console or Console(stderr=True)
-    refuse_parallel_sqlite(experiment, parallelism or experiment.spec.cluster.parallelism, force)
-    expansion, storage_url, storage = _open(experiment)
+    expansion, storage_url, storage = _open(experiment, local=True, force=force, parallelism=parallelism)
     try:
         with _lock(experiment, LOCAL_LOCK_WAIT_S, console):
             return _run_local(
@@ -350,20 +337,6 @@ def slurm_setup(experiment: Experiment, expansion: Expansion, storage_url: Stora
     )
 
 
-def check_slurm_paths(experiment: Experiment) -> None:
-    """SLURM rewrites ``%`` patterns and drops ``\\`` in log file names: such a folder breaks jobs.
-
-    Everything else (spaces, quotes, ``;``, ``$(...)``, backticks) is quoted and safe.
-    """
-    jobs = str(SweepPaths.of(experiment).jobs)
-    bad = sorted({c for c in jobs if c in "%\\"})
-    if bad:
-        raise LaunchError(
-            f"output_dir {experiment.output_dir} contains {' and '.join(repr(c) for c in bad)}, "
-            "which SLURM rewrites in job log file names; choose a folder without them"
-        )
-
-
 def launch_slurm(
     experiment: Experiment,
     *,
@@ -376,17 +349,8 @@ def launch_slurm(
     Everything from reading the queue to writing the manifest happens under the sweep's lock,
     so two launches at once submit each trial once: the second sees the first's arrays.
     """
-    from tunevlseg.cluster import slurm
-
     console = console or Console(stderr=True)
-    check_slurm_paths(experiment)
-    refuse_parallel_sqlite(experiment, experiment.spec.cluster.parallelism, force)
-    expansion, storage_url, storage = _open(experiment)
-    if not slurm.available():
-        raise LaunchError(
-            "SLURM does not answer (sbatch/scontrol missing or slurmctld down); use --local to "
-            "run on this machine"
-        )
+    expansion, storage_url, storage = _open(experiment, local=False, force=force)
     try:
         with _lock(experiment, SLURM_LOCK_WAIT_S, console):
             return _submit(

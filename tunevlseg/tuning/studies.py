@@ -64,6 +64,38 @@ def existing_study_names(storage: BaseStorage) -> set[str]:
     return {summary.study_name for summary in storage.get_all_studies()}
 
 
+def study_conflicts(storage: BaseStorage, studies: Sequence[StudySpec]) -> str | None:
+    """The message for studies whose stored definition differs from the file's, or None.
+
+    Read-only: ``tvls-launch --dry-run`` reports the same conflict a launch would refuse.
+    """
+    existing = existing_study_names(storage)
+    conflicts: list[str] = []
+    for spec in studies:
+        if spec.name not in existing:
+            continue
+        stored = storage.get_study_user_attrs(storage.get_study_id_from_name(spec.name))
+        if stored.get(SPEC_HASH_ATTR) == spec_hash(spec):
+            continue
+        if SPEC_ATTR not in stored:
+            continue  # created by a launch that stopped before recording its definition
+        # Compare definitions, not bytes: a setting added to the schema since the study was
+        # created reads back with its default and is no change.
+        previous = _validated(stored.get(SPEC_ATTR, {}))
+        if previous != spec:
+            old = previous.to_attrs() if previous is not None else stored.get(SPEC_ATTR, {})
+            conflicts.append(_describe_difference(spec, old))
+    if not conflicts:
+        return None
+    return (
+        "the experiment file changed the definition of studies that already exist in the "
+        "storage:\n"
+        + "\n".join(conflicts)
+        + "\nUse a new sweep `name:` (or another storage) for a new sweep, or pass --force "
+        "to keep the stored trials under the new definition."
+    )
+
+
 def ensure_studies(
     storage: BaseStorage, studies: Sequence[StudySpec], *, force: bool = False
 ) -> None:
@@ -76,30 +108,9 @@ def ensure_studies(
     """
     import optuna
 
-    existing = existing_study_names(storage)
-    conflicts: list[str] = []
-    for spec in studies:
-        if spec.name not in existing:
-            continue
-        stored = storage.get_study_user_attrs(storage.get_study_id_from_name(spec.name))
-        if stored.get(SPEC_HASH_ATTR) == spec_hash(spec) or force:
-            continue
-        if SPEC_ATTR not in stored:
-            continue  # created by a launch that stopped before recording its definition
-        # Compare definitions, not bytes: a setting added to the schema since the study was
-        # created reads back with its default and is no change.
-        previous = _validated(stored.get(SPEC_ATTR, {}))
-        if previous != spec:
-            old = previous.to_attrs() if previous is not None else stored.get(SPEC_ATTR, {})
-            conflicts.append(_describe_difference(spec, old))
-    if conflicts:
-        raise StudyConflictError(
-            "the experiment file changed the definition of studies that already exist in the "
-            "storage:\n"
-            + "\n".join(conflicts)
-            + "\nUse a new sweep `name:` (or another storage) for a new sweep, or pass --force "
-            "to keep the stored trials under the new definition."
-        )
+    conflict = None if force else study_conflicts(storage, studies)
+    if conflict:
+        raise StudyConflictError(conflict)
     for spec in studies:
         study = optuna.create_study(
             study_name=spec.name,

@@ -1,0 +1,143 @@
+"""Everything a launch checks before its first write, read-only, so that ``--dry-run`` runs the
+very same checks and prints the very same messages.
+
+A launch stops at the first problem list that is not empty, before it creates a study, writes
+a file or submits a job; a dry run prints the plan first (a plan is worth seeing before the data
+is in place), then every problem, and exits non-zero when a launch would fail.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tunevlseg.assets import preflight as asset_problems
+from tunevlseg.config.grid import Expansion, expand
+from tunevlseg.config.loader import Experiment
+from tunevlseg.paths import SweepPaths
+from tunevlseg.tuning.storage import StorageURL, default_storage, parse_storage_url
+
+if TYPE_CHECKING:
+    from optuna.storages import BaseStorage
+
+
+def sweep_storage(experiment: Experiment) -> StorageURL:
+    """The sweep's storage, resolved against the experiment file's folder."""
+    if experiment.spec.storage is None:
+        return default_storage(experiment.output_dir)
+    return parse_storage_url(experiment.spec.storage).resolved(experiment.base_dir)
+
+
+@dataclass
+class Preflight:
+    """What the checks found; ``storage`` is the sweep's storage when it already exists."""
+
+    expansion: Expansion
+    storage_url: StorageURL
+    storage: BaseStorage | None
+    problems: list[str]
+
+    @property
+    def message(self) -> str:
+        return "cannot launch:\n" + "\n".join(f"  {problem}" for problem in self.problems)
+
+
+def slurm_path_problems(experiment: Experiment) -> list[str]:
+    """SLURM rewrites ``%`` patterns and drops ``\\`` in log file names: such a folder breaks jobs.
+
+    Everything else (spaces, quotes, ``;``, ``$(...)``, backticks) is quoted and safe.
+    """
+    jobs = str(SweepPaths.of(experiment).jobs)
+    bad = sorted({c for c in jobs if c in "%\\"})
+    if not bad:
+        return []
+    return [
+        f"output_dir {experiment.output_dir} contains {' and '.join(repr(c) for c in bad)}, "
+        "which SLURM rewrites in job log file names; choose a folder without them"
+    ]
+
+
+def sqlite_problems(experiment: Experiment, parallelism: int, force: bool) -> list[str]:
+    """SQLite has no row locks: two parallel workers can claim the same trial (measured)."""
+    if sweep_storage(experiment).scheme == "sqlite" and parallelism > 1 and not force:
+        return [
+            "sqlite storage cannot take parallel tasks (no row locks, so two tasks can claim the "
+            "same trial; its file locks break on NFS): use journal:// (the default) or "
+            "postgresql://, set parallelism to 1, or pass --force"
+        ]
+    return []
+
+
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def writable_problems(folder: Path, what: str) -> list[str]:
+    """A folder that exists and is writable, or can be created (its nearest parent is)."""
+    existing = _nearest_existing(folder)
+    if not existing.is_dir():
+        return [f"{what} {folder}: {existing} is a file, not a folder"]
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return [f"{what} {folder}: {existing} is not writable by this user"]
+    return []
+
+
+def open_existing_storage(url: StorageURL) -> BaseStorage | None:
+    """The storage if it already exists, else None; never creates tables or files.
+
+    Raises whatever the driver raises when the server cannot be reached.
+    """
+    from tunevlseg.tuning.storage import open_storage
+
+    if url.path is not None:
+        return open_storage(url) if url.path.exists() else None
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url.url, connect_args={"connect_timeout": 10})
+    try:
+        with engine.connect() as connection:
+            has_studies = sqlalchemy.inspect(connection).has_table("studies")
+    finally:
+        engine.dispose()
+    return open_storage(url) if has_studies else None
+
+
+def run_preflight(
+    experiment: Experiment, *, local: bool, force: bool = False, parallelism: int | None = None
+) -> Preflight:
+    """Every check of a launch, in the order a user would fix them; writes nothing."""
+    from tunevlseg.cluster import slurm
+    from tunevlseg.tuning.studies import study_conflicts
+
+    expansion = expand(experiment)
+    storage_url = sweep_storage(experiment)
+    problems: list[str] = []
+    if not local:
+        problems += slurm_path_problems(experiment)
+    problems += sqlite_problems(experiment, parallelism or experiment.spec.cluster.parallelism, force)
+    problems += writable_problems(experiment.output_dir, "output_dir")
+    if storage_url.path is not None:
+        problems += writable_problems(storage_url.path.parent, "storage folder")
+    problems += asset_problems(expansion.studies)
+    storage = None
+    try:
+        storage = open_existing_storage(storage_url)
+        if storage is not None:
+            storage.get_all_studies()
+    except Exception as error:  # any driver error: its message is what the user needs
+        storage = None
+        problems.append(f"cannot open the study storage {storage_url}: {error}".strip())
+    if storage is not None and not force:
+        conflict = study_conflicts(storage, expansion.studies)
+        if conflict:
+            problems.append(conflict)
+    if not local and not slurm.available():
+        problems.append(
+            "SLURM does not answer (sbatch/scontrol missing or slurmctld down); use --local to "
+            "run on this machine"
+        )
+    return Preflight(expansion, storage_url, storage, problems)
