@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Train one study of an experiment file at fixed parameters (no sweep, no storage), "
         "or describe its learners' parameter counts.",
     )
-    p.add_argument("experiment", help="the experiment YAML file")
+    p.add_argument("experiment", nargs="?", help="the experiment YAML file")
     p.add_argument(
         "--study", help="study name, or a unique end of it (e.g. clipseg-coop/kvasir-seg)"
     )
@@ -274,8 +274,28 @@ def command(args: argparse.Namespace) -> int:
     return _train(args, studies)
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the command line; the file may also come after ``--params k=v ...``.
+
+    ``--params`` takes every following word, so ``tvls-train --params lr=0.01 FILE`` would
+    swallow the file: a word without ``=`` at the end of the list is taken as the file.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.experiment is None:
+        files = [item for item in args.params if "=" not in item]
+        if len(files) == 1 and args.params[-1] == files[0]:
+            args.experiment = args.params.pop()
+        else:
+            parser.error(
+                "the experiment file is missing: give it first (tvls-train FILE --params k=v ...) "
+                "or end the --params list with -- before it"
+            )
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    return _app.run(command, build_parser().parse_args(argv))
+    return _app.run(command, parse_args(argv))
 
 
 if __name__ == "__main__":

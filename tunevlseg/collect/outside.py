@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from tunevlseg.catalog import LEARNERS
+from tunevlseg.catalog import LEARNERS, MODELS
 from tunevlseg.collect.results import StudyResult
 
 REQUIRED = ("model", "learner", "dataset", "category", "test_dice")
@@ -48,53 +48,70 @@ def _read_one(path: Path, seen: dict[tuple[str, str, str, str], _Seen], problems
     except OSError as error:
         problems.append(f"{path}: cannot read: {error.strerror or error}")
         return []
+    try:
+        with handle:
+            return _rows(path, csv.DictReader(handle), seen, problems)
+    except UnicodeDecodeError as error:
+        problems.append(
+            f"{path}: not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset {error.start}); "
+            "save it as a UTF-8 CSV file"
+        )
+    except csv.Error as error:
+        problems.append(f"{path}: not a CSV file ({error}); give a text file with the columns {', '.join(REQUIRED)}")
+    return []
+
+
+def _rows(
+    path: Path, reader: csv.DictReader[str], seen: dict[tuple[str, str, str, str], _Seen], problems: list[str]
+) -> list[StudyResult]:
     results = []
-    with handle:
-        reader = csv.DictReader(handle)
-        header = [name.strip() for name in reader.fieldnames or []]
-        missing = [name for name in REQUIRED if name not in header]
-        if missing:
-            found = ", ".join(header) if header else "nothing (empty file)"
-            problems.append(f"{path}:1: missing column(s) {', '.join(missing)}; found {found}")
-            return []
-        reader.fieldnames = header
-        for row in reader:
-            line = reader.line_num
-            values = {k: (v or "").strip() for k, v in row.items() if k is not None}
-            if not any(values.values()):
-                continue
-            empty = [name for name in REQUIRED if not values.get(name)]
-            if empty:
-                problems.append(f"{path}:{line}: empty {', '.join(empty)}")
-                continue
-            try:
-                dice = float(values["test_dice"])
-            except ValueError:
-                problems.append(f"{path}:{line}: test_dice {values['test_dice']!r} is not a number")
-                continue
-            if not (math.isfinite(dice) and 0.0 <= dice <= 1.0):
-                hint = " (give Dice as a fraction, not × 100)" if 1.0 < dice <= 100.0 else ""
-                problems.append(f"{path}:{line}: test_dice {values['test_dice']} is outside [0, 1]{hint}")
-                continue
-            key, title = _learner(values["learner"])
-            grid = values.get("grid", "")
-            cell = (grid, values["model"], title, values["dataset"])
-            if cell in seen:
-                problems.append(
-                    f"{path}:{line}: duplicate result for model {cell[1]}, learner {title}, "
-                    f"data set {cell[3]}{', grid ' + grid if grid else ''} (first at {seen[cell].where})"
-                )
-                continue
-            seen[cell] = _Seen(f"{path}:{line}")
-            results.append(
-                StudyResult(
-                    study="", sweep="", model=values["model"], learner=key, learner_title=title,
-                    dataset=values["dataset"], category=values["category"], grid=grid,
-                    n_trials=0, complete=0, failed=0, pruned=0, running=0, waiting=0,
-                    best_trial=None, best_value=None, test_dice=dice, test_iou=None, val_dice=None,
-                    source=path.name,
-                )
+    header = [name.strip() for name in reader.fieldnames or []]
+    missing = [name for name in REQUIRED if name not in header]
+    if missing:
+        found = ", ".join(header) if header else "nothing (empty file)"
+        problems.append(f"{path}:1: missing column(s) {', '.join(missing)}; found {found}")
+        return []
+    reader.fieldnames = header
+    for row in reader:
+        line = reader.line_num
+        values = {k: (v or "").strip() for k, v in row.items() if k is not None}
+        if not any(values.values()):
+            continue
+        if any(ch < " " and ch != "\t" for value in values.values() for ch in value):
+            problems.append(f"{path}:{line}: control characters (NUL, ...) in a cell: not a CSV text file")
+            continue
+        empty = [name for name in REQUIRED if not values.get(name)]
+        if empty:
+            problems.append(f"{path}:{line}: empty {', '.join(empty)}")
+            continue
+        try:
+            dice = float(values["test_dice"])
+        except ValueError:
+            problems.append(f"{path}:{line}: test_dice {values['test_dice']!r} is not a number")
+            continue
+        if not (math.isfinite(dice) and 0.0 <= dice <= 1.0):
+            hint = " (give Dice as a fraction, not × 100)" if 1.0 < dice <= 100.0 else ""
+            problems.append(f"{path}:{line}: test_dice {values['test_dice']} is outside [0, 1]{hint}")
+            continue
+        key, title = _learner(values["learner"])
+        grid = values.get("grid", "")
+        cell = (grid, values["model"], title, values["dataset"])
+        if cell in seen:
+            problems.append(
+                f"{path}:{line}: duplicate result for model {cell[1]}, learner {title}, "
+                f"data set {cell[3]}{', grid ' + grid if grid else ''} (first at {seen[cell].where})"
             )
+            continue
+        seen[cell] = _Seen(f"{path}:{line}")
+        results.append(
+            StudyResult(
+                study="", sweep="", model=values["model"], learner=key, learner_title=title,
+                dataset=values["dataset"], category=values["category"], grid=grid,
+                n_trials=0, complete=0, failed=0, pruned=0, running=0, waiting=0,
+                best_trial=None, best_value=None, test_dice=dice, test_iou=None, val_dice=None,
+                source=path.name,
+            )
+        )
     return results
 
 
@@ -113,6 +130,25 @@ def read_outside_results(paths: Sequence[Path]) -> list[StudyResult]:
     return results
 
 
+def _unknown_names(storage: Sequence[StudyResult], outside: Sequence[StudyResult]) -> list[str]:
+    """A warning for each outside model or learner that neither the catalogue nor the storage
+    knows: another paper's method is fine, a typo would silently become a row of its own."""
+    models = set(MODELS) | {r.model for r in storage}
+    learners = set(LEARNERS) | {r.learner for r in storage}
+    warnings = []
+    for kind, known, names in (
+        ("model", models, {(r.model, r.source) for r in outside}),
+        ("learner", learners, {(r.learner, r.source) for r in outside}),
+    ):
+        for name, source in sorted(names):
+            if name not in known:
+                warnings.append(
+                    f"{source}: {kind} {name!r} is not a {kind} of the catalogue or of this sweep "
+                    f"({', '.join(sorted(known))}); shown as a row of its own (check its spelling)"
+                )
+    return warnings
+
+
 def merge_results(
     storage: Sequence[StudyResult], outside: Sequence[StudyResult]
 ) -> tuple[list[StudyResult], list[str]]:
@@ -126,7 +162,7 @@ def merge_results(
     have = {(r.grid, r.model, r.learner_title, r.dataset): r for r in storage}
     categories = {r.dataset: r.category for r in storage}
     merged = list(storage)
-    warnings = []
+    warnings = _unknown_names(storage, outside)
     for name in sorted({r.dataset for r in outside if r.dataset in categories}):
         theirs = sorted({r.category for r in outside if r.dataset == name} - {categories[name]})
         if theirs:
