@@ -167,3 +167,50 @@ def test_e_whole_array_cancelled_half_way_then_relaunch(tmp_path: Path) -> None:
     finish(experiment, tmp_path, relaunch=True)
     assert_continued(experiment, running)
     assert len([t for t in trials(experiment) if t.state == TrialState.COMPLETE]) == 4
+
+
+def _validated_epochs(run_dir: Path) -> int:
+    """Epochs validated so far by the first attempt (its metrics.csv), 0 when none yet."""
+    metrics = run_dir / "logs" / "version_0" / "metrics.csv"
+    try:
+        lines = metrics.read_text().splitlines()
+    except FileNotFoundError:
+        return 0
+    if not lines:
+        return 0
+    header = lines[0].split(",")
+    if "val_dice" not in header:
+        return 0
+    column, epoch = header.index("val_dice"), header.index("epoch")
+    epochs = [int(row.split(",")[epoch]) for row in lines[1:] if row.split(",")[column:column + 1] not in ([], [""])]
+    return max(epochs) + 1 if epochs else 0
+
+
+def test_f_requeue_during_a_plateau_resumes_at_the_next_epoch(tmp_path: Path) -> None:
+    """A learning rate too small to change anything: validation never improves after epoch 0.
+    ``last.ckpt`` used to follow the best checkpoint, so a requeue restarted at epoch 1."""
+    experiment = write_sweep(
+        tmp_path / "exp", name="plateau", output_dir="../runs/plateau", n_trials=1,
+        max_epochs=EPOCHS, image_size=64,
+    )
+    experiment.write_text(experiment.read_text().replace(
+        "space: {prompt_depth: {low: 1, high: 2}}", "space: {prompt_depth: 1, lr: {low: 1.0e-12, high: 2.0e-12}}"
+    ))
+    launched = cli("tunevlseg.cli.launch", str(experiment), cwd=tmp_path)
+    assert launched.returncode == 0, launched.stderr
+    deadline = time.monotonic() + 600
+    while True:
+        (trial,) = trials(experiment)
+        run_dir = Path(trial.user_attrs.get("tvls.run_dir", "/nonexistent"))
+        if trial.state == TrialState.RUNNING and _validated_epochs(run_dir) >= EARLY_EPOCHS:
+            break
+        assert time.monotonic() < deadline and not trial.state.is_finished(), "no plateau to interrupt"
+        time.sleep(0.2)
+    task = slurm.task_key(trial.user_attrs["tvls.slurm_job_id"], trial.user_attrs.get("tvls.slurm_array_task_id"))
+    subprocess.run(["scontrol", "requeue", task], check=True)
+    finish(experiment, tmp_path, relaunch=False)
+    (trial,) = trials(experiment)
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["best_epoch"] == 0  # a plateau indeed
+    assert result["resumed_from_epoch"] >= EARLY_EPOCHS, result  # not epoch 1
+    assert result["epochs_run"] == EPOCHS

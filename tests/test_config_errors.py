@@ -62,6 +62,14 @@ BAD_FILES = [
     ("unknown-learner-option", VALID.replace("  - name: vpt", "  - name: coop2\n    options: {initt: gaussian}"), "learners[1].options", 8, "unknown option"),
     ("newline-in-output-dir", VALID.replace("output_dir: out", 'output_dir: "out\\nx"'), "output_dir", 2, "control character(s) '\\n'"),
     ("max-failures-zero", VALID + "  max_failures: 0\n", "search.max_failures", 13, "greater than or equal to 1"),
+    # prompt_depth against the learners' limit (1..11) and the layers the model runs
+    ("depth-above-learners", VALID + "  space:\n    prompt_depth: {low: 1, high: 12}\n", "search.space.prompt_depth", 14, "high=12 exceeds 11, the deepest prompt_depth a learner takes; use high <= 11"),
+    ("depth-below-one", VALID + "  space:\n    prompt_depth: {low: 0, high: 3}\n", "search.space.prompt_depth", 14, "low=0 is below 1"),
+    ("depth-vpt-beyond-vision", VALID.replace("  - name: vpt", "  - name: vpt\n    space: {prompt_depth: {low: 2, high: 11}}"), "learners[1].space.prompt_depth", 8, "high=11 exceeds the 10 layers CLIPSeg's vision prompts can reach (CIDAS/clipseg-rd64-refined"),
+    ("depth-fixed-too-deep", VALID.replace("  - name: vpt", "  - name: vpt\n    space: {prompt_depth: 12}"), "learners[1].space.prompt_depth", 8, "12 exceeds"),
+    ("depth-choice-too-deep", VALID.replace("  - name: vpt", "  - name: vpt\n    space: {prompt_depth: {choices: [1, 14]}}"), "learners[1].space.prompt_depth", 8, "choice 14 exceeds"),
+    ("depth-tiny-synthetic", VALID.replace("  - name: clipseg", "  - {name: clipseg, pretrained: ./tiny, synthetic: true}") + "  space:\n    prompt_depth: {low: 1, high: 6}\n", "search.space.prompt_depth", 14, "high=6 exceeds the 4 layers CLIPSeg's text prompts can reach"),
+    ("depth-tiny-synthetic-cris", VALID.replace("  - name: clipseg", "  - {name: cris, pretrained: ./tiny, synthetic: true}").replace("  - name: vpt\n", "") + "  space:\n    prompt_depth: {low: 2, high: 5}\n", "search.space.prompt_depth", 13, "high=5 exceeds the 4 layers CRIS's text prompts can reach"),
 ]
 
 
@@ -78,6 +86,29 @@ def test_bad_file_names_key_and_line(tmp_path: Path, text: str, key: str, line: 
     expected_where = f"{path}:{line}:" + (f" {key}:" if key else "")
     assert expected_where in message, message
     assert fragment in message, message
+
+
+def test_depth_ranges_that_fit_are_accepted(tmp_path: Path) -> None:
+    """The paper's [1, 11] stays valid everywhere (deeper than a model's layers is clamped, by
+    design: VPT on CLIPSeg stops at 10); a changed range only has to fit the model."""
+    tiny = VALID.replace("  - name: clipseg", "  - {name: clipseg, pretrained: ./tiny, synthetic: true}")
+    for text in (
+        VALID,
+        VALID + "  space:\n    prompt_depth: {low: 1, high: 11}\n",
+        VALID.replace("  - name: vpt", "  - name: vpt\n    space: {prompt_depth: {low: 2, high: 10}}"),
+        tiny,
+        tiny + "  space:\n    prompt_depth: {low: 2, high: 4}\n",
+    ):
+        load_experiment(_write(tmp_path, text))
+
+
+def test_depth_findings_of_several_learners_are_each_reported_once(tmp_path: Path) -> None:
+    text = VALID + "  space:\n    prompt_depth: {low: 2, high: 12}\n"
+    with pytest.raises(ConfigError) as caught:
+        load_experiment(_write(tmp_path, text))
+    messages = [p.message for p in caught.value.problems]
+    assert len(messages) == len(set(messages)) == 2, messages  # coop: the learners' 11; vpt: 10 layers
+    assert any("use high <= 11" in m for m in messages) and any("use high <= 10" in m for m in messages)
 
 
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:

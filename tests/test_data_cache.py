@@ -17,7 +17,7 @@ from tunevlseg.data.cache import cache_key, ensure_cache
 from tunevlseg.data.datamodule import SegmentationDataModule, read_split
 from tunevlseg.data.dataset import EpochKey, SegmentationDataset
 from tunevlseg.data.synthetic import write_synthetic_medvlsm, write_synthetic_natural
-from tunevlseg.data.transforms import build_transform
+from tunevlseg.data.transforms import MaskSizeError, build_transform
 from tunevlseg.train.testing import byte_tokenize
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
@@ -76,16 +76,21 @@ def test_train_outputs_are_identical_too(root: Path, tmp_path: Path) -> None:
 
 
 def test_masks_of_another_size_are_handled_like_the_uncached_path(tmp_path: Path) -> None:
+    """Both refuse the pair with the same message (no longer stretched: see MaskSizeError)."""
     root = write_synthetic_natural(tmp_path / "nat", n_train=3, n_val=1, n_test=1, image_size=48)
     samples = read_split(root, "natural", "train", "")
     mask = cv2.imread(str(samples[0].mask), cv2.IMREAD_GRAYSCALE)
     cv2.imwrite(str(samples[0].mask), cv2.resize(mask, (30, 20), interpolation=cv2.INTER_NEAREST))
     transform = build_transform(32, train=False)
-    plain = SegmentationDataset(samples, transform, random_prompt=False)
-    cached = SegmentationDataset(
-        samples, transform, random_prompt=False, cache_dir=tmp_path / "c", image_size=32
-    )
-    assert torch.equal(plain[0]["masks"], cached[0]["masks"])
+    plain = SegmentationDataset(samples, transform, random_prompt=False, data_root=root)
+    with pytest.raises(MaskSizeError) as uncached:
+        plain[0]
+    with pytest.raises(MaskSizeError) as cached:
+        SegmentationDataset(
+            samples, transform, random_prompt=False, cache_dir=tmp_path / "c", image_size=32,
+            data_root=root,
+        )
+    assert str(cached.value) == str(uncached.value)
 
 
 def test_entry_layout_and_reuse(root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

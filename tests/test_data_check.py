@@ -12,7 +12,11 @@ import pytest
 
 from tunevlseg.cli.data import main
 from tunevlseg.data.check import check_dataset
+from tunevlseg.data.datamodule import SegmentationDataModule
+from tunevlseg.data.medvlsm import read_medvlsm
+from tunevlseg.data.sample import DatasetFormatError
 from tunevlseg.data.synthetic import write_synthetic_medvlsm, write_synthetic_natural
+from tunevlseg.train.testing import byte_tokenize
 
 
 @pytest.fixture(scope="module")
@@ -153,3 +157,53 @@ def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     with pytest.raises(SystemExit) as exit_info:
         main(["check"])
     assert exit_info.value.code == 2
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_a_mask_of_another_size_stops_training_with_the_checks_words(
+    clean: Path, tmp_path: Path, cached: bool
+) -> None:
+    """One rule for `tvls-data check` and training: the check's finding is the training error."""
+    root = Path(shutil.copytree(clean, tmp_path / "sizes"))
+    entry = json.loads((root / "anns" / "train.json").read_text())[4]
+    mask_path, image_path = root / "masks" / entry["mask_name"], root / "images" / entry["img_name"]
+    mask = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE)
+    cv2.imwrite(str(mask_path), cv2.resize(mask, (30, 40), interpolation=cv2.INTER_NEAREST))
+
+    report = check_dataset(root, splits=("train",))
+    assert [(path, detail) for path, detail in report.problems["size_mismatch"].examples] == [
+        (str(mask_path), "mask 40x30, image 48x48")
+    ]
+    module = SegmentationDataModule(
+        root, "medvlsm", "p1", 32, (0.5,) * 3, (0.25,) * 3, byte_tokenize, batch_size=2,
+        cache_dir=tmp_path / "cache" if cached else None,
+    )
+    with pytest.raises(DatasetFormatError) as caught:
+        module.setup("fit")  # the cache decodes everything here
+        dataset = module.datasets["train"]
+        for index in range(len(dataset)):
+            dataset[index]
+    message = str(caught.value)
+    assert str(mask_path) in message and str(image_path) in message, message
+    assert "mask 40x30, image 48x48" in message, message
+    assert f"tvls-data check {root}" in message, message
+
+
+def test_check_and_reader_use_the_same_annotation_rules(clean: Path, tmp_path: Path) -> None:
+    """Whatever the reader refuses, the check reports in the same words (one reading of a file)."""
+    root = Path(shutil.copytree(clean, tmp_path / "rules"))
+    (root / "anns" / "test.json").write_text("{not json")
+    anns = json.loads((root / "anns" / "train.json").read_text())
+    anns[0]["prompts"]["p1"] = []
+    (root / "anns" / "train.json").write_text(json.dumps(anns))
+
+    report = check_dataset(root)
+    details = {path: detail for path, detail in report.problems["bad_annotation"].examples}
+    with pytest.raises(DatasetFormatError) as not_json:
+        read_medvlsm(root, "test", "p1")
+    test_json = str(root / "anns" / "test.json")
+    assert str(not_json.value) == f"{test_json}: {details[test_json]}"
+    with pytest.raises(DatasetFormatError) as bad_prompt:
+        read_medvlsm(root, "train", "p1")
+    entry_0 = f"{root / 'anns' / 'train.json'} entry 0"
+    assert details[entry_0] in str(bad_prompt.value)

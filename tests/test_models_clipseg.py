@@ -54,11 +54,15 @@ def build(
     return build_model(PromptedCLIPSeg, loaded, learner, depth, seed, small=SMALL, **kwargs)
 
 
+@pytest.mark.parametrize("in_decoder", [True, False], ids=["prompts-in-decoder", "dropped"])
 @pytest.mark.parametrize(("learner", "upsampler"), [("zeroshot", True), ("e2e", False)])
 def test_without_prompts_matches_hf(
-    tiny_clipseg: LoadedCLIPSeg, learner: str, upsampler: bool
+    tiny_clipseg: LoadedCLIPSeg, learner: str, upsampler: bool, in_decoder: bool
 ) -> None:
-    model = build(tiny_clipseg, learner, use_upsampler=upsampler)
+    """Without visual prompts ``vision_prompts_in_decoder`` changes nothing: both equal HF."""
+    model = build(
+        tiny_clipseg, learner, use_upsampler=upsampler, vision_prompts_in_decoder=in_decoder
+    )
     assert model.upsampler is None
     inputs = batch(model)
     with torch.no_grad():

@@ -1,20 +1,42 @@
 """Models and data sets a sweep needs: checked before launch, and made when synthetic.
 
-The checks are cheap (file existence, the Hugging Face cache index) and run before anything is
-written or submitted, so a typo in a data root fails on the login node, not 40 minutes later in
-every array task.
+The checks run before anything is written or submitted, so a deterministic problem fails on the
+login node with one message, not 40 minutes later in every array task:
+
+* data roots and annotation files exist; each MedVLSM annotation file is a list of entries the
+  training reader accepts, and every entry has the study's ``prompt_key`` (the reader's own
+  rules, :func:`tunevlseg.data.medvlsm.parse_entries`; a count and a few examples per split);
+* models exist (a folder, or the Hugging Face cache); a model folder's ``config.json`` is
+  readable, and the search range of ``prompt_depth`` fits the layers it declares (catalogued
+  and synthetic models are checked when the experiment file is read, in
+  :mod:`tunevlseg.config.checks`).
+
+They stay cheap: annotation files and ``config.json`` are read, images are not (a mask of
+another size than its image is for ``tvls-data check`` and stops training with that advice).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from tunevlseg.catalog import MODELS, load_object
+from tunevlseg.config.checks import catalogued_layers, prompt_depth_problems
 from tunevlseg.config.grid import StudySpec
 from tunevlseg.config.schema import DatasetEntry, ModelEntry
+from tunevlseg.data.medvlsm import (
+    MissingPromptError,
+    annotation_path,
+    load_annotation,
+    parse_entries,
+)
+from tunevlseg.data.sample import DatasetFormatError
 
 SPLITS = ("train", "val", "test")
+EXAMPLES = 3
+"""Entries shown per problem and split; the count says how many there are."""
 
 
 def _dataset_problems(dataset: DatasetEntry) -> list[str]:
@@ -33,12 +55,150 @@ def _dataset_problems(dataset: DatasetEntry) -> list[str]:
     return []
 
 
+def _annotation_problems(
+    dataset: DatasetEntry, prompt_key: str, *, grid_key: bool, read: Callable[[Path, str], Any]
+) -> list[str]:
+    """What :func:`~tunevlseg.data.medvlsm.read_medvlsm` would refuse in any split, grouped.
+
+    Args:
+        dataset: A MedVLSM data set whose root exists.
+        prompt_key: The prompt the study reads.
+        grid_key: The grid varies ``data.prompt_key`` (named in the fix).
+        read: :func:`~tunevlseg.data.medvlsm.load_annotation`, memoised across prompt keys.
+    """
+    root, label = Path(dataset.root), f"data set {dataset.name!r}"
+    problems: list[str] = []
+    loaded: dict[str, list[Any]] = {}
+    for split in SPLITS:
+        try:
+            entries = read(root, split)
+        except FileNotFoundError:
+            continue  # reported by _dataset_problems
+        except DatasetFormatError as error:
+            problems.append(f"{label}: {error}")
+            continue
+        if not entries:
+            problems.append(f"{label}: {annotation_path(root, split)}: the split is empty")
+            continue
+        loaded[split] = entries
+    setting = "data.prompt_key or the data set's prompt_key"
+    if grid_key:
+        setting += " (or the grid's data.prompt_key values)"
+    common = _prompt_keys_of_every_entry(loaded.values())
+    fix = (
+        f"set {setting} to one that every entry has: {', '.join(common)}"
+        if common
+        else f"no prompt key is in every entry (`tvls-data check {root}` lists each split's keys)"
+    )
+    for split, entries in loaded.items():
+        path = annotation_path(root, split)
+        _, errors = parse_entries(root, split, entries, prompt_key)
+        missing = [e for e in errors if isinstance(e, MissingPromptError)]
+        malformed = [e for e in errors if not isinstance(e, MissingPromptError)]
+        if len(missing) == 1:
+            [error] = missing
+            problems.append(
+                f"{label}: {path} entry {error.index} (img_name {error.img_name!r}) has no prompt "
+                f"{prompt_key!r} (its prompts: {', '.join(error.available) or 'none'}); {fix}"
+            )
+        elif missing:
+            examples = ", ".join(
+                f"entry {e.index} (img_name {e.img_name!r}; its prompts: "
+                f"{', '.join(e.available) or 'none'})"
+                for e in missing[:EXAMPLES]
+            )
+            problems.append(
+                f"{label}: {path}: {len(missing):,} of {len(entries):,} entries have no prompt "
+                f"{prompt_key!r}, e.g. {examples}; {fix}"
+            )
+        if malformed:
+            where = [str(e).removeprefix(f"{path} ") for e in malformed[:EXAMPLES]]
+            head = (
+                f"{path} {where[0]}"
+                if len(malformed) == 1
+                else f"{path}: {len(malformed):,} of {len(entries):,} entries are malformed, "
+                f"e.g. {'; '.join(where)}"
+            )
+            problems.append(f"{label}: {head}; `tvls-data check {root}` lists every problem")
+    return problems
+
+
+def _prompt_keys_of_every_entry(splits: Any) -> list[str]:
+    """The prompt keys all entries of all splits share (one prompt_key serves every split)."""
+    common: set[str] | None = None
+    for entries in splits:
+        for entry in entries:
+            prompts = entry.get("prompts") if isinstance(entry, dict) else None
+            keys = set(prompts) if isinstance(prompts, dict) else set()
+            common = keys if common is None else common & keys
+    return sorted(common or ())
+
+
+def _local_folder(model: ModelEntry) -> Path | None:
+    """The model's folder when ``pretrained`` is a path rather than a hub id."""
+    pretrained = model.resolved_pretrained
+    path = Path(pretrained).expanduser()
+    return path if path.is_absolute() or pretrained.startswith(".") else None
+
+
+def _model_config(model: ModelEntry) -> tuple[Path | None, dict[str, Any] | None, str]:
+    """The model's ``config.json`` (a folder's, or the Hugging Face cache's copy), parsed.
+
+    Returns:
+        (path, content, problem): the path is None when the model has no readable place yet
+        (its absence is reported by :func:`_model_problems`); the problem is "" or a message.
+    """
+    folder = _local_folder(model)
+    if folder is not None:
+        if not folder.is_dir():
+            return None, None, ""
+        path = folder / "config.json"
+        if not path.is_file():
+            return None, None, (
+                f"model {model.key!r}: {folder} has no config.json, so it is not a model folder "
+                "(CLIPSeg: a save_pretrained folder; CRIS: make_cris_folder's)"
+            )
+    else:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(model.resolved_pretrained, "config.json")
+        if not isinstance(cached, str):
+            return None, None, ""
+        path = Path(cached)
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        return path, None, f"model {model.key!r}: {path} is not valid JSON ({error})"
+    if not isinstance(config, dict):
+        return path, None, f"model {model.key!r}: {path} is not a JSON object"
+    return path, config, ""
+
+
+def _depth_problems(spec: StudySpec, config_path: Path, config: dict[str, Any]) -> list[str]:
+    """The study's ``prompt_depth`` range against the layers its model's config declares."""
+    info = MODELS[spec.model.name]
+    param = spec.param_space.get("prompt_depth")
+    if param is None or info.layers_from_config is None:
+        return []
+    try:
+        layers = info.layers_from_config(config)
+    except (TypeError, ValueError, AttributeError):
+        return []  # an odd config: loading the model reports it; nothing sure to say here
+    where = f"search.space.prompt_depth or learners[{spec.learner}].space.prompt_depth"
+    return [
+        f"{spec.combination}: {where}: {message}"
+        for message in prompt_depth_problems(
+            param, spec.learner, model=spec.model.name, layers=layers, source=str(config_path)
+        )
+    ]
+
+
 def _model_problems(model: ModelEntry) -> list[str]:
     pretrained = model.resolved_pretrained
     if model.synthetic:
         return []
-    path = Path(pretrained).expanduser()
-    if path.is_absolute() or pretrained.startswith("."):
+    path = _local_folder(model)
+    if path is not None:
         if not path.is_dir():
             return [f"model {model.key!r}: folder {path} does not exist"]
         return []
@@ -53,18 +213,58 @@ def _model_problems(model: ModelEntry) -> list[str]:
 
 
 def preflight(studies: Sequence[StudySpec]) -> list[str]:
-    """Every missing data set or model the studies name, one line each."""
+    """Every problem the studies' data sets and models would meet in every trial, one line each.
+
+    Each data set, model, (data set, prompt key) and (model, learner, search space) is checked
+    once, and each annotation file is read once however many studies use it. A data set or
+    model that does not exist gets that one message and no further checks.
+    """
     problems: list[str] = []
-    seen: set[str] = set()
+    found: dict[tuple[str, ...], list[str]] = {}
+    annotations: dict[tuple[Path, str], Any] = {}
+
+    def read(root: Path, split: str) -> Any:
+        key = (root, split)
+        if key not in annotations:
+            try:
+                annotations[key] = load_annotation(root, split)
+            except (FileNotFoundError, DatasetFormatError) as error:
+                annotations[key] = error
+        if isinstance(annotations[key], Exception):
+            raise annotations[key]
+        return annotations[key]
+
+    def once(key: tuple[str, ...], check: Callable[[], list[str]]) -> list[str]:
+        if key not in found:
+            found[key] = check()
+            problems.extend(found[key])
+        return found[key]
+
     for spec in studies:
-        for key, found in (
-            (f"d:{spec.dataset.name}", lambda s=spec: _dataset_problems(s.dataset)),
-            (f"m:{spec.model.key}", lambda s=spec: _model_problems(s.model)),
+        dataset, model = spec.dataset, spec.model
+        if not once(("data set", dataset.name), lambda: _dataset_problems(dataset)) and (
+            dataset.format == "medvlsm" and not dataset.synthetic
         ):
-            if key not in seen:
-                seen.add(key)
-                problems += found()
-    return problems
+            prompt_key = dataset.prompt_key or spec.data.prompt_key
+            once(
+                ("prompts", dataset.name, prompt_key),
+                lambda: _annotation_problems(
+                    dataset, prompt_key, grid_key="data.prompt_key" in spec.grid, read=read
+                ),
+            )
+        if once(("model", model.key), lambda: _model_problems(model)) or model.synthetic:
+            continue
+        if catalogued_layers(model)[0] is not None:
+            continue  # checked when the experiment file was read
+        config_path, config, problem = _model_config(model)
+        once(("config", model.key), lambda: [problem] if problem else [])
+        if config_path is not None and config is not None:
+            space = json.dumps(spec.space.get("prompt_depth"), sort_keys=True)
+            once(
+                ("depth", model.key, spec.learner, space),
+                lambda: _depth_problems(spec, config_path, config),
+            )
+    return list(dict.fromkeys(problems))
 
 
 def _has_content(folder: Path) -> bool:

@@ -8,11 +8,65 @@ are imported lazily from the dotted paths recorded here.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 ImageEncoder = Literal["vit", "resnet"]
 Modality = Literal["text", "visual", "multimodal", "none"]
+
+
+MAX_PROMPT_DEPTH = 11
+"""The deepest ``prompt_depth`` a learner takes (Table 2's range ends here). The learners refuse
+anything deeper (``tunevlseg.learners.base.MAX_PROMPT_DEPTH``, which a test holds equal to this);
+the copy here lets the experiment loader check it without importing torch."""
+
+
+@dataclass(frozen=True)
+class PromptLayers:
+    """How many layers of each encoder of one checkpoint run, i.e. how deep prompts can go.
+
+    A ``prompt_depth`` beyond these is clamped per encoder by the prompted models, so such
+    depths all train the same model. Knowing the counts without loading the model lets a
+    search range be checked when the experiment file is read.
+
+    Attributes:
+        text: Layers of the text encoder.
+        vision: Layers of the image encoder that run and can take prompts: CLIPSeg runs its
+            ViT only up to the decoder's last extracted layer (``max(extract_layers) + 1``);
+            0 for CRIS, whose ResNet takes no prompts.
+    """
+
+    text: int
+    vision: int
+
+    def reach(self, learner: str) -> tuple[int, str]:
+        """The deepest ``prompt_depth`` that changes the model for ``learner``, and which
+        encoder sets that limit (``"text"`` or ``"vision"``); ``(0, "")`` for baselines."""
+        modality = LEARNERS[learner].modality
+        if modality == "text":
+            return self.text, "text"
+        if modality == "visual":
+            return self.vision, "vision"
+        if modality == "multimodal":  # each encoder is clamped on its own: the deeper one counts
+            return (self.text, "text") if self.text >= self.vision else (self.vision, "vision")
+        return 0, ""
+
+
+def _clipseg_layers(config: Mapping[str, Any]) -> PromptLayers:
+    """From a CLIPSeg ``config.json`` (transformers' defaults for keys it leaves out)."""
+    text, vision = config.get("text_config") or {}, config.get("vision_config") or {}
+    extract = config.get("extract_layers") or [3, 6, 9]
+    vision_layers = int(vision.get("num_hidden_layers", 12))
+    return PromptLayers(
+        text=int(text.get("num_hidden_layers", 12)),
+        vision=min(vision_layers, max(int(i) for i in extract) + 1),
+    )
+
+
+def _cris_layers(config: Mapping[str, Any]) -> PromptLayers:
+    """From a CRIS ``config.json`` (``CRISConfig``'s CRIS-R50 defaults for keys it leaves out)."""
+    return PromptLayers(text=int(config.get("text_layers", 12)), vision=0)
 
 
 @dataclass(frozen=True)
@@ -27,6 +81,17 @@ class ModelInfo:
     builder: str  # "module:function" building the prompted model
     default_pretrained: str
     tiny_writer: str  # "module:function(folder, *, image_size)" writing a tiny random model
+    title: str = ""  # the name in messages ("CLIPSeg")
+    layers_from_config: Callable[[Mapping[str, Any]], PromptLayers] | None = None
+    """Reads :class:`PromptLayers` from a model folder's ``config.json`` (plain JSON, no torch)."""
+    known_layers: tuple[tuple[str, PromptLayers], ...] = ()
+    """Checkpoints whose sizes are known without reading them: hub ids and the default."""
+    tiny_layers: PromptLayers | None = None
+    """What ``tiny_writer`` writes (synthetic models do not exist before the launch)."""
+
+    def known_layers_of(self, pretrained: str) -> PromptLayers | None:
+        """The layer counts of a catalogued checkpoint, or None for any other one."""
+        return dict(self.known_layers).get(pretrained)
 
 
 @dataclass(frozen=True)
@@ -55,6 +120,14 @@ MODELS: dict[str, ModelInfo] = {
         builder="tunevlseg.models.clipseg:build_prompted_clipseg",
         default_pretrained="CIDAS/clipseg-rd64-refined",
         tiny_writer="tunevlseg.models.tiny:write_tiny_clipseg",
+        title="CLIPSeg",
+        layers_from_config=_clipseg_layers,
+        # ViT-B/16 text and image encoders of 12 layers; extract_layers [3, 6, 9].
+        known_layers=(
+            ("CIDAS/clipseg-rd64-refined", PromptLayers(text=12, vision=10)),
+            ("CIDAS/clipseg-rd64", PromptLayers(text=12, vision=10)),
+        ),
+        tiny_layers=PromptLayers(text=4, vision=4),  # models.tiny.tiny_clipseg_config
     ),
     "cris": ModelInfo(
         name="cris",
@@ -65,6 +138,10 @@ MODELS: dict[str, ModelInfo] = {
         builder="tunevlseg.models.cris:build_prompted_cris",
         default_pretrained="cris-r50",
         tiny_writer="tunevlseg.models.cris.tiny:write_tiny_cris",
+        title="CRIS",
+        layers_from_config=_cris_layers,
+        known_layers=(("cris-r50", PromptLayers(text=12, vision=0)),),  # CLIP RN50's text encoder
+        tiny_layers=PromptLayers(text=4, vision=0),  # models.cris.tiny.tiny_cris_config
     ),
 }
 

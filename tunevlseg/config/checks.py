@@ -8,9 +8,21 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from tunevlseg.catalog import LEARNERS, MODELS, is_viable
-from tunevlseg.config.schema import DataSettings, ExperimentSpec, ModelSettings, TrainingSettings
-from tunevlseg.config.spaces import PAPER_SPACES, SpaceError, apply_override, resolve_space
+from tunevlseg.catalog import LEARNERS, MAX_PROMPT_DEPTH, MODELS, PromptLayers, is_viable
+from tunevlseg.config.schema import (
+    DataSettings,
+    ExperimentSpec,
+    ModelEntry,
+    ModelSettings,
+    TrainingSettings,
+)
+from tunevlseg.config.spaces import (
+    PAPER_SPACES,
+    ParamSpace,
+    SpaceError,
+    apply_override,
+    resolve_space,
+)
 from tunevlseg.tuning.storage import StorageURLError, parse_storage_url
 
 GRID_SECTIONS: dict[str, type[BaseModel]] = {
@@ -27,6 +39,7 @@ def check_experiment(spec: ExperimentSpec) -> Iterator[Finding]:
     """Yield ``(key path, message)`` for every cross-key problem."""
     yield from _check_unique(spec)
     yield from _check_spaces(spec)
+    yield from _check_prompt_depth(spec)
     yield from _check_grid(spec)
     yield from _check_viable(spec)
     if spec.storage is not None:
@@ -69,6 +82,122 @@ def _check_spaces(spec: ExperimentSpec) -> Iterator[Finding]:
             except SpaceError as error:
                 message = str(error).removeprefix(f"{name}: ")
                 yield ("learners", index, "space", name), message
+
+
+def prompt_depth_problems(
+    param: ParamSpace,
+    learner: str,
+    *,
+    model: str = "",
+    layers: PromptLayers | None = None,
+    source: str = "",
+    alone: str = "",
+) -> list[str]:
+    """What is wrong with the ``prompt_depth`` values ``param`` can draw, with the fix.
+
+    Every depth must be in 1..:data:`~tunevlseg.catalog.MAX_PROMPT_DEPTH` (the learners refuse
+    anything else, in every trial that draws it). With the model's ``layers`` known, a range
+    that differs from the paper's must also stay within the layers the learner's encoders run:
+    deeper depths are clamped, so they would train the same model as the last layer under
+    other names. The paper's own range (Table 2, [1, 11]) is accepted on every model, as the
+    paper ran it: VPT on CLIPSeg stops at 10 layers and tiny test models at 4, by design.
+
+    Args:
+        param: The resolved search space of ``prompt_depth``.
+        learner: The learner the space belongs to.
+        model: The model family (``MODELS`` key), for its name in the message.
+        layers: The model's layer counts, if known.
+        source: Where the counts come from (a hub id, a config.json path), for the message.
+        alone: Added to a message about the model's layers: where to narrow the range for
+            this learner only, when it comes from a range shared by several learners.
+
+    Returns:
+        Zero, one or two messages (a bound too low, a bound too high).
+    """
+    if param.is_fixed:
+        low = high = int(param.fixed)
+        low_text, high_text, bound = f"{low}", f"{high}", "a value"
+    elif param.kind == "choice":
+        low, high = int(min(param.choices)), int(max(param.choices))
+        low_text, high_text, bound = f"choice {low}", f"choice {high}", "choices"
+    else:
+        low, high = int(param.low or 0), int(param.high or 0)
+        low_text, high_text, bound = f"low={low}", f"high={high}", "high"
+    problems = []
+    if low < 1:
+        low_bound = "low" if bound == "high" else bound
+        problems.append(
+            f"{low_text} is below 1, the shallowest depth (prompts at the input of the first "
+            f"layer); use {low_bound} >= 1"
+        )
+    limit = MAX_PROMPT_DEPTH
+    reason = f"{MAX_PROMPT_DEPTH}, the deepest prompt_depth a learner takes"
+    hint = ""
+    if layers is not None and param != PAPER_SPACES[learner]["prompt_depth"]:
+        reach, encoder = layers.reach(learner)
+        if 0 < reach < limit:
+            title = MODELS[model].title or model
+            limit, hint = reach, alone and f" ({alone})"
+            reason = f"the {reach} layers {title}'s {encoder} prompts can reach ({source})"
+    if low > limit and bound == "high":
+        problems.append(
+            f"the whole range [{low}, {high}] exceeds {reason}; use a range within [1, {limit}]"
+            + hint
+        )
+    elif high > limit:
+        problems.append(f"{high_text} exceeds {reason}; use {bound} <= {limit}{hint}")
+    return problems
+
+
+def catalogued_layers(model: ModelEntry) -> tuple[PromptLayers | None, str]:
+    """The layer counts of a model known without its files, and where they come from.
+
+    Synthetic models are written by the catalogue's tiny writer at launch; hub ids and the
+    family's default are listed in the catalogue. Any other model (a folder) is read from its
+    ``config.json`` by the launch's preflight (:mod:`tunevlseg.assets`).
+    """
+    info = MODELS[model.name]
+    if model.synthetic:
+        return info.tiny_layers, f"tiny synthetic model {model.pretrained}"
+    pretrained = model.resolved_pretrained
+    if model.pretrained is not None and pretrained.startswith((".", "/", "~")):
+        return None, ""
+    layers = info.known_layers_of(pretrained)
+    return (layers, pretrained) if layers is not None else (None, "")
+
+
+def _check_prompt_depth(spec: ExperimentSpec) -> Iterator[Finding]:
+    """Depths no trial can use, at the key that set them (a learner's space, else the shared)."""
+    shared = spec.search.space.get("prompt_depth")
+    seen: set[tuple[tuple[str | int, ...], str]] = set()
+    for index, entry in enumerate(spec.learners):
+        own = entry.space.get("prompt_depth")
+        if "prompt_depth" not in PAPER_SPACES[entry.name] or (own is None and shared is None):
+            continue  # the paper's range, or no depth at all
+        overrides = [{"prompt_depth": value} for value in (shared, own) if value is not None]
+        try:
+            param = resolve_space(entry.name, *overrides)["prompt_depth"]
+        except SpaceError:
+            continue  # reported by _check_spaces
+        loc: tuple[str | int, ...] = (
+            ("learners", index, "space", "prompt_depth")
+            if own is not None
+            else ("search", "space", "prompt_depth")
+        )
+        for model in spec.models:
+            if not is_viable(model.name, entry.name):
+                continue
+            layers, source = catalogued_layers(model)
+            # A shared range may suit the other learners: say where to narrow it for this one.
+            alone = "" if own is not None else (
+                f"for {entry.name} alone: learners[{index}].space.prompt_depth"
+            )
+            for message in prompt_depth_problems(
+                param, entry.name, model=model.name, layers=layers, source=source, alone=alone
+            ):
+                if (loc, message) not in seen:
+                    seen.add((loc, message))
+                    yield loc, message
 
 
 def _check_grid(spec: ExperimentSpec) -> Iterator[Finding]:

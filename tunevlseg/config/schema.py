@@ -121,6 +121,12 @@ class ModelSettings(Strict):
 
     n_ctx: int = Field(default=4, ge=1, le=64, description="context tokens per prompt")
     use_upsampler: bool = True
+    vision_prompts_in_decoder: bool = Field(
+        default=True,
+        description="visual prompt tokens go on through CLIPSeg's decoder and are dropped only "
+        "before the reshape to the patch grid (the paper's eq. 8, as the authors' code does); "
+        "false drops them before the decoder. No effect without visual prompts (CRIS, CoOp)",
+    )
 
 
 class DataSettings(Strict):

@@ -47,11 +47,11 @@ import cv2
 import numpy as np
 
 from tunevlseg.data.sample import Sample
-from tunevlseg.data.transforms import build_resize, load_image, load_mask
+from tunevlseg.data.transforms import build_resize, load_image, load_mask_of
 
 __all__ = ["CACHE_VERSION", "CachedArrays", "cache_key", "ensure_cache"]
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: a mask of another size than its image is refused, no longer stretched
 _FILES = ("images.npy", "masks.npy", "index.npy")
 
 
@@ -136,6 +136,7 @@ def ensure_cache(
     cache_dir: Path,
     *,
     label: str = "samples",
+    data_root: Path | None = None,
 ) -> CachedArrays:
     """Return the cache entry of ``samples``, building it first if it does not exist.
 
@@ -148,9 +149,11 @@ def ensure_cache(
         cache_dir: The folder holding entries (created if needed); see the module docstring on
             where it should live.
         label: A readable prefix of the entry's folder name, e.g. ``"kvasir-train"``.
+        data_root: The data set's folder, named in the error about a mask of another size.
 
     Raises:
         FileNotFoundError: A sample's file is missing or cannot be decoded.
+        MaskSizeError: A mask's size differs from its image's (exactly as without the cache).
     """
     if not samples:
         raise ValueError("cannot cache an empty sample list")
@@ -163,7 +166,7 @@ def ensure_cache(
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = cache_dir / f".{folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
-            _build(samples, (height, width), tmp, digest=digest, label=label)
+            _build(samples, (height, width), tmp, digest=digest, label=label, data_root=data_root)
             try:
                 tmp.rename(folder)
             except OSError:
@@ -180,7 +183,13 @@ def _complete(folder: Path) -> bool:
 
 
 def _build(
-    samples: Sequence[Sample], size: tuple[int, int], tmp: Path, *, digest: str, label: str
+    samples: Sequence[Sample],
+    size: tuple[int, int],
+    tmp: Path,
+    *,
+    digest: str,
+    label: str,
+    data_root: Path | None,
 ) -> None:
     """Decode, resize and write every sample into ``tmp`` (a fresh folder)."""
     tmp.mkdir()
@@ -204,7 +213,7 @@ def _build(
             shape = image.shape[:2]
             images[row] = resize.apply(image)
             done[key] = shape
-        mask = load_mask(sample.mask, shape=shape)
+        mask = load_mask_of(sample.mask, sample.image, shape, data_root=data_root)
         masks[i] = resize.apply_to_mask(mask)
         index[i] = row
     images.flush()

@@ -19,7 +19,8 @@ missing_file           an image or mask file does not exist
 unreadable_image       OpenCV cannot decode the file, or it is truncated (a JPEG that does not
                        end with its end-of-image marker, a PNG without its ``IEND`` chunk:
                        OpenCV would silently fill the missing part with grey)
-size_mismatch          a mask's height x width differs from its image's
+size_mismatch          a mask's height x width differs from its image's (training stops at
+                       such a pair: ``transforms.mask_size_mismatch`` is the one rule)
 non_binary_mask        more than 1 % of a mask's pixels lie strictly between 30 and 225, i.e.
                        far from both 0 and 255: thresholding at 127 would invent a boundary.
                        JPEG ringing around edges stays well below this; a grey-scale or
@@ -36,7 +37,6 @@ It keeps one small record per distinct image and per (image, mask) pair, never p
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,10 +45,18 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 
-from tunevlseg.data.medvlsm import CLASS_KEYS, SPLITS, annotation_path
+from tunevlseg.data.medvlsm import (
+    CLASS_KEYS,
+    ENTRY_KEYS,
+    PROMPT_RULE,
+    SPLITS,
+    annotation_path,
+    is_prompt,
+    load_annotation,
+)
 from tunevlseg.data.natural import IMAGE_SUFFIXES
 from tunevlseg.data.sample import DatasetFormatError, resolve_inside
-from tunevlseg.data.transforms import MASK_THRESHOLD
+from tunevlseg.data.transforms import MASK_THRESHOLD, mask_size_mismatch
 
 __all__ = [
     "ERROR_KINDS",
@@ -221,16 +229,13 @@ def _medvlsm_entries(
     root: Path, split: str, report: CheckReport, summary: SplitSummary
 ) -> list[_Entry] | None:
     path = annotation_path(root, split)
-    if not path.is_file():
+    try:
+        data = load_annotation(root, split)  # the reader's own rules for the whole file
+    except FileNotFoundError:
         report.add("missing_annotation", path, "annotation file not found")
         return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        report.add("bad_annotation", path, f"not valid JSON: {error}")
-        return None
-    if not isinstance(data, list):
-        report.add("bad_annotation", path, "expected a JSON list of entries")
+    except DatasetFormatError as error:
+        report.add("bad_annotation", path, str(error).removeprefix(f"{path}: "))
         return None
     entries: list[_Entry] = []
     prompt_keys: set[str] = set()
@@ -239,15 +244,16 @@ def _medvlsm_entries(
         if not isinstance(raw, dict):
             report.add("bad_annotation", where, f"expected an object, got {type(raw).__name__}")
             continue
-        missing = [k for k in ("img_name", "mask_name", "prompts") if k not in raw]
+        missing = [k for k in ENTRY_KEYS if k not in raw]
         if missing:
             report.add("bad_annotation", where, f"missing {', '.join(missing)}")
             continue
         prompts = raw["prompts"]
-        if not isinstance(prompts, dict) or not prompts or not all(
-            _is_prompt(v) for v in prompts.values()
-        ):
-            report.add("bad_annotation", where, "prompts must map keys to strings or lists")
+        if not isinstance(prompts, dict) or not prompts:
+            report.add("bad_annotation", where, 'prompts: expected an object like {"p1": "polyp"}')
+        elif bad := [key for key, value in prompts.items() if not is_prompt(value)]:
+            # The reader's words for the same value (medvlsm.PROMPT_RULE).
+            report.add("bad_annotation", where, f"prompts.{bad[0]}: expected {PROMPT_RULE}")
         else:
             prompt_keys.update(prompts)
         image = _inside(root / "images", raw["img_name"], f"{where} img_name", report)
@@ -258,12 +264,6 @@ def _medvlsm_entries(
         entries.append(_Entry(image, mask, name))
     summary.prompt_keys = sorted(prompt_keys)
     return entries
-
-
-def _is_prompt(value: object) -> bool:
-    return isinstance(value, str) or (
-        isinstance(value, list) and bool(value) and all(isinstance(v, str) for v in value)
-    )
 
 
 def _inside(base: Path, name: object, where: str, report: CheckReport) -> Path | None:
@@ -329,12 +329,9 @@ def _check_files(
         mask = _decode(entry.mask, cv2.IMREAD_GRAYSCALE, report)
         if mask is None:
             continue
-        if image_shape is not None and mask.shape[:2] != image_shape:
-            report.add(
-                "size_mismatch",
-                entry.mask,
-                f"mask {mask.shape[0]}x{mask.shape[1]}, image {image_shape[0]}x{image_shape[1]}",
-            )
+        mismatch = "" if image_shape is None else mask_size_mismatch(image_shape, mask.shape)
+        if mismatch:  # the rule training enforces (transforms.load_mask_of), in its words
+            report.add("size_mismatch", entry.mask, mismatch)
         _check_mask_values(entry.mask, mask, report)
     summary.images = len(split_images)
     summary.classes = sorted(classes)

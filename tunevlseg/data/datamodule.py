@@ -137,6 +137,7 @@ class SegmentationDataModule(L.LightningDataModule):
                     cache_dir=self.cache_dir,
                     image_size=self.image_size,
                     cache_label=f"{self.root.name}-{split}",
+                    data_root=self.root,
                 )
 
     def train_dataloader(self) -> DataLoader[Any]:

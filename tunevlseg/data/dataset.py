@@ -21,7 +21,7 @@ from torch.utils.data import Dataset, Sampler
 
 from tunevlseg.data.cache import CachedArrays, ensure_cache
 from tunevlseg.data.sample import Sample
-from tunevlseg.data.transforms import load_image, load_mask
+from tunevlseg.data.transforms import load_image, load_mask_of
 
 __all__ = ["EpochKey", "EpochShuffleSampler", "SegmentationDataset", "TokenizeCollate"]
 
@@ -73,6 +73,8 @@ class SegmentationDataset(Dataset[dict[str, Any]]):
         image_size: The size ``transform`` resizes to; required with ``cache_dir`` (the cache
             stores that size, and the transform's resize is then an exact copy).
         cache_label: Readable prefix of the cache entry's folder name.
+        data_root: The data set's folder; a mask of another size than its image stops loading
+            with a message that names the ``tvls-data check`` command for this folder.
     """
 
     def __init__(
@@ -85,8 +87,10 @@ class SegmentationDataset(Dataset[dict[str, Any]]):
         cache_dir: Path | None = None,
         image_size: int | tuple[int, int] | None = None,
         cache_label: str = "samples",
+        data_root: Path | None = None,
     ) -> None:
         self.samples = list(samples)
+        self.data_root = data_root
         self.transform = transform
         self.random_prompt = random_prompt
         self.seed = seed
@@ -94,7 +98,9 @@ class SegmentationDataset(Dataset[dict[str, Any]]):
         if cache_dir is not None:
             if image_size is None:
                 raise ValueError("cache_dir needs image_size (the size the transform resizes to)")
-            self.cache = ensure_cache(self.samples, image_size, cache_dir, label=cache_label)
+            self.cache = ensure_cache(
+                self.samples, image_size, cache_dir, label=cache_label, data_root=data_root
+            )
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -107,7 +113,7 @@ class SegmentationDataset(Dataset[dict[str, Any]]):
             image, mask = self.cache[index]
         else:
             image = load_image(sample.image)
-            mask = load_mask(sample.mask, shape=image.shape[:2])
+            mask = load_mask_of(sample.mask, sample.image, image.shape, data_root=self.data_root)
         # Seeding per item makes augmentation independent of worker count and order.
         self.transform.set_random_seed(int(rng.integers(2**31 - 1)))
         out = self.transform(image=image, mask=mask)

@@ -12,6 +12,11 @@ loader neither writes nor collates float32 images and the host-to-GPU copy is a 
 
 Masks are binarised when they are read (``> 127``), because JPEG masks are not exactly 0/255.
 Nearest-neighbour resizing and warping cannot create new values, so they stay in {0, 1}.
+
+A mask must have its image's height and width (:func:`mask_size_mismatch`, the one rule that
+``tvls-data check`` reports and training enforces): a mask of another size is a data error (a
+mask of another image, a crop, a thumbnail), and stretching it to fit would train on wrong
+labels without a word. Training stops with :class:`MaskSizeError` instead.
 """
 
 from __future__ import annotations
@@ -25,12 +30,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from tunevlseg.data.sample import DatasetFormatError
+
 __all__ = [
     "MASK_THRESHOLD",
+    "MaskSizeError",
     "build_resize",
     "build_transform",
     "load_image",
     "load_mask",
+    "load_mask_of",
+    "mask_size_mismatch",
     "normalize_pixels",
 ]
 
@@ -45,20 +55,84 @@ def load_image(path: Path) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def load_mask(path: Path, shape: tuple[int, int] | None = None) -> np.ndarray:
-    """Read a mask as HxW uint8 in {0, 1} (pixels ``> 127`` are foreground).
+class MaskSizeError(DatasetFormatError):
+    """A mask whose height and width differ from its image's (see :func:`mask_size_mismatch`)."""
+
+
+def mask_size_mismatch(image_shape: Sequence[int], mask_shape: Sequence[int]) -> str:
+    """The rule that a mask has its image's size: ``""`` when it holds, else what differs.
+
+    The one definition: ``tvls-data check`` reports the returned text (``size_mismatch``) and
+    training raises it (:func:`load_mask_of`), so both always agree on which pairs are wrong
+    and describe them in the same words.
 
     Args:
-        path: The mask file.
-        shape: If given and different, the (height, width) to resize to (nearest), for data
-            sets whose masks are not stored at exactly the image's size.
+        image_shape: The decoded image's shape (height, width[, channels]).
+        mask_shape: The decoded mask's shape (height, width).
+
+    Returns:
+        ``""``, or e.g. ``"mask 40x30, image 48x48"`` (height x width).
     """
+    (image_h, image_w), (mask_h, mask_w) = image_shape[:2], mask_shape[:2]
+    if (image_h, image_w) == (mask_h, mask_w):
+        return ""
+    return f"mask {mask_h}x{mask_w}, image {image_h}x{image_w}"
+
+
+def _read_mask(path: Path) -> np.ndarray:
     mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
     if mask is None:
         raise FileNotFoundError(f"cannot read mask {path}")
+    return mask
+
+
+def _binarize(mask: np.ndarray) -> np.ndarray:
+    return (mask > MASK_THRESHOLD).astype(np.uint8)
+
+
+def load_mask(path: Path, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Read a mask as HxW uint8 in {0, 1} (pixels ``> 127`` are foreground).
+
+    Training does not use ``shape``: it reads masks with :func:`load_mask_of`, which refuses a
+    mask of another size instead of stretching it.
+
+    Args:
+        path: The mask file.
+        shape: If given and different, the (height, width) to resize to (nearest).
+    """
+    mask = _read_mask(path)
     if shape is not None and mask.shape != shape:
         mask = cv2.resize(mask, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
-    return (mask > MASK_THRESHOLD).astype(np.uint8)
+    return _binarize(mask)
+
+
+def load_mask_of(
+    path: Path, image: Path, image_shape: Sequence[int], *, data_root: Path | None = None
+) -> np.ndarray:
+    """Read the mask of ``image`` as HxW uint8 in {0, 1}, refusing one of another size.
+
+    Args:
+        path: The mask file.
+        image: Its image file (for the message).
+        image_shape: The decoded image's shape.
+        data_root: The data set's folder, so the message can give the exact command that
+            lists every such pair (training stops at the first).
+
+    Raises:
+        MaskSizeError: The sizes differ (:func:`mask_size_mismatch`); the message names both
+            files and both sizes and says to run ``tvls-data check``.
+        FileNotFoundError: The mask cannot be read.
+    """
+    mask = _read_mask(path)
+    mismatch = mask_size_mismatch(image_shape, mask.shape)
+    if mismatch:
+        root = str(data_root) if data_root is not None else "<data set root>"
+        raise MaskSizeError(
+            f"mask {path} does not have the size of its image {image} ({mismatch}, height x "
+            f"width); every mask must have its image's size. Run `tvls-data check {root}` to "
+            "list every such pair, then fix or drop them"
+        )
+    return _binarize(mask)
 
 
 def normalize_pixels(pixels: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:

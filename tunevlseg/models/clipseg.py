@@ -15,13 +15,19 @@ inserts the learner's prompts on the way:
   explicit causal + padding mask: an sdpa layer called without one attends both ways), and the
   pooled token is still the EOS token, whose index does not move.
 * Vision: ``n_ctx`` visual prompts are appended after the patch tokens before ``pre_layrnorm``
-  (as MaPLe does), replaced at the input of layers ``1..J-1`` and dropped before the decoder,
-  which sees exactly the tokens it was trained on. Only layers up to the last of
+  (as MaPLe does) and replaced at the input of layers ``1..J-1``; after layer J-1 they travel on
+  "as if they were token embeddings" (TuneVLSeg eq. 8). Only layers up to the last of
   ``extract_layers`` run (the decoder reads ``hidden_states[i + 1]`` for ``i`` in
   ``extract_layers``); a learner that needs the pooled image feature (CoCoOp) makes all run.
+* Decoder: by default (``vision_prompts_in_decoder=True``, the paper's protocol, as in the
+  authors' code) the extracted activations keep the prompt tokens, so the decoder's ``reduces``,
+  FiLM and transformer layers attend over CLS + patches + prompts; CLS and prompts are dropped
+  only before the reshape to the patch grid (HF drops CLS there too). With ``False`` the prompts
+  are dropped before the decoder, which then sees exactly the tokens it was trained on.
 * Depth J is clamped per encoder to the layers that run: 12 text and 10 vision layers for
   ``CIDAS/clipseg-rd64*``, so J = 11 prompts 11 text and 10 vision layers.
-* Decoder: run part by part, so the learnable upsampler can read its last feature map.
+* The decoder runs part by part, so the learnable upsampler can read its last feature map
+  (always the ``(B, reduce_dim, h, w)`` map of the patch grid, prompts or not).
 
 For prompt learners every CLIPSeg weight is frozen and :meth:`PromptedCLIPSeg.train` keeps the
 CLIPSeg submodule in eval mode, so a frozen network behaves exactly as at inference (no dropout)
@@ -123,6 +129,8 @@ class PromptedCLIPSeg(TrainableParametersMixin, ContextTokenizerMixin):
         tokenizer: the checkpoint's CLIP tokenizer (use :meth:`tokenize`, not it directly).
         image_size: working resolution in pixels (352 for ``CIDAS/clipseg-rd64*``).
         image_mean, image_std: per-channel normalisation the data pipeline must apply.
+        vision_prompts_in_decoder: visual prompt tokens go through the decoder (the paper's
+            protocol) rather than being dropped before it.
     """
 
     backbone_attribute: ClassVar[str] = "clipseg"
@@ -135,8 +143,10 @@ class PromptedCLIPSeg(TrainableParametersMixin, ContextTokenizerMixin):
         *,
         n_ctx: int = 4,
         use_upsampler: bool = True,
+        vision_prompts_in_decoder: bool = True,
     ) -> None:
         super().__init__()
+        self.vision_prompts_in_decoder = bool(vision_prompts_in_decoder)
         self.clipseg: CLIPSegForImageSegmentation = loaded.model
         self.tokenizer: PreTrainedTokenizerBase = loaded.tokenizer
         self.image_size = int(loaded.image_size)
@@ -222,11 +232,13 @@ class PromptedCLIPSeg(TrainableParametersMixin, ContextTokenizerMixin):
     def encode_image(
         self, pixel_values: Tensor, prompts: list[Tensor], *, pooled: bool = False
     ) -> tuple[list[Tensor], Tensor | None]:
-        """Hidden states at ``extract_layers`` (prompts dropped) and optionally the pooled feature.
+        """Hidden states at ``extract_layers`` and optionally the pooled feature.
 
         Returns:
-            The activations in ``extract_layers`` order, each ``(B, 1 + patches, width)``, and the
-            projected CLS feature ``(B, projection_dim)`` if ``pooled`` (then all layers run).
+            The activations in ``extract_layers`` order, each ``(B, 1 + patches, width)``, or
+            ``(B, 1 + patches + n_ctx, width)`` when visual prompts go on to the decoder
+            (``vision_prompts_in_decoder``), and the projected CLS feature
+            ``(B, projection_dim)`` if ``pooled`` (then all layers run).
         """
         vision_model = self.clipseg.clip.vision_model
         layers = vision_model.encoder.layers
@@ -239,6 +251,8 @@ class PromptedCLIPSeg(TrainableParametersMixin, ContextTokenizerMixin):
                     [hidden, _batched(prompts[0], hidden.shape[0]).to(hidden.dtype)], 1
                 )
             hidden = vision_model.pre_layrnorm(hidden)
+            # The slice keeps the prompt tokens for the decoder or drops them before it.
+            kept = hidden.shape[1] if self.vision_prompts_in_decoder else n_tokens
             activations = []
             for index in range(last + 1):
                 if 1 <= index < len(prompts):
@@ -246,7 +260,7 @@ class PromptedCLIPSeg(TrainableParametersMixin, ContextTokenizerMixin):
                     hidden = torch.cat([hidden[:, :n_tokens], prompt], dim=1)
                 hidden = layers[index](hidden, None)
                 if index in self.extract_layers:
-                    activations.append(hidden[:, :n_tokens])
+                    activations.append(hidden[:, :kept])
             feature = None
             if pooled:
                 cls = vision_model.post_layernorm(hidden[:, 0])
@@ -257,6 +271,10 @@ class PromptedCLIPSeg(TrainableParametersMixin, ContextTokenizerMixin):
         self, activations: list[Tensor], condition: Tensor, grid: tuple[int, int]
     ) -> tuple[Tensor, Tensor]:
         """CLIPSeg's decoder, step by step.
+
+        The activations may carry visual prompt tokens after CLS and the patches; the decoder
+        layers attend over all of them, and only the ``h·w`` patch tokens are reshaped to the
+        grid (CLS and prompts are dropped there, as the authors' code does).
 
         Returns:
             The decoder logits ``(B, 1, h·s, w·s)`` and its last feature map
@@ -275,7 +293,13 @@ class PromptedCLIPSeg(TrainableParametersMixin, ContextTokenizerMixin):
                 )
             output = layer(output, attention_mask=None)
         assert output is not None
-        tokens = output[:, 1:].transpose(1, 2)
+        n_patches = grid[0] * grid[1]
+        if output.shape[1] < 1 + n_patches:
+            raise ValueError(
+                f"the decoder got {output.shape[1]} tokens, fewer than CLS + the "
+                f"{grid[0]}x{grid[1]} patch grid"
+            )
+        tokens = output[:, 1 : 1 + n_patches].transpose(1, 2)
         features = tokens.reshape(tokens.shape[0], tokens.shape[1], *grid)
         return decoder.transposed_convolution(features), features
 
@@ -308,6 +332,7 @@ def build_prompted_clipseg(
     *,
     n_ctx: int = 4,
     use_upsampler: bool = True,
+    vision_prompts_in_decoder: bool = True,
 ) -> PromptedCLIPSeg:
     """Load CLIPSeg offline and attach a context learner.
 
@@ -318,6 +343,9 @@ def build_prompted_clipseg(
             ``defaults``).
         n_ctx: number of prompt tokens per prompted layer and encoder.
         use_upsampler: add the learnable upsampler (ignored for ``zeroshot``).
+        vision_prompts_in_decoder: keep the visual prompt tokens through the decoder (the
+            paper's protocol) instead of dropping them before it; no effect without visual
+            prompts.
 
     Raises:
         ValueError: unknown learner or unknown / invalid learner parameters (checked before
@@ -330,5 +358,10 @@ def build_prompted_clipseg(
     learner_cls.resolve_params(dict(learner_params))
     loaded = load_clipseg(pretrained)
     return PromptedCLIPSeg(
-        loaded, learner_cls, dict(learner_params), n_ctx=n_ctx, use_upsampler=use_upsampler
+        loaded,
+        learner_cls,
+        dict(learner_params),
+        n_ctx=n_ctx,
+        use_upsampler=use_upsampler,
+        vision_prompts_in_decoder=vision_prompts_in_decoder,
     )

@@ -21,6 +21,20 @@ def learner_params(spec: StudySpec, params: dict[str, Any]) -> dict[str, Any]:
     return {**spec.learner_options, **chosen}
 
 
+def model_settings_kwargs(spec: StudySpec) -> dict[str, Any]:
+    """The study's model settings as the family's builder takes them.
+
+    ``vision_prompts_in_decoder`` is only passed to families with a ViT image encoder: only
+    those take visual prompts (the catalog's viability rule), so the CRIS builder keeps a
+    signature without a setting it could only ignore.
+    """
+    settings = spec.model_settings
+    kwargs: dict[str, Any] = {"n_ctx": settings.n_ctx, "use_upsampler": settings.use_upsampler}
+    if MODELS[spec.model.name].image_encoder == "vit":
+        kwargs["vision_prompts_in_decoder"] = settings.vision_prompts_in_decoder
+    return kwargs
+
+
 def build_model(spec: StudySpec, params: dict[str, Any]) -> Any:
     """The prompted model of a study with a trial's parameters."""
     builder = load_object(MODELS[spec.model.name].builder)
@@ -28,8 +42,7 @@ def build_model(spec: StudySpec, params: dict[str, Any]) -> Any:
         spec.model.resolved_pretrained,
         spec.learner,
         learner_params(spec, params),
-        n_ctx=spec.model_settings.n_ctx,
-        use_upsampler=spec.model_settings.use_upsampler,
+        **model_settings_kwargs(spec),
     )
 
 
