@@ -98,7 +98,7 @@ def finish(experiment: Path, tmp_path: Path, relaunch: bool) -> None:
     if relaunch:
         again = cli("tunevlseg.cli.launch", str(experiment), cwd=tmp_path)
         assert again.returncode == 0, again.stderr
-        assert "recovered" in again.stderr and "re-queued with its checkpoint" in again.stderr
+        assert "recovered" in again.stderr and "with its checkpoint" in again.stderr
         wait_for_queue(all_job_ids(experiment))
     assert_complete(experiment)
 
