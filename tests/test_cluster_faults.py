@@ -206,8 +206,8 @@ def test_f_requeue_during_a_plateau_resumes_at_the_next_epoch(tmp_path: Path) ->
             break
         assert time.monotonic() < deadline and not trial.state.is_finished(), "no plateau to interrupt"
         time.sleep(0.2)
-    task = slurm.task_key(trial.user_attrs["tvls.slurm_job_id"], trial.user_attrs.get("tvls.slurm_array_task_id"))
-    subprocess.run(["scontrol", "requeue", task], check=True)
+    job, index = trial.user_attrs["tvls.slurm_job_id"], trial.user_attrs.get("tvls.slurm_array_task_id")
+    subprocess.run(["scontrol", "requeue", job if index is None else f"{job}_{index}"], check=True)
     finish(experiment, tmp_path, relaunch=False)
     (trial,) = trials(experiment)
     result = json.loads((run_dir / "result.json").read_text())

@@ -41,6 +41,7 @@ def check_experiment(spec: ExperimentSpec) -> Iterator[Finding]:
     yield from _check_spaces(spec)
     yield from _check_prompt_depth(spec)
     yield from _check_grid(spec)
+    yield from _check_patience(spec)
     yield from _check_viable(spec)
     if spec.storage is not None:
         try:
@@ -200,12 +201,35 @@ def _check_prompt_depth(spec: ExperimentSpec) -> Iterator[Finding]:
                     yield loc, message
 
 
+def _is_block(settings_type: type[BaseModel], key: str) -> bool:
+    """Whether ``key`` of a settings block is itself a block (e.g. ``training.scheduler``)."""
+    annotation = settings_type.model_fields[key].annotation
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
 def _check_grid(spec: ExperimentSpec) -> Iterator[Finding]:
     for axis, values in spec.grid.items():
         section, _, key = axis.partition(".")
         settings_type = GRID_SECTIONS.get(section)
+        block = key.split(".")[0]
+        if settings_type is not None and block in settings_type.model_fields and _is_block(
+            settings_type, block
+        ):
+            # Grid cells replace top-level keys of a section with single values: a block, or a
+            # key inside one, cannot be varied; saying so beats "unknown" or "single value".
+            yield ("grid", axis), (
+                f"{section}.{block} is a block of settings; a grid axis varies one single "
+                f"setting of {section}, not a block or a key inside one (set {section}.{block} "
+                "in the file, or use one sweep per value)"
+            )
+            continue
         if settings_type is None or key not in settings_type.model_fields:
-            valid = [f"{s}.{k}" for s, t in GRID_SECTIONS.items() for k in t.model_fields]
+            valid = [
+                f"{s}.{k}"
+                for s, t in GRID_SECTIONS.items()
+                for k in t.model_fields
+                if not _is_block(t, k)
+            ]
             close = difflib.get_close_matches(axis, valid, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
             yield ("grid", axis), f"not a setting a grid can vary ({hint}valid: {', '.join(valid)})"
@@ -226,6 +250,30 @@ def _check_grid(spec: ExperimentSpec) -> Iterator[Finding]:
             except ValidationError as error:
                 message = error.errors()[0]["msg"].removeprefix("Value error, ")
                 yield ("grid", axis, index), message
+
+
+def _check_patience(spec: ExperimentSpec) -> Iterator[Finding]:
+    """``training.patience`` and ``training.early_stopping.patience`` must not disagree.
+
+    ``training.patience`` is the short form the shipped files use; the long form wins when
+    both are set (:attr:`TrainingSettings.stopping_patience`). Two different values, or a grid
+    over the short form that the long form would override, are refused here, where the file's
+    own keys are known (``model_fields_set``), rather than let one silently win.
+    """
+    training = spec.training
+    long_form = training.early_stopping.patience
+    if long_form is None:
+        return
+    if "patience" in training.model_fields_set and training.patience != long_form:
+        yield ("training", "early_stopping", "patience"), (
+            f"{long_form} disagrees with training.patience ({training.patience}), its short "
+            "form; set only one of them"
+        )
+    if "training.patience" in spec.grid:
+        yield ("grid", "training.patience"), (
+            f"training.early_stopping.patience ({long_form}) is set and takes precedence, so "
+            "this axis would change nothing; remove one of them"
+        )
 
 
 def _check_viable(spec: ExperimentSpec) -> Iterator[Finding]:

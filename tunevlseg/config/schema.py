@@ -11,12 +11,24 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from tunevlseg.catalog import LEARNERS, MODELS
+from tunevlseg.train.settings import monitor_mode
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 """Names that become study names, folder names and SLURM job names: no spaces, no shell."""
+SAFE_TEXT = r"^[^\x00-\x1f\x7f]*$"
+"""No control characters (a newline in an sbatch value would start a new script line)."""
+ProtocolMonitor = Literal["val_dice", "val_loss"]
+"""What the LR scheduler and early stopping may watch (both are logged every validation)."""
 
 
 class Strict(BaseModel):
@@ -127,6 +139,45 @@ class ModelSettings(Strict):
         "before the reshape to the patch grid (the paper's eq. 8, as the authors' code does); "
         "false drops them before the decoder. No effect without visual prompts (CRIS, CoOp)",
     )
+    prompt_suffix: str = Field(
+        default="",
+        description="appended to every text prompt before it is tokenized, in training, "
+        "validation and test alike (the paper's authors append '.'); '' leaves prompts as read",
+    )
+
+    @field_validator("prompt_suffix")
+    @classmethod
+    def _suffix_is_plain_text(cls, suffix: str) -> str:
+        """A newline or tab in a suffix is a quoting slip, not a prompt anyone means."""
+        bad = sorted({repr(c) for c in suffix if ord(c) < 32 or ord(c) == 127})
+        if bad:
+            raise ValueError(
+                f"prompt_suffix contains the control character(s) {', '.join(bad)}; use plain "
+                "text such as '.'"
+            )
+        return suffix
+
+
+class AugmentationSettings(Strict):
+    """The training augmentation (``data.augmentation``); evaluation never augments.
+
+    The defaults are the TuneVLSeg paper's augmentation as this package always ran it: each
+    transform with probability 0.5, zeros outside the warped image. A protocol that differs
+    (another probability, edge pixels repeated into the border) is set here rather than in
+    code, so that it is part of the study's stored definition and of each trial's identity.
+    """
+
+    affine_p: float = Field(
+        default=0.5, ge=0, le=1, description="probability of the scale/translate/rotate warp"
+    )
+    color_p: float = Field(
+        default=0.5, ge=0, le=1, description="probability of the brightness/contrast change"
+    )
+    border_mode: Literal["constant", "replicate"] = Field(
+        default="constant",
+        description="pixels the warp brings in from outside the image: constant = zeros "
+        "(image and mask), replicate = the nearest edge pixel",
+    )
 
 
 class DataSettings(Strict):
@@ -140,17 +191,73 @@ class DataSettings(Strict):
         description="decoded, resized images cached here once per (data set, size); best on "
         "node-local disk, e.g. /tmp/tvls-cache; none = decode every epoch",
     )
+    augmentation: AugmentationSettings = AugmentationSettings()
+
+
+class SchedulerSettings(Strict):
+    """ReduceLROnPlateau (``training.scheduler``): the LR times ``factor`` after ``patience``
+    epochs without improvement of ``monitor``. The defaults are what every trial always used.
+    """
+
+    monitor: ProtocolMonitor | None = Field(
+        default=None, description="val_dice | val_loss; null = search.objective"
+    )
+    factor: float = Field(default=0.5, gt=0, lt=1, description="LR multiplier on a plateau")
+    patience: int = Field(default=3, ge=0, description="epochs without improvement first")
+
+
+class EarlyStoppingSettings(Strict):
+    """Early stopping (``training.early_stopping``).
+
+    ``training.patience`` stays the short form of ``patience`` here (the shipped experiment
+    files use it); giving both with different values is an error (see
+    :mod:`tunevlseg.config.checks`), so neither silently wins.
+    """
+
+    monitor: ProtocolMonitor | None = Field(
+        default=None, description="val_dice | val_loss; null = search.objective"
+    )
+    patience: int | None = Field(
+        default=None, ge=1, description="epochs without improvement; null = training.patience"
+    )
 
 
 class TrainingSettings(Strict):
     """The training loop of one trial (grid axes: ``training.<key>``)."""
 
     max_epochs: int = Field(default=200, ge=1)
-    patience: int = Field(default=10, ge=1, description="early-stopping patience in epochs")
+    min_epochs: int = Field(
+        default=0, ge=0, description="epochs before early stopping may end a trial; 0 = none"
+    )
+    patience: int = Field(
+        default=10,
+        ge=1,
+        description="early-stopping patience in epochs (short form of early_stopping.patience)",
+    )
     batch_size: int = Field(default=32, ge=1)
     effective_batch_size: int = Field(default=32, ge=1)
     precision: Literal["auto", "32", "16-mixed", "bf16-mixed"] = "auto"
     seed: int = 0
+    scheduler: SchedulerSettings = SchedulerSettings()
+    early_stopping: EarlyStoppingSettings = EarlyStoppingSettings()
+
+    @field_validator("min_epochs")
+    @classmethod
+    def _min_within_max(cls, min_epochs: int, info: ValidationInfo) -> int:
+        """A field validator (not a model one) so the error names ``training.min_epochs``."""
+        max_epochs = info.data.get("max_epochs")  # absent when it failed validation itself
+        if max_epochs is not None and min_epochs > max_epochs:
+            raise ValueError(
+                f"min_epochs ({min_epochs}) must be at most max_epochs ({max_epochs})"
+            )
+        return min_epochs
+
+    @property
+    def stopping_patience(self) -> int:
+        """Early-stopping patience: ``early_stopping.patience``, else ``patience``."""
+        if self.early_stopping.patience is not None:
+            return self.early_stopping.patience
+        return self.patience
 
     @model_validator(mode="after")
     def _batch_fits(self) -> TrainingSettings:
@@ -166,7 +273,11 @@ class SearchSettings(Strict):
     sampler: Literal["tpe", "random"] = "tpe"
     seed: int = 0
     n_startup_trials: int = Field(default=5, ge=0)
-    objective: Literal["val_dice", "val_iou"] = "val_dice"
+    objective: Literal["val_dice", "val_iou", "val_loss"] = Field(
+        default="val_dice",
+        description="validation metric a study optimises and the best checkpoint is chosen by: "
+        "val_dice and val_iou are maximised, val_loss (Dice + 0.2 BCE) minimised",
+    )
     max_retries: int = Field(
         default=2, ge=0, description="re-runs of a trial whose process died or met an "
         "infrastructure error (lost node, storage outage, out of memory)"
@@ -181,12 +292,14 @@ class SearchSettings(Strict):
 
     @property
     def direction(self) -> str:
-        """Both objectives are overlap scores: larger is better."""
-        return "maximize"
+        """Optuna's direction for the objective: overlap scores up, the loss down.
+
+        Every consumer (study creation, progress, the collector's best trial, plots,
+        importances) reads it from here, so a minimised objective is minimised everywhere.
+        """
+        return "minimize" if monitor_mode(self.objective) == "min" else "maximize"
 
 
-SAFE_TEXT = r"^[^\x00-\x1f\x7f]*$"
-"""No control characters (a newline in an sbatch value would start a new script line)."""
 SBATCH_KEY = r"^[a-z][a-z0-9-]*$"
 
 

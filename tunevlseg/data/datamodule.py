@@ -16,7 +16,7 @@ from tunevlseg.data.dataset import EpochShuffleSampler, SegmentationDataset, Tok
 from tunevlseg.data.medvlsm import read_medvlsm
 from tunevlseg.data.natural import read_natural
 from tunevlseg.data.sample import Sample
-from tunevlseg.data.transforms import build_transform, normalize_pixels
+from tunevlseg.data.transforms import Augmentation, build_transform, normalize_pixels
 
 __all__ = ["DataFormat", "SegmentationDataModule", "read_split"]
 
@@ -64,6 +64,10 @@ class SegmentationDataModule(L.LightningDataModule):
         channels_last: Batch ``pixel_values`` in ``torch.channels_last`` layout (for a model
             converted with ``.to(memory_format=torch.channels_last)``, e.g. a convolutional
             image encoder on CUDA; a ViT gains nothing). Values are the same either way.
+        augmentation: Probabilities and border mode of the training augmentation (the
+            experiment's ``data.augmentation``); ``None``: the paper's defaults.
+        prompt_suffix: Appended to every prompt of every split before tokenisation (the
+            experiment's ``model.prompt_suffix``); see :class:`TokenizeCollate`.
 
     On CUDA, loaders pin memory (so Lightning's ``non_blocking`` copy overlaps the step);
     workers stay alive between epochs. Workers are not told to run OpenCV single-threaded:
@@ -87,6 +91,8 @@ class SegmentationDataModule(L.LightningDataModule):
         *,
         cache_dir: Path | None = None,
         channels_last: bool = False,
+        augmentation: Augmentation | None = None,
+        prompt_suffix: str = "",
     ) -> None:
         super().__init__()
         if format not in ("medvlsm", "natural"):
@@ -106,7 +112,10 @@ class SegmentationDataModule(L.LightningDataModule):
         self.seed = seed
         self.train_fraction = train_fraction
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
-        self.collate = TokenizeCollate(tokenize, channels_last=channels_last)
+        self.augmentation = augmentation or Augmentation()
+        self.collate = TokenizeCollate(
+            tokenize, channels_last=channels_last, prompt_suffix=prompt_suffix
+        )
         self.datasets: dict[str, SegmentationDataset] = {}
 
     def samples(self, split: str) -> list[Sample]:
@@ -128,7 +137,9 @@ class SegmentationDataModule(L.LightningDataModule):
         for split in wanted:
             if split not in self.datasets:
                 train = split == "train"
-                transform = build_transform(self.image_size, train=train)
+                transform = build_transform(
+                    self.image_size, train=train, augmentation=self.augmentation
+                )
                 self.datasets[split] = SegmentationDataset(
                     self.samples(split),
                     transform,

@@ -140,14 +140,21 @@ class TokenizeCollate:
         channels_last: Lay ``pixel_values`` out as ``torch.channels_last`` (NHWC strides), the
             layout a channels-last convolutional model on CUDA wants; it is also the cheaper
             stack, since items are HWC arrays underneath. Values are the same either way.
+        prompt_suffix: Appended to every prompt right before tokenisation (the experiment's
+            ``model.prompt_suffix``, e.g. the ``"."`` the paper's authors add). Here, because
+            every split's batches pass through this one object: train, val and test prompts
+            get the same suffix, and the items keep the prompt as the data set has it.
     """
 
-    def __init__(self, tokenize: Tokenize, *, channels_last: bool = False) -> None:
+    def __init__(
+        self, tokenize: Tokenize, *, channels_last: bool = False, prompt_suffix: str = ""
+    ) -> None:
         self.tokenize = tokenize
         self.channels_last = channels_last
+        self.prompt_suffix = prompt_suffix
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Tensor]:
-        tokens = self.tokenize([item["prompt"] for item in items])
+        tokens = self.tokenize([item["prompt"] + self.prompt_suffix for item in items])
         missing = {"input_ids", "attention_mask"} - set(tokens)
         if missing:
             raise KeyError(f"tokenize() returned no {sorted(missing)}")

@@ -2,6 +2,9 @@
 
 Training uses the TuneVLSeg augmentation: affine scale 0.98-1.02, translation drawn from
 (-2 %, +2 %) per axis, rotation +-5 deg, brightness/contrast +-10 %. Evaluation never augments.
+How often each transform runs and what the warp brings in at the border are an
+:class:`Augmentation` (the experiment file's ``data.augmentation``); its defaults are the
+package's behaviour before these were settings (p = 0.5 each, zeros outside the image).
 Both resize bicubically to the model's input size (masks: nearest). The resize comes first so the
 augmentation runs on the small image; the small warp of the augmentation interpolates bilinearly
 (albumentations' default; bicubic cost 45 % of a cached item for no visible difference at +-2 %).
@@ -22,7 +25,9 @@ labels without a word. Training stops with :class:`MaskSizeError` instead.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import albumentations as A
 import cv2
@@ -33,7 +38,9 @@ from torch import Tensor
 from tunevlseg.data.sample import DatasetFormatError
 
 __all__ = [
+    "BORDER_MODES",
     "MASK_THRESHOLD",
+    "Augmentation",
     "MaskSizeError",
     "build_resize",
     "build_transform",
@@ -45,6 +52,41 @@ __all__ = [
 ]
 
 MASK_THRESHOLD = 127
+
+BorderMode = Literal["constant", "replicate"]
+BORDER_MODES: dict[str, int] = {
+    "constant": cv2.BORDER_CONSTANT,
+    "replicate": cv2.BORDER_REPLICATE,
+}
+"""The affine warp's border modes by name: zeros (image and mask), or the nearest edge pixel."""
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """How the training augmentation runs (evaluation never augments).
+
+    Attributes:
+        affine_p: Probability of the scale/translate/rotate warp.
+        color_p: Probability of the brightness/contrast change.
+        border_mode: What the warp fills in where it shows pixels from outside the image:
+            ``"constant"`` zeros (the mask is background there), ``"replicate"`` the nearest
+            edge pixel of the image and of the mask.
+    """
+
+    affine_p: float = 0.5
+    color_p: float = 0.5
+    border_mode: BorderMode = "constant"
+
+    def __post_init__(self) -> None:
+        # Checked here too: the data module is also built from code, not only from a file.
+        for name in ("affine_p", "color_p"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
+        if self.border_mode not in BORDER_MODES:
+            raise ValueError(
+                f"border_mode must be one of {', '.join(BORDER_MODES)}, got {self.border_mode!r}"
+            )
 
 
 def load_image(path: Path) -> np.ndarray:
@@ -159,23 +201,36 @@ def build_resize(image_size: int | tuple[int, int]) -> A.Resize:
 
 
 def build_transform(
-    image_size: int | tuple[int, int], *, train: bool, augment_p: float = 0.5
+    image_size: int | tuple[int, int],
+    *,
+    train: bool,
+    augment_p: float | None = None,
+    augmentation: Augmentation | None = None,
 ) -> A.Compose:
     """The transform applied to ``image=`` (uint8 RGB) and ``mask=`` (uint8 {0,1}).
 
     Args:
         image_size: The model's input size, ``s`` or ``(height, width)``.
         train: Add the paper's augmentation; evaluation transforms are deterministic.
-        augment_p: Probability of each of the two augmentations.
+        augment_p: Shorthand for the same probability of both transforms (with the default
+            border); not together with ``augmentation``.
+        augmentation: Probabilities and border mode; ``None``: :class:`Augmentation`'s
+            defaults. A transform with probability 0 is left out, so probabilities of 0 make
+            the training transform exactly the evaluation one.
 
     Returns:
         A ``Compose`` whose output image is uint8 HxWx3 (normalise the batch with
         :func:`normalize_pixels`) and mask uint8 HxW.
     """
+    if augment_p is not None:
+        if augmentation is not None:
+            raise ValueError("give augment_p or augmentation, not both")
+        augmentation = Augmentation(affine_p=augment_p, color_p=augment_p)
+    augmentation = augmentation or Augmentation()
     # On inputs already at the model's size (the cache's arrays) the resize is an exact copy.
     steps: list[A.BasicTransform] = [build_resize(image_size)]
-    if train:
-        steps += [
+    if train and augmentation.affine_p > 0:
+        steps.append(
             A.Affine(
                 scale=(0.98, 1.02),
                 # A tuple is a range to draw from, per axis; a bare number would be a fixed shift.
@@ -183,11 +238,16 @@ def build_transform(
                 rotate=(-5.0, 5.0),
                 interpolation=cv2.INTER_LINEAR,  # see the module docstring
                 mask_interpolation=cv2.INTER_NEAREST,
-                border_mode=cv2.BORDER_CONSTANT,
-                fill=0,
+                border_mode=BORDER_MODES[augmentation.border_mode],
+                fill=0,  # used by "constant" only
                 fill_mask=0,
-                p=augment_p,
-            ),
-            A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1, p=augment_p),
-        ]
+                p=augmentation.affine_p,
+            )
+        )
+    if train and augmentation.color_p > 0:
+        steps.append(
+            A.RandomBrightnessContrast(
+                brightness_limit=0.1, contrast_limit=0.1, p=augmentation.color_p
+            )
+        )
     return A.Compose(steps)

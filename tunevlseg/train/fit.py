@@ -64,7 +64,7 @@ from tunevlseg.train.paths import (
     TORN_SUFFIX,
     RunPaths,
 )
-from tunevlseg.train.settings import FitSettings
+from tunevlseg.train.settings import FitSettings, monitor_mode
 
 __all__ = [
     "EpochEndHook",
@@ -98,6 +98,8 @@ class FitResult:
         wall_time_s: Seconds spent training and evaluating, over all attempts.
         resumed_from_epoch: ``None`` for an uninterrupted run; else the epochs already completed
             when the (last) resume happened, which is also the 0-based epoch it continued at.
+        val_loss: Validation loss of the best checkpoint, the value a study minimises under
+            ``search.objective: val_loss`` (``None`` in results written before it was kept).
     """
 
     val_dice: float
@@ -108,6 +110,7 @@ class FitResult:
     epochs_run: int
     wall_time_s: float
     resumed_from_epoch: int | None = None
+    val_loss: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -163,7 +166,7 @@ def fit(
         model,
         lr=settings.lr,
         weight_decay=settings.weight_decay,
-        monitor=settings.monitor,
+        monitor=settings.resolved_lr_monitor,
         lr_factor=settings.lr_factor,
         lr_patience=settings.lr_patience,
     )
@@ -192,8 +195,8 @@ def fit(
                     save_on_train_epoch_end=False,
                 ),
                 EarlyStopping(
-                    monitor=settings.monitor,
-                    mode=settings.monitor_mode,
+                    monitor=settings.resolved_early_stopping_monitor,
+                    mode=monitor_mode(settings.resolved_early_stopping_monitor),
                     patience=settings.patience,
                     # Decide before the checkpoint is written, so the saved state includes it.
                     check_on_train_epoch_end=False,
@@ -231,6 +234,7 @@ def fit(
     result = FitResult(
         val_dice=float(val["val_dice"]),
         val_iou=float(val["val_iou"]),
+        val_loss=float(val["val_loss"]),
         test_dice=float(test["test_dice"]),
         test_iou=float(test["test_iou"]),
         best_epoch=_checkpoint_epoch(paths.best_checkpoint),
@@ -274,6 +278,7 @@ def evaluate(
     result = FitResult(
         val_dice=float(val["val_dice"]),
         val_iou=float(val["val_iou"]),
+        val_loss=float(val["val_loss"]),
         test_dice=float(test["test_dice"]),
         test_iou=float(test["test_iou"]),
         best_epoch=-1,
@@ -620,6 +625,8 @@ def _make_trainer(settings: FitSettings, paths: RunPaths, callbacks: list[Callba
         accelerator=settings.accelerator,
         devices=1,
         max_epochs=settings.max_epochs,
+        # Lightning keeps training while early stopping asks to stop before min_epochs.
+        min_epochs=settings.min_epochs,
         precision=settings.resolved_precision(_uses_cuda(settings.accelerator)),  # type: ignore[arg-type]
         accumulate_grad_batches=settings.accumulate_grad_batches,
         deterministic=settings.deterministic,

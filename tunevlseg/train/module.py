@@ -53,7 +53,9 @@ class SegmentationModule(L.LightningModule):
         model: The model (an ``nn.Module`` following :class:`PromptedSegmenter`).
         lr: AdamW learning rate.
         weight_decay: Passed to ``model.param_groups``.
-        monitor: Objective the LR scheduler watches (``val_dice``, ``val_iou``, ``val_loss``).
+        monitor: What the LR scheduler watches (``val_dice``, ``val_iou``, ``val_loss``; the
+            mode follows: ``val_loss`` is minimised). ``fit`` passes the experiment's
+            ``training.scheduler.monitor``, which may differ from the search objective.
         lr_factor: ReduceLROnPlateau factor.
         lr_patience: ReduceLROnPlateau patience (epochs).
     """
@@ -159,6 +161,15 @@ class SegmentationModule(L.LightningModule):
             self._plateau.load_state_dict(self._plateau_state)
             self._plateau_state = None
         return optimizer
+
+    @property
+    def plateau(self) -> torch.optim.lr_scheduler.ReduceLROnPlateau | None:
+        """The ReduceLROnPlateau scheduler once :meth:`configure_optimizers` has run.
+
+        Public so that callers (and tests) can check which metric, factor and patience a run
+        really uses, rather than trusting the settings they passed.
+        """
+        return self._plateau
 
     # -- small checkpoints -----------------------------------------------------------------
 

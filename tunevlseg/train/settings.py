@@ -43,11 +43,18 @@ class FitSettings:
             mixed modes fall back to ``"32"`` with a warning (see :meth:`resolved_precision`).
         seed: Seed of everything (weights of new prompts, data order, augmentation).
         num_workers: DataLoader workers (used by whoever builds the data module).
-        monitor: Validation objective for early stopping, checkpoints and LR reduction.
+        monitor: Validation objective: the best checkpoint is the one with the best value of
+            it, and it is what early stopping and LR reduction watch unless told otherwise.
         accelerator: Lightning accelerator (``"auto"``, ``"cpu"``, ``"gpu"``, ...).
         deterministic: Ask torch for deterministic algorithms (slower on GPU).
         lr_factor: ReduceLROnPlateau factor.
         lr_patience: ReduceLROnPlateau patience in epochs.
+        min_epochs: Epochs trained before early stopping may end the run (0: none). A
+            protocol setting: early stopping on a noisy first few epochs would otherwise end a
+            run before the prompts have moved.
+        lr_monitor: What ReduceLROnPlateau watches; ``None``: ``monitor``. A separate setting
+            because a protocol may reduce the LR on the loss while selecting by Dice.
+        early_stopping_monitor: What early stopping watches; ``None``: ``monitor``.
     """
 
     max_epochs: int = 100
@@ -64,6 +71,9 @@ class FitSettings:
     deterministic: bool = False
     lr_factor: float = 0.5
     lr_patience: int = 3
+    min_epochs: int = 0
+    lr_monitor: str | None = None
+    early_stopping_monitor: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_epochs", "patience", "batch_size", "effective_batch_size", "lr_patience"):
@@ -76,7 +86,14 @@ class FitSettings:
             raise ValueError("need lr > 0, weight_decay >= 0 and 0 < lr_factor < 1")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        monitor_mode(self.monitor)
+        if not isinstance(self.min_epochs, int) or not 0 <= self.min_epochs <= self.max_epochs:
+            raise ValueError(
+                f"min_epochs must be an integer in [0, max_epochs={self.max_epochs}], "
+                f"got {self.min_epochs!r}"
+            )
+        for monitor in (self.monitor, self.lr_monitor, self.early_stopping_monitor):
+            if monitor is not None:
+                monitor_mode(monitor)
 
     @property
     def accumulate_grad_batches(self) -> int:
@@ -86,6 +103,16 @@ class FitSettings:
     @property
     def monitor_mode(self) -> Literal["min", "max"]:
         return monitor_mode(self.monitor)
+
+    @property
+    def resolved_lr_monitor(self) -> str:
+        """The metric ReduceLROnPlateau watches (its mode follows from it)."""
+        return self.lr_monitor or self.monitor
+
+    @property
+    def resolved_early_stopping_monitor(self) -> str:
+        """The metric early stopping watches (its mode follows from it)."""
+        return self.early_stopping_monitor or self.monitor
 
     def resolved_precision(self, on_cuda: bool) -> str:
         """The Lightning precision string to use; mixed precision only on CUDA."""

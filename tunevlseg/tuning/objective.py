@@ -26,7 +26,9 @@ def model_settings_kwargs(spec: StudySpec) -> dict[str, Any]:
 
     ``vision_prompts_in_decoder`` is only passed to families with a ViT image encoder: only
     those take visual prompts (the catalog's viability rule), so the CRIS builder keeps a
-    signature without a setting it could only ignore.
+    signature without a setting it could only ignore. ``prompt_suffix`` is not a builder
+    argument: it acts where prompts are tokenized, in the data module (:func:`build_datamodule`),
+    the same way for every model family.
     """
     settings = spec.model_settings
     kwargs: dict[str, Any] = {"n_ctx": settings.n_ctx, "use_upsampler": settings.use_upsampler}
@@ -47,8 +49,13 @@ def build_model(spec: StudySpec, params: dict[str, Any]) -> Any:
 
 
 def build_datamodule(spec: StudySpec, model: Any, seed: int) -> Any:
+    """The study's data module: its data set, the model's size/normalisation/tokenizer, and
+    the protocol's augmentation (``data.augmentation``) and prompt suffix
+    (``model.prompt_suffix``)."""
     from tunevlseg.data.datamodule import SegmentationDataModule
+    from tunevlseg.data.transforms import Augmentation
 
+    augmentation = spec.data.augmentation
     return SegmentationDataModule(
         root=Path(spec.dataset.root),
         format=spec.dataset.format,
@@ -62,10 +69,22 @@ def build_datamodule(spec: StudySpec, model: Any, seed: int) -> Any:
         seed=seed,
         train_fraction=spec.data.train_fraction,
         cache_dir=spec.data.cache_dir,
+        augmentation=Augmentation(
+            affine_p=augmentation.affine_p,
+            color_p=augmentation.color_p,
+            border_mode=augmentation.border_mode,
+        ),
+        prompt_suffix=spec.model_settings.prompt_suffix,
     )
 
 
 def fit_settings(spec: StudySpec, params: dict[str, Any], seed: int) -> Any:
+    """The trial's :class:`FitSettings`: the study's training block and a trial's parameters.
+
+    The search objective is the monitor of the best checkpoint; the scheduler and early
+    stopping watch it too unless ``training.scheduler.monitor`` /
+    ``training.early_stopping.monitor`` name another metric.
+    """
     import torch
 
     from tunevlseg.train.settings import FitSettings
@@ -75,7 +94,8 @@ def fit_settings(spec: StudySpec, params: dict[str, Any], seed: int) -> Any:
         precision = "bf16-mixed" if torch.cuda.is_available() else "32"
     return FitSettings(
         max_epochs=spec.training.max_epochs,
-        patience=spec.training.patience,
+        min_epochs=spec.training.min_epochs,
+        patience=spec.training.stopping_patience,
         batch_size=spec.training.batch_size,
         effective_batch_size=spec.training.effective_batch_size,
         lr=float(params.get("lr", 1e-3)),
@@ -84,6 +104,10 @@ def fit_settings(spec: StudySpec, params: dict[str, Any], seed: int) -> Any:
         seed=seed,
         num_workers=spec.data.num_workers,
         monitor=spec.search.objective,
+        lr_monitor=spec.training.scheduler.monitor,
+        lr_factor=spec.training.scheduler.factor,
+        lr_patience=spec.training.scheduler.patience,
+        early_stopping_monitor=spec.training.early_stopping.monitor,
     )
 
 
