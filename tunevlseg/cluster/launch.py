@@ -7,7 +7,8 @@ recovered, the missing trials enqueued, and only trials no live task covers are 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,11 +20,11 @@ from tunevlseg.cluster.liveness import SweepLiveness, running_job_ids, slurm_liv
 from tunevlseg.cluster.lock import SweepBusyError, sweep_lock
 from tunevlseg.cluster.manifest import Manifest, read_manifest, write_manifest
 from tunevlseg.cluster.plan import Plan, make_plan
+from tunevlseg.cluster.preflight import run_preflight, sweep_storage
 from tunevlseg.cluster.worker import TrialTask
 from tunevlseg.config.grid import Expansion, expand
 from tunevlseg.config.loader import Experiment
 from tunevlseg.paths import SweepPaths
-from tunevlseg.cluster.preflight import run_preflight, sweep_storage
 from tunevlseg.tuning.storage import StorageURL
 
 if TYPE_CHECKING:
@@ -166,11 +167,19 @@ SLURM_LOCK_WAIT_S = 300.0
 """A SLURM launch holds the lock for seconds: the next one waits for it, then resumes."""
 
 
-def _lock(experiment: Experiment, wait_s: float, console: Console) -> Any:
-    def told(holder: str) -> None:
-        console.print(f"Waiting for another launch of this sweep to finish ({holder}) ...", highlight=False)
+@contextmanager
+def _lock(experiment: Experiment, wait_s: float, console: Console | None = None) -> Iterator[None]:
+    """The sweep's launch lock; a launch still holding it after ``wait_s`` is a LaunchError."""
 
-    return sweep_lock(SweepPaths.of(experiment).launch_lock, wait_s=wait_s, on_wait=told)
+    def told(holder: str) -> None:
+        if console is not None:
+            console.print(f"Waiting for another launch of this sweep to finish ({holder}) ...", highlight=False)
+
+    try:
+        with sweep_lock(SweepPaths.of(experiment).launch_lock, wait_s=wait_s, on_wait=told):
+            yield
+    except SweepBusyError as error:
+        raise LaunchError(str(error)) from None
 
 
 def launch_local(
@@ -188,14 +197,11 @@ def launch_local(
     """
     console = console or Console(stderr=True)
     expansion, storage_url, storage = _open(experiment, local=True, force=force, parallelism=parallelism)
-    try:
-        with _lock(experiment, LOCAL_LOCK_WAIT_S, console):
-            return _run_local(
-                experiment, expansion, storage_url, storage, force=force, console=console,
-                parallelism=parallelism, retry_failed=retry_failed,
-            )
-    except SweepBusyError as error:
-        raise LaunchError(str(error)) from None
+    with _lock(experiment, LOCAL_LOCK_WAIT_S, console):
+        return _run_local(
+            experiment, expansion, storage_url, storage, force=force, console=console,
+            parallelism=parallelism, retry_failed=retry_failed,
+        )
 
 
 def _run_local(
@@ -268,29 +274,26 @@ def repair(experiment: Experiment) -> list[str]:
         return []
     storage = open_storage(storage_url)
     expansion = expand(experiment)
-    try:
-        with sweep_lock(SweepPaths.of(experiment).launch_lock, wait_s=LOCAL_LOCK_WAIT_S):
-            manifest = read_manifest(SweepPaths.of(experiment).manifest)
-            uses_slurm = bool(running_job_ids(storage, expansion)) or bool(
-                manifest and manifest.array_job_ids()
-            )
-            liveness = SweepLiveness(manifest, queued=None)
-            if uses_slurm:
-                if not slurm.available():
-                    raise LaunchError(
-                        "the sweep has SLURM tasks but SLURM does not answer: cannot tell stale trials"
-                    )
-                liveness = slurm_liveness(manifest, storage, expansion)
-            actions = []
-            for spec in expansion.studies:
-                try:
-                    storage.get_study_id_from_name(spec.name)
-                except KeyError:
-                    continue
-                actions += recover_stale(storage, spec, liveness, liveness.reason)
-            return actions
-    except SweepBusyError as error:
-        raise LaunchError(str(error)) from None
+    with _lock(experiment, LOCAL_LOCK_WAIT_S):
+        manifest = read_manifest(SweepPaths.of(experiment).manifest)
+        uses_slurm = bool(running_job_ids(storage, expansion)) or bool(
+            manifest and manifest.array_job_ids()
+        )
+        liveness = SweepLiveness(manifest, queued=None)
+        if uses_slurm:
+            if not slurm.available():
+                raise LaunchError(
+                    "the sweep has SLURM tasks but SLURM does not answer: cannot tell stale trials"
+                )
+            liveness = slurm_liveness(manifest, storage, expansion)
+        actions = []
+        for spec in expansion.studies:
+            try:
+                storage.get_study_id_from_name(spec.name)
+            except KeyError:
+                continue
+            actions += recover_stale(storage, spec, liveness, liveness.reason)
+        return actions
 
 
 @dataclass(frozen=True)
@@ -351,14 +354,11 @@ def launch_slurm(
     """
     console = console or Console(stderr=True)
     expansion, storage_url, storage = _open(experiment, local=False, force=force)
-    try:
-        with _lock(experiment, SLURM_LOCK_WAIT_S, console):
-            return _submit(
-                experiment, expansion, storage_url, storage, force=force, console=console,
-                retry_failed=retry_failed,
-            )
-    except SweepBusyError as error:
-        raise LaunchError(str(error)) from None
+    with _lock(experiment, SLURM_LOCK_WAIT_S, console):
+        return _submit(
+            experiment, expansion, storage_url, storage, force=force, console=console,
+            retry_failed=retry_failed,
+        )
 
 
 def _submit(

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tunevlseg.config.grid import StudySpec
+from tunevlseg.errors import exception_chain
 
 __all__ = [
     "LOADERS",
@@ -191,15 +192,6 @@ def cached_snapshot(repo_id: str) -> Path | None:
     return folder if is_complete_folder(folder) else None
 
 
-def _chain(error: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__ or current.__context__
-
-
 _NETWORK_ERRORS = (
     "ConnectError", "Timeout", "NetworkError", "ProxyError", "ConnectionError", "ProtocolError"
 )
@@ -211,7 +203,7 @@ def describe_hub_error(error: BaseException) -> str:
     from huggingface_hub import constants
     from huggingface_hub import errors as hub_errors
 
-    for cause in _chain(error):
+    for cause in exception_chain(error):
         if isinstance(cause, hub_errors.OfflineModeIsEnabled):
             return "HF_HUB_OFFLINE is set: unset it to download (on a login node with internet)"
         if isinstance(cause, hub_errors.GatedRepoError):

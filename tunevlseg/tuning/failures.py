@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import errno
 import traceback
-from collections.abc import Iterator
+
+from tunevlseg.errors import exception_chain
 
 KIND_ATTR = "tvls.failure_kind"
 """``"error"`` (deterministic: counted in the budget, not retried) or ``"infrastructure"``."""
@@ -33,18 +34,9 @@ _INFRASTRUCTURE_NAMES = {
 _INFRASTRUCTURE_TEXT = ("CUDA out of memory", "CUDA error", "NCCL error", "cuDNN error", "ECC error")
 
 
-def _chain(error: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__ or current.__context__
-
-
 def is_infrastructure(error: BaseException) -> bool:
     """True for failures that another attempt on another node may not meet."""
-    for link in _chain(error):
+    for link in exception_chain(error):
         names = {cls.__name__ for cls in type(link).__mro__}
         if names & _INFRASTRUCTURE_NAMES:
             return True

@@ -28,6 +28,8 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from tunevlseg.errors import exception_chain
+
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
@@ -63,13 +65,8 @@ def retry_budget() -> float:
 
 def root_cause(error: BaseException) -> BaseException:
     """The innermost exception of ``error``'s chain: the driver's error under Optuna's wrapper."""
-    seen = {id(error)}
-    while True:
-        inner = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
-        if inner is None or id(inner) in seen:
-            return error
-        seen.add(id(inner))
-        error = inner
+    *_, innermost = exception_chain(error)
+    return innermost
 
 
 def describe(error: BaseException) -> str:
