@@ -88,6 +88,9 @@ BAD_FILES = [
     ("augmentation-bad-border", VALID + "data:\n  augmentation: {border_mode: reflect}\n", "data.augmentation.border_mode", 14, "'constant' or 'replicate'"),
     ("prompt-suffix-not-text", VALID + "model: {prompt_suffix: [.]}\n", "model.prompt_suffix", 13, "valid string"),
     ("prompt-suffix-control-character", VALID + 'model:\n  prompt_suffix: "\\n"\n', "model.prompt_suffix", 14, "control character(s) '\\n'"),
+    # a learner restricted to some data sets (learners[i].datasets)
+    ("learner-unknown-dataset", VALID.replace("  - name: vpt", "  - name: vpt\n    datasets: [kvasr]"), "learners[1].datasets[0]", 8, "unknown data set 'kvasr'; did you mean 'kvasir'? the file's data sets: kvasir"),
+    ("learner-no-datasets", VALID.replace("  - name: vpt", "  - {name: vpt, datasets: []}"), "learners[1].datasets", 7, "an empty list runs vpt on no data set"),
     ("depth-tiny-synthetic-cris", VALID.replace("  - name: clipseg", "  - {name: cris, pretrained: ./tiny, synthetic: true}").replace("  - name: vpt\n", "") + "  space:\n    prompt_depth: {low: 2, high: 5}\n", "search.space.prompt_depth", 13, "high=5 exceeds the 4 layers CRIS's text prompts can reach"),
 ]
 

@@ -17,7 +17,7 @@ SHIPPED = {
     "demo.yaml": (6, 12),
     "medical.yaml": (64, 1280),
     "natural.yaml": (16, 320),
-    "paper.yaml": (80, 1600),
+    "paper.yaml": (84, 1680),
     "ablation-upsampler.yaml": (24, 480),
 }
 
@@ -41,8 +41,11 @@ def test_paper_combinations_follow_the_viability_rule() -> None:
     combos = sorted({s.combination for s in expansion.studies})
     assert combos == sorted(
         [f"clipseg-{x}" for x in ("coop", "cocoop", "vpt", "maple", "shared_separate", "shared_attention")]
-        + ["cris-coop", "cris-cocoop"]
+        + ["cris-coop", "cris-cocoop", "clipseg-decoder", "cris-decoder"]
     )
+    # Table 3's E2E rows exist only for the natural sets.
+    decoder = {s.dataset.name for s in expansion.studies if s.learner == "decoder"}
+    assert decoder == {"cityscapes", "pascal-voc"}
     skipped = {(s.model, s.learner) for s in expansion.skipped}
     assert skipped == {("cris", x) for x in ("vpt", "maple", "shared_separate", "shared_attention")}
     categories = {s.dataset.name: s.dataset.category for s in expansion.studies}
@@ -74,6 +77,26 @@ def test_grid_axes_multiply_into_named_studies(tmp_path: Path) -> None:
     assert study.dataset.prompt_key == "p2"  # the grid wins over the data set's own key
     assert study.dataset.root == (tmp_path / "data/kvasir").resolve()
     assert study.grid == {"model.use_upsampler": False, "data.prompt_key": "p2"}
+
+
+def test_a_learner_restricted_to_some_data_sets_skips_the_others(tmp_path: Path) -> None:
+    text = GRID_FILE.replace(
+        "learners: [coop, vpt]", "learners: [coop, {name: decoder, datasets: [voc]}]"
+    ).replace(
+        "  - {name: kvasir, root: data/kvasir, prompt_key: p3}\n",
+        "  - {name: kvasir, root: data/kvasir, prompt_key: p3}\n"
+        "  - {name: voc, root: data/voc, format: natural}\n",
+    ).replace("grid:\n  model.use_upsampler: [true, false]\n  data.prompt_key: [p1, p2]\n", "")
+    expansion = expand(parse_experiment(text, tmp_path / "r.yaml"))
+    assert [s.name for s in expansion.studies] == [
+        "abl/clipseg-coop/kvasir",
+        "abl/clipseg-coop/voc",
+        "abl/clipseg-decoder/voc",
+    ]
+    assert expansion.skipped == []
+    decoder = expansion.studies[-1]
+    assert decoder.space == {k: v.to_dict() for k, v in PAPER_SPACES["decoder"].items()}
+    assert decoder.n_trials == 4 and decoder.model_settings.use_upsampler
 
 
 def test_study_names_are_deterministic(tmp_path: Path) -> None:

@@ -163,6 +163,10 @@ LEARNERS: dict[str, LearnerInfo] = {
         "tunevlseg.learners.shared_attention:SharedAttention",
     ),
     "e2e": LearnerInfo("e2e", "End-to-end", "none", "tunevlseg.learners.baselines:EndToEnd"),
+    # The encoders stay frozen: the authors' CLIPSeg "E2E" (docs/fidelity.md row 2).
+    "decoder": LearnerInfo(
+        "decoder", "Decoder only", "none", "tunevlseg.learners.baselines:DecoderOnly"
+    ),
     "zeroshot": LearnerInfo(
         "zeroshot", "Zero-shot", "none", "tunevlseg.learners.baselines:ZeroShot", trains=False
     ),
@@ -170,7 +174,9 @@ LEARNERS: dict[str, LearnerInfo] = {
 
 
 def is_viable(model: str, learner: str) -> bool:
-    """The paper's rule: visual and multimodal prompts need a ViT image encoder."""
+    """The paper's rule: visual and multimodal prompts need a ViT image encoder.
+
+    Learners without prompts (``e2e``, ``decoder``, ``zeroshot``) run on every model."""
     if LEARNERS[learner].modality in ("visual", "multimodal"):
         return MODELS[model].image_encoder == "vit"
     return True

@@ -1,8 +1,11 @@
-"""``tvls-data check ROOT`` and ``tvls-data synth ROOT``: inspect a data set, or write a fake one.
+"""``tvls-data check|synth|binarize``: inspect a data set, write a fake one, or convert a real one.
 
 ``check`` prints what each split holds and every problem found (counts plus the first few
 paths), and exits 1 when there is any error, 0 when the set is clean (warnings allowed).
 ``synth`` writes a small synthetic set in the real on-disk layout and prints its folder.
+``binarize cityscapes|voc SRC DST`` converts an official Cityscapes or PASCAL VOC 2012 folder to
+the binarized natural layout (:mod:`tunevlseg.data.binarize`), resumably, and prints what each
+split holds; exit 1 when any image failed (the others are kept).
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ FORMATS = ("medvlsm", "natural")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _app.parser("tvls-data", "Check a data set, or write a synthetic one.")
-    commands = p.add_subparsers(dest="action", required=True, metavar="{check,synth}")
+    p = _app.parser(
+        "tvls-data", "Check a data set, write a synthetic one, or binarize Cityscapes / VOC."
+    )
+    commands = p.add_subparsers(dest="action", required=True, metavar="{check,synth,binarize}")
 
     check = commands.add_parser(
         "check",
@@ -56,6 +61,30 @@ def build_parser() -> argparse.ArgumentParser:
         "--classes", default=None, help="comma-separated class names (default: one class)"
     )
     synth.add_argument("--debug", action="store_true", help="show tracebacks")
+
+    binarize = commands.add_parser(
+        "binarize",
+        help="convert official Cityscapes or PASCAL VOC 2012 to the natural layout",
+        description=(
+            "Write one 0/255 mask per (image, class present) under DST/annotations/<split>/"
+            "<class>/ and the images under DST/images/<split>/. A re-run skips finished images."
+        ),
+    )
+    binarize.add_argument("dataset", choices=("cityscapes", "voc"), help="the source layout")
+    binarize.add_argument(
+        "src", help="the official folder (with leftImg8bit/ and gtFine/, or JPEGImages/ ...)"
+    )
+    binarize.add_argument("dst", help="the natural-layout folder to write (created if needed)")
+    binarize.add_argument(
+        "--split",
+        action="append",
+        dest="splits",
+        metavar="NAME",
+        help="an official split to convert (repeatable; default: train and val)",
+    )
+    binarize.add_argument("--jobs", type=int, default=1, metavar="N", help="worker processes")
+    binarize.add_argument("--json", action="store_true", help="print JSON for scripts")
+    binarize.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
 
@@ -142,6 +171,75 @@ def synth(args: argparse.Namespace) -> int:
     return _app.EXIT_OK
 
 
+def binarize(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from tunevlseg.data.binarize import DEFAULT_SPLITS, BinarizeError, plan_binarize, run_plan
+    from tunevlseg.data.natural import class_prompt
+
+    src, dst = Path(args.src), Path(args.dst)
+    if args.jobs < 1:
+        raise _app.CommandError("--jobs must be >= 1", _app.EXIT_USAGE)
+    if not src.is_dir():
+        raise _app.CommandError(f"source folder {src} is not a folder", _app.EXIT_USAGE)
+    if dst.resolve() == src.resolve():
+        raise _app.CommandError("DST must differ from SRC", _app.EXIT_USAGE)
+    splits = tuple(dict.fromkeys(args.splits or DEFAULT_SPLITS))
+    messages = _app.messages()
+    try:
+        plan = plan_binarize(args.dataset, src, dst, splits)
+    except BinarizeError as error:
+        raise _app.CommandError(str(error)) from error
+    for split in splits:
+        listed = sum(1 for job in plan.jobs if job.split == split)
+        todo = sum(1 for job in plan.todo if job.split == split)
+        messages.print(
+            f"{args.dataset} {split}: {listed} image(s), {listed - todo} already written, "
+            f"{todo} to write"
+        )
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=messages,
+        disable=not plan.todo,
+    ) as progress:
+        task = progress.add_task(f"binarizing {args.dataset}", total=len(plan.todo))
+        report = run_plan(plan, jobs=args.jobs, advance=lambda: progress.advance(task))
+    classes = list(plan.scheme.classes.values())
+    out = _app.data()
+    if args.json:
+        out.print_json(json.dumps(report.to_dict(classes)))
+    else:
+        table = Table(title=f"{args.dataset} -> {dst}", title_justify="left")
+        table.add_column("class folder")
+        table.add_column("prompt")
+        for s in report.splits:
+            table.add_column(f"{s.split} masks", justify="right")
+        table.add_row("(images)", "", *(str(s.images) for s in report.splits))
+        for name in classes:
+            table.add_row(name, class_prompt(name), *(str(s.masks[name]) for s in report.splits))
+        out.print(table)
+    empty = sum(s.without_class for s in report.splits)
+    note = f"; {empty} image(s) without any class left out" if empty else ""
+    messages.print(
+        f"wrote {report.written} image(s), skipped {report.skipped} already written{note}"
+    )
+    if not report.ok:
+        shown = "\n  ".join(report.failures[:5])
+        more = f"\n  ... and {len(report.failures) - 5} more" if len(report.failures) > 5 else ""
+        raise _app.CommandError(
+            f"{len(report.failures)} image(s) failed (the others are kept; fix these and run "
+            f"again):\n  {shown}{more}"
+        )
+    split_flags = " ".join(f"--split {s}" for s in splits)
+    messages.print(f"check it with: tvls-data check {dst} --format natural {split_flags}")
+    return _app.EXIT_OK
+
+
 def _short(names: list[str], limit: int = 6) -> str:
     if len(names) <= limit:
         return ", ".join(names)
@@ -149,7 +247,7 @@ def _short(names: list[str], limit: int = 6) -> str:
 
 
 def command(args: argparse.Namespace) -> int:
-    return check(args) if args.action == "check" else synth(args)
+    return {"check": check, "synth": synth, "binarize": binarize}[args.action](args)
 
 
 def main(argv: list[str] | None = None) -> int:

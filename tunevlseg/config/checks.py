@@ -43,6 +43,7 @@ def check_experiment(spec: ExperimentSpec) -> Iterator[Finding]:
     yield from _check_grid(spec)
     yield from _check_patience(spec)
     yield from _check_viable(spec)
+    yield from _check_learner_datasets(spec)
     if spec.storage is not None:
         try:
             parse_storage_url(spec.storage)
@@ -286,3 +287,31 @@ def _check_viable(spec: ExperimentSpec) -> Iterator[Finding]:
     for index, entry in enumerate(spec.learners):
         if not LEARNERS[entry.name].trains and entry.space:
             yield ("learners", index, "space"), "zeroshot is not trained and has no search space"
+
+
+def _check_learner_datasets(spec: ExperimentSpec) -> Iterator[Finding]:
+    """A learner's ``datasets`` must name data sets of the file, each once, and at least one.
+
+    An unknown name would otherwise drop the learner's studies on that set without a word (a
+    typo in ``pascal-voc`` would silently lose a row of the table), and an empty list would
+    keep the learner in the file while running it nowhere.
+    """
+    names = [dataset.name for dataset in spec.datasets]
+    valid = ", ".join(names)
+    for index, entry in enumerate(spec.learners):
+        if entry.datasets is None:
+            continue
+        if not entry.datasets:
+            yield ("learners", index, "datasets"), (
+                f"an empty list runs {entry.name} on no data set; name some of the file's data "
+                f"sets ({valid}) or leave `datasets` out to run it on all of them"
+            )
+        for position, name in enumerate(entry.datasets):
+            if name not in names:
+                close = difflib.get_close_matches(name, names, n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                yield ("learners", index, "datasets", position), (
+                    f"unknown data set {name!r}; {hint}the file's data sets: {valid}"
+                )
+            elif name in entry.datasets[:position]:
+                yield ("learners", index, "datasets", position), f"{name!r} is listed twice"

@@ -112,7 +112,10 @@ def _with_cell(settings: BaseModel, section: str, cell: dict[str, Any]) -> Any:
 
 
 def expand(experiment: Experiment) -> Expansion:
-    """All studies of a sweep, in a stable order (models, learners, data sets, grid cells)."""
+    """All studies of a sweep, in a stable order (models, learners, data sets, grid cells).
+
+    A learner entry with ``datasets`` makes studies only on those data sets.
+    """
     spec = experiment.spec
     output_dir = str(experiment.output_dir)
     studies: list[StudySpec] = []
@@ -121,6 +124,8 @@ def expand(experiment: Experiment) -> Expansion:
     for model, entry, dataset, cell in itertools.product(
         spec.models, spec.learners, spec.datasets, _cells(spec.grid)
     ):
+        if entry.datasets is not None and dataset.name not in entry.datasets:
+            continue
         if not is_viable(model.name, entry.name):
             combo = SkippedCombination(
                 model.key,

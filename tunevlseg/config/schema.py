@@ -82,11 +82,21 @@ class ModelEntry(Strict):
 
 
 class LearnerEntry(Strict):
-    """A context learner; ``space`` overrides its search space, ``options`` fixes settings."""
+    """A context learner; ``space`` overrides its search space, ``options`` fixes settings.
+
+    ``datasets`` restricts the learner to some of the file's data sets, because a paper's
+    table need not have every row on every set (TuneVLSeg's E2E rows exist only for the
+    natural sets); the names are checked against ``datasets:`` in :mod:`tunevlseg.config.checks`.
+    """
 
     name: str
     space: dict[str, Any] = Field(default_factory=dict)
     options: dict[str, Any] = Field(default_factory=dict)
+    datasets: list[str] | None = Field(
+        default=None,
+        description="run this learner only on these data sets (names from `datasets:`); "
+        "default: every data set",
+    )
 
     @field_validator("name")
     @classmethod

@@ -99,6 +99,7 @@ PAPER_SPACES: dict[str, dict[str, ParamSpace]] = {
         "norm_first": ParamSpace("choice", choices=(True, False)),
     },
     "e2e": dict(COMMON),
+    "decoder": dict(COMMON),  # searched like e2e; the authors fixed lr 2e-4, wd 1e-3
     "zeroshot": {},
 }
 

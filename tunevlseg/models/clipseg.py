@@ -31,13 +31,15 @@ inserts the learner's prompts on the way:
 
 For prompt learners every CLIPSeg weight is frozen and :meth:`PromptedCLIPSeg.train` keeps the
 CLIPSeg submodule in eval mode, so a frozen network behaves exactly as at inference (no dropout)
-while the learner and upsampler train. ``e2e`` unfreezes and trains everything; ``zeroshot``
-has no trainable tensor and no upsampler.
+while the learner and upsampler train. ``e2e`` unfreezes and trains everything; ``decoder``
+trains CLIPSeg's decoder (reduces, FiLM, decoder layers, transposed convolutions) with both CLIP
+encoders frozen, as HF's own forward did for the authors' "E2E"; ``zeroshot`` has no trainable
+tensor and no upsampler.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import torch
 import torch.nn.functional as F
@@ -179,10 +181,29 @@ class PromptedCLIPSeg(TrainableParametersMixin, ContextTokenizerMixin):
         self.upsampler = LearnableUpsampler(config.reduce_dim) if use_upsampler else None
 
         self.clipseg.requires_grad_(learner_cls.trains_backbone)
+        if self.trains_decoder:
+            self.clipseg.decoder.requires_grad_(True)
         self._freeze_unused()
         if not learner_cls.trains:
             self.requires_grad_(False)
         self.train(False)
+
+    @property
+    def trains_decoder(self) -> bool:
+        """The learner trains the decoder on frozen encoders (``decoder``)."""
+        return bool(getattr(type(self.learner), "trains_decoder", False))
+
+    def train(self, mode: bool = True) -> Self:
+        """Keep the frozen encoders in eval mode, but let a trained decoder follow ``mode``.
+
+        The mixin puts all of CLIPSeg in eval mode when its backbone is frozen; a decoder that
+        trains must switch back, so that any dropout it has acts as in the authors' training
+        (HF's model in train mode).
+        """
+        super().train(mode)
+        if self.trains_decoder:
+            self.clipseg.decoder.train(mode)
+        return self
 
     # ----------------------------------------------------------------------------- helpers
     def _freeze_unused(self) -> None:

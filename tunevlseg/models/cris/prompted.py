@@ -20,12 +20,14 @@ alike.
 
 For prompt learners every CRIS weight is frozen and :meth:`PromptedCRIS.train` keeps CRIS in
 eval mode (BatchNorm statistics and dropout as at inference). ``e2e`` trains everything except
-CLIP's unused ``logit_scale``; ``zeroshot`` trains nothing and has no upsampler.
+CLIP's unused ``logit_scale``; ``decoder`` trains the neck, the decoder and the projector (with
+their BatchNorm statistics and dropout) on the frozen image and text encoders; ``zeroshot``
+trains nothing and has no upsampler.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import torch
 import torch.nn.functional as F
@@ -47,8 +49,8 @@ __all__ = ["PromptedCRIS", "build_prompted_cris"]
 
 VISION_REFUSAL = (
     "learner {name!r} prompts the image encoder, but CRIS's image encoder is a ResNet: there are "
-    "no tokens to prompt. Use a text learner (coop, cocoop) or a baseline (zeroshot, e2e) with "
-    "CRIS, or a ViT model (clipseg) for visual and multimodal learners."
+    "no tokens to prompt. Use a text learner (coop, cocoop) or a baseline (zeroshot, e2e, "
+    "decoder) with CRIS, or a ViT model (clipseg) for visual and multimodal learners."
 )
 
 
@@ -101,6 +103,8 @@ class PromptedCRIS(TrainableParametersMixin, ContextTokenizerMixin):
     """
 
     backbone_attribute: ClassVar[str] = "cris"
+    decoder_parts: ClassVar[tuple[str, ...]] = ("neck", "decoder", "proj")
+    """What follows the encoders in :class:`CRIS`: the parts the ``decoder`` learner trains."""
 
     def __init__(
         self,
@@ -142,10 +146,49 @@ class PromptedCRIS(TrainableParametersMixin, ContextTokenizerMixin):
         self.upsampler = LearnableUpsampler(config.projector_dim) if use_upsampler else None
 
         self.cris.requires_grad_(learner_cls.trains_backbone)
+        if self.trains_decoder:
+            for part in self.decoder_parts:
+                getattr(self.cris, part).requires_grad_(True)
         self.cris.backbone.logit_scale.requires_grad_(False)  # contrastive only; never runs
         if not learner_cls.trains:
             self.requires_grad_(False)
         self.train(False)
+
+    @property
+    def trains_decoder(self) -> bool:
+        """The learner trains neck, decoder and projector on frozen encoders (``decoder``)."""
+        return bool(getattr(type(self.learner), "trains_decoder", False))
+
+    def train(self, mode: bool = True) -> Self:
+        """Keep the frozen encoders in eval mode, but let trained decoding parts follow ``mode``.
+
+        The mixin puts all of CRIS in eval mode when its backbone is frozen. The parts the
+        ``decoder`` learner trains must switch back: their BatchNorm layers (neck, projector)
+        should learn batch statistics for the new data, and the decoder's dropout should act,
+        as in a full fine-tuning of those parts; the ResNet's statistics stay pretrained.
+        """
+        super().train(mode)
+        if self.trains_decoder:
+            for part in self.decoder_parts:
+                getattr(self.cris, part).train(mode)
+        return self
+
+    def _trained_buffers(self) -> dict[str, Tensor]:
+        """Also the BatchNorm statistics of the parts ``decoder`` trains.
+
+        They change in training as much as the weights do, and the predictions depend on them,
+        so ``trainable_state_dict`` must carry them for a saved state to reproduce the model.
+        """
+        buffers = super()._trained_buffers()
+        if self.trains_decoder:
+            parameters = {name for name, _ in self.named_parameters()}
+            prefixes = tuple(f"{self.backbone_attribute}.{part}." for part in self.decoder_parts)
+            buffers.update(
+                (name, value)
+                for name, value in self.state_dict(keep_vars=True).items()
+                if name.startswith(prefixes) and name not in parameters
+            )
+        return buffers
 
     def encode_image(
         self, pixel_values: Tensor, *, pooled: bool = False
@@ -203,7 +246,7 @@ def build_prompted_cris(
 
     Args:
         pretrained: a CRIS model folder or a hub id already in the HF cache.
-        learner: ``coop``, ``cocoop``, ``zeroshot`` or ``e2e``.
+        learner: ``coop``, ``cocoop``, ``zeroshot``, ``e2e`` or ``decoder``.
         learner_params: the learner's hyperparameters (missing ones take its ``defaults``).
         n_ctx: number of context tokens per prompted text layer.
         use_upsampler: add the learnable upsampler (ignored for ``zeroshot``).
