@@ -92,6 +92,11 @@ BAD_FILES = [
     ("learner-unknown-dataset", VALID.replace("  - name: vpt", "  - name: vpt\n    datasets: [kvasr]"), "learners[1].datasets[0]", 8, "unknown data set 'kvasr'; did you mean 'kvasir'? the file's data sets: kvasir"),
     ("learner-no-datasets", VALID.replace("  - name: vpt", "  - {name: vpt, datasets: []}"), "learners[1].datasets", 7, "an empty list runs vpt on no data set"),
     ("depth-tiny-synthetic-cris", VALID.replace("  - name: clipseg", "  - {name: cris, pretrained: ./tiny, synthetic: true}").replace("  - name: vpt\n", "") + "  space:\n    prompt_depth: {low: 2, high: 5}\n", "search.space.prompt_depth", 13, "high=5 exceeds the 4 layers CRIS's text prompts can reach"),
+    ("learner-twice-without-label", VALID.replace("  - name: vpt", "  - name: coop"), "learners[1]", 7, "'coop' is listed twice (give one a `label:`)"),
+    ("learner-bad-label", VALID.replace("  - name: vpt", "  - name: vpt\n    label: 'v p t'"), "learners[1].label", 8, "should match pattern"),
+    ("grid-space-unknown-param", VALID + "grid:\n  search.space.n_heads: [16, 20]\n", "grid.search.space.n_heads", 14, "'n_heads' is not a parameter of any learner in this file"),
+    ("grid-space-learner-without-it", VALID.replace("  - name: vpt", "  - name: e2e") + "grid:\n  search.space.prompt_depth: [1, 2]\n", "grid.search.space.prompt_depth", 14, "learner(s) e2e have no prompt_depth"),
+    ("grid-space-bad-value", VALID + "grid:\n  search.space.prompt_depth: [1, 2.5]\n", "grid.search.space.prompt_depth[1]", 14, "whole number"),
 ]
 
 

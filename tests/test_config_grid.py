@@ -18,8 +18,11 @@ SHIPPED = {
     "medical.yaml": (64, 1280),
     "natural.yaml": (16, 320),
     "paper.yaml": (84, 1680),
-    "ablation-upsampler.yaml": (24, 480),
+    "table4-maple-init.yaml": (20, 400),
+    "ablation-upsampler.yaml": (160, 3200),
+    "fig5-prompt-depth.yaml": (480, 9600),
 }
+"""Also the counts the README states for each file."""
 
 
 def test_every_shipped_file_is_counted() -> None:
@@ -158,3 +161,46 @@ def test_fixed_and_sampled_parameters_reach_the_trial() -> None:
     assert 1 <= values["prompt_depth"] <= 11
     assert 1e-5 <= values["lr"] <= 5e-3
     assert trial.user_attrs["fixed.use_lora"] is True
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_dry_run_plans_each_shipped_file(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """What a user sees first: the plan of each file, printed even though its data is absent."""
+    import json
+
+    from tunevlseg.cli import launch as launch_cli
+
+    launch_cli.main([str(EXPERIMENTS / name), "--dry-run", "--local", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert (report["studies"].__len__(), report["trials"]) == SHIPPED[name]
+    readme = (EXPERIMENTS.parent / "README.md").read_text()
+    studies, trials = SHIPPED[name]
+    (row,) = [line for line in readme.splitlines() if line.startswith(f"| `{name}` |")]
+    assert row.endswith(f"| {studies} studies, {trials:,} trials |"), row
+
+
+def test_labelled_entries_of_one_learner_are_separate_studies(tmp_path: Path) -> None:
+    text = GRID_FILE.replace(
+        "learners: [coop, vpt]",
+        "learners: [{name: maple, label: maple-text}, {name: maple, label: maple-gaussian, options: {init: gaussian}}]",
+    ).replace("grid:\n  model.use_upsampler: [true, false]\n  data.prompt_key: [p1, p2]\n", "")
+    studies = expand(parse_experiment(text, tmp_path / "l.yaml")).studies
+    assert [s.name for s in studies] == ["abl/clipseg-maple-text/kvasir", "abl/clipseg-maple-gaussian/kvasir"]
+    assert [s.learner for s in studies] == ["maple", "maple"]
+    assert [s.learner_options for s in studies] == [{}, {"init": "gaussian"}]
+    assert studies[1].combination == "clipseg-maple-gaussian"
+
+
+def test_a_search_space_axis_fixes_the_parameter_in_each_cell(tmp_path: Path) -> None:
+    text = GRID_FILE.replace(
+        "  model.use_upsampler: [true, false]\n  data.prompt_key: [p1, p2]\n",
+        "  search.space.prompt_depth: [1, 3]\n",
+    )
+    studies = expand(parse_experiment(text, tmp_path / "d.yaml")).studies
+    assert [s.name for s in studies] == [
+        "abl/clipseg-coop/kvasir/prompt_depth=1", "abl/clipseg-coop/kvasir/prompt_depth=3",
+        "abl/clipseg-vpt/kvasir/prompt_depth=1", "abl/clipseg-vpt/kvasir/prompt_depth=3",
+    ]
+    assert [s.param_space["prompt_depth"].fixed for s in studies] == [1, 3, 1, 3]
+    assert studies[1].param_space["lr"].fixed is None  # the rest is still searched
+    assert studies[1].grid == {"search.space.prompt_depth": 3}

@@ -183,7 +183,7 @@ def _result(spec: StudySpec, trials: list[FrozenTrial], gpus: int | None) -> Stu
         sweep=spec.sweep,
         model=spec.model.key,
         learner=spec.learner,
-        learner_title=LEARNERS[spec.learner].title,
+        learner_title=LEARNERS[spec.learner].title + (f" ({spec.learner_label})" if spec.learner_label else ""),
         dataset=spec.dataset.name,
         category=spec.dataset.category,
         grid=spec.name.split("/", 3)[3] if spec.grid else "",

@@ -18,6 +18,7 @@ from tunevlseg.config.schema import (
 )
 from tunevlseg.config.spaces import (
     PAPER_SPACES,
+    SPACE_AXIS,
     ParamSpace,
     SpaceError,
     apply_override,
@@ -54,12 +55,12 @@ def check_experiment(spec: ExperimentSpec) -> Iterator[Finding]:
 def _check_unique(spec: ExperimentSpec) -> Iterator[Finding]:
     for section, keys in (
         ("models", [m.key for m in spec.models]),
-        ("learners", [entry.name for entry in spec.learners]),
+        ("learners", [entry.key for entry in spec.learners]),
         ("datasets", [d.name for d in spec.datasets]),
     ):
         for index, key in enumerate(keys):
             if key in keys[:index]:
-                hint = " (give one a `label:`)" if section == "models" else ""
+                hint = " (give one a `label:`)" if section in ("models", "learners") else ""
                 yield (section, index), f"{key!r} is listed twice{hint}"
 
 
@@ -208,8 +209,43 @@ def _is_block(settings_type: type[BaseModel], key: str) -> bool:
     return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 
+
+def _check_space_axis(spec: ExperimentSpec, axis: str, values: list[Any]) -> Iterator[Finding]:
+    name = axis.removeprefix(SPACE_AXIS)
+    owners = [entry for entry in spec.learners if name in PAPER_SPACES[entry.name]]
+    if not owners:
+        known = sorted({p for entry in spec.learners for p in PAPER_SPACES[entry.name]})
+        yield ("grid", axis), f"{name!r} is not a parameter of any learner in this file (parameters: {', '.join(known)})"
+        return
+    without = [entry.key for entry in spec.learners if entry not in owners]
+    if without:
+        yield ("grid", axis), (
+            f"learner(s) {', '.join(without)} have no {name}: every cell would repeat their "
+            "studies; put them in a sweep of their own"
+        )
+    if not values:
+        yield ("grid", axis), "an axis needs at least one value"
+    seen: list[Any] = []
+    for index, value in enumerate(values):
+        if isinstance(value, (dict, list)):
+            yield ("grid", axis, index), "a grid value must be a single value (it fixes the parameter)"
+            continue
+        if value in seen:
+            yield ("grid", axis, index), f"{value!r} appears twice"
+        seen.append(value)
+        for entry in owners:
+            try:
+                resolve_space(entry.name, {name: value})
+            except SpaceError as error:
+                yield ("grid", axis, index), str(error).removeprefix(f"{name}: ")
+                break
+
+
 def _check_grid(spec: ExperimentSpec) -> Iterator[Finding]:
     for axis, values in spec.grid.items():
+        if axis.startswith(SPACE_AXIS):
+            yield from _check_space_axis(spec, axis, values)
+            continue
         section, _, key = axis.partition(".")
         settings_type = GRID_SECTIONS.get(section)
         block = key.split(".")[0]

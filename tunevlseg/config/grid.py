@@ -23,7 +23,7 @@ from tunevlseg.config.schema import (
     SearchSettings,
     TrainingSettings,
 )
-from tunevlseg.config.spaces import PAPER_SPACES, ParamSpace, resolve_space
+from tunevlseg.config.spaces import PAPER_SPACES, SPACE_AXIS, ParamSpace, resolve_space
 
 
 class StudySpec(BaseModel):
@@ -35,6 +35,7 @@ class StudySpec(BaseModel):
     name: str
     model: ModelEntry
     learner: str
+    learner_label: str | None = None
     learner_options: dict[str, Any]
     dataset: DatasetEntry
     model_settings: ModelSettings
@@ -65,7 +66,7 @@ class StudySpec(BaseModel):
 
     @property
     def combination(self) -> str:
-        return f"{self.model.key}-{self.learner}"
+        return f"{self.model.key}-{self.learner_label or self.learner}"
 
     def to_attrs(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -111,6 +112,7 @@ def _with_cell(settings: BaseModel, section: str, cell: dict[str, Any]) -> Any:
     return type(settings).model_validate({**settings.model_dump(), **changes})
 
 
+
 def expand(experiment: Experiment) -> Expansion:
     """All studies of a sweep, in a stable order (models, learners, data sets, grid cells).
 
@@ -154,8 +156,13 @@ def expand(experiment: Experiment) -> Expansion:
                 update={"pretrained": str(experiment.resolve(model.pretrained))}
             )
         shared = {k: v for k, v in spec.search.space.items() if k in PAPER_SPACES[entry.name]}
-        space = resolve_space(entry.name, shared, entry.space)
-        name = f"{spec.name}/{model.key}-{entry.name}/{dataset.name}"
+        fixed = {
+            axis.removeprefix(SPACE_AXIS): value
+            for axis, value in cell.items()
+            if axis.startswith(SPACE_AXIS) and axis.removeprefix(SPACE_AXIS) in PAPER_SPACES[entry.name]
+        }
+        space = resolve_space(entry.name, shared, entry.space, fixed)
+        name = f"{spec.name}/{model.key}-{entry.key}/{dataset.name}"
         if cell:
             name += f"/{grid_key(cell)}"
         studies.append(
@@ -164,6 +171,7 @@ def expand(experiment: Experiment) -> Expansion:
                 name=name,
                 model=resolved_model,
                 learner=entry.name,
+                learner_label=entry.label,
                 learner_options=dict(entry.options),
                 dataset=resolved_dataset,
                 model_settings=model_settings,

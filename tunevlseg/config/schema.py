@@ -90,6 +90,12 @@ class LearnerEntry(Strict):
     """
 
     name: str
+    label: str | None = Field(
+        default=None,
+        pattern=NAME_PATTERN,
+        description="name in study names and tables, for two entries of one learner (e.g. "
+        "MaPLe with two initialisations: labels maple-gaussian and maple-text)",
+    )
     space: dict[str, Any] = Field(default_factory=dict)
     options: dict[str, Any] = Field(default_factory=dict)
     datasets: list[str] | None = Field(
@@ -97,6 +103,11 @@ class LearnerEntry(Strict):
         description="run this learner only on these data sets (names from `datasets:`); "
         "default: every data set",
     )
+
+    @property
+    def key(self) -> str:
+        """The entry's name in study names: its label, else the learner's name."""
+        return self.label or self.name
 
     @field_validator("name")
     @classmethod

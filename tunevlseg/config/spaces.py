@@ -189,6 +189,11 @@ def _fixed(base: ParamSpace, value: Any) -> ParamSpace:
     return ParamSpace(base.kind, fixed=_coerce(base, value), is_fixed=True)
 
 
+SPACE_AXIS = "search.space."
+"""A grid axis ``search.space.<parameter>`` fixes a searched parameter in each cell, so each
+value is tuned separately (a figure of Dice against prompt depth)."""
+
+
 def resolve_space(learner: str, *overrides: dict[str, Any]) -> dict[str, ParamSpace]:
     """The learner's paper space with each override mapping applied in order.
 
