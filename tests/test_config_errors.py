@@ -86,6 +86,7 @@ BAD_FILES = [
     ("augmentation-p-above-one", VALID + "data:\n  augmentation: {affine_p: 1.5}\n", "data.augmentation.affine_p", 14, "less than or equal to 1"),
     ("augmentation-p-negative", VALID + "data:\n  augmentation:\n    color_p: -0.1\n", "data.augmentation.color_p", 15, "greater than or equal to 0"),
     ("augmentation-bad-border", VALID + "data:\n  augmentation: {border_mode: reflect}\n", "data.augmentation.border_mode", 14, "'constant' or 'replicate'"),
+    ("val-fraction-one", VALID + "data:\n  val_fraction: 1.0\n", "data.val_fraction", 14, "less than 1"),
     ("prompt-suffix-not-text", VALID + "model: {prompt_suffix: [.]}\n", "model.prompt_suffix", 13, "valid string"),
     ("prompt-suffix-control-character", VALID + 'model:\n  prompt_suffix: "\\n"\n', "model.prompt_suffix", 14, "control character(s) '\\n'"),
     # a learner restricted to some data sets (learners[i].datasets)

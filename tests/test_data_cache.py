@@ -187,4 +187,5 @@ def test_datamodule_batches_match(root: Path, tmp_path: Path, num_workers: int) 
     ):
         for a, b in zip(loader_a, loader_b, strict=True):
             for key in a:
-                assert torch.equal(a[key], b[key]), key
+                same = torch.equal(a[key], b[key]) if isinstance(a[key], torch.Tensor) else a[key] == b[key]
+                assert same, key

@@ -14,6 +14,7 @@ from tunevlseg.cli.data import main
 from tunevlseg.data.check import check_dataset
 from tunevlseg.data.datamodule import SegmentationDataModule
 from tunevlseg.data.medvlsm import read_medvlsm
+from tunevlseg.data.natural import SplitPolicy
 from tunevlseg.data.sample import DatasetFormatError
 from tunevlseg.data.synthetic import write_synthetic_medvlsm, write_synthetic_natural
 from tunevlseg.train.testing import byte_tokenize
@@ -142,10 +143,13 @@ def test_natural_layout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
 
     (root / "images" / "val" / "val_0000.jpg").unlink()  # its two masks lose their image
     shutil.copy(root / "images" / "train" / "train_0001.jpg", root / "images" / "train" / "train_0001.png")
-    shutil.rmtree(root / "annotations" / "test")
+    # annotations/test stays, so the three splits are explicit and images/test is missing
+    # (without annotations/test, the check would read train and val only: tests/test_data_splits.py)
+    shutil.rmtree(root / "images" / "test")
     code, report = _run_json(capsys, str(root), "--format", "natural")
     assert code == 1
     assert _kinds(report) == {"missing_annotation": 1, "duplicate_entry": 1, "missing_file": 2}
+    assert report["split_policy"]["policy"] == "explicit"
 
 
 def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -207,3 +211,93 @@ def test_check_and_reader_use_the_same_annotation_rules(clean: Path, tmp_path: P
         read_medvlsm(root, "train", "p1")
     entry_0 = f"{root / 'anns' / 'train.json'} entry 0"
     assert details[entry_0] in str(bad_prompt.value)
+
+
+# ------------------------------------------------ split policy, classes per split, warnings
+
+
+def test_natural_set_without_test_split_reports_the_effective_splits(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """binarize writes train and val only: the check accepts it and says what training reads."""
+    assert main(["synth", str(tmp_path / "nat"), "--format", "natural", "--n-train", "20",
+                 "--n-val", "5", "--n-test", "0", "--image-size", "24",
+                 "--classes", "car,person,traffic_light"]) == 0
+    root = Path(capsys.readouterr().out.strip())
+    assert not (root / "annotations" / "test").exists()
+
+    code, report = _run_json(capsys, str(root), "--format", "natural")
+    assert code == 0 and report["problems"] == []
+    assert [s["split"] for s in report["splits"]] == ["train", "val"]  # no test split demanded
+    policy = report["split_policy"]
+    assert policy["policy"] == "val_from_train" and policy["val_fraction"] == 0.1
+    assert policy["sources"] == {"train": "train", "val": "train", "test": "val"}
+    rows = {e["split"]: (e["source"], e["held_out"], e["images"], e["samples"]) for e in policy["effective"]}
+    assert rows == {"train": ("train", False, 18, 54), "val": ("train", True, 2, 6), "test": ("val", False, 5, 15)}
+    # the numbers are the data module's (one hold-out function for both)
+    module = SegmentationDataModule(root, "natural", "p1", 16, (0.5,) * 3, (0.25,) * 3, byte_tokenize, 2)
+    assert [len({s.image for s in module.samples(split)}) for split in ("train", "val", "test")] == [18, 2, 5]
+
+    assert main(["check", str(root), "--format", "natural"]) == 0
+    captured = capsys.readouterr()
+    assert "split policy: val_from_train: test = the official val split; val = 10 % of the train" in captured.out
+    assert ("effective splits: train 18 images (from official train) / val 2 images (held out "
+            "from train) / test 5 images (from official val)") in captured.out
+    assert "clean" in captured.err
+
+    code, report = _run_json(capsys, str(root), "--format", "natural", "--val-fraction", "0.5")
+    assert [e["images"] for e in report["split_policy"]["effective"]] == [10, 10, 5]
+    assert main(["check", str(root), "--format", "natural", "--val-fraction", "1"]) == 2
+
+
+def test_classes_per_split_images_without_class_and_missing_classes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = write_synthetic_natural(tmp_path / "nat", n_train=10, n_val=3, n_test=0,
+                                   image_size=24, classes=("car", "person", "traffic_light"))
+    for mask in (root / "annotations" / "val" / "person").iterdir():
+        mask.unlink()  # the official val (the test split) has no person at all
+    shutil.copy(root / "images" / "train" / "train_0000.jpg", root / "images" / "train" / "orphan.jpg")
+    shutil.copy(root / "images" / "val" / "val_0000.jpg", root / "images" / "val" / "lonely.jpg")
+
+    code, report = _run_json(capsys, str(root), "--format", "natural")
+    assert code == 0 and report["ok"]  # warnings only
+    assert _kinds(report) == {"image_without_class": 2, "class_missing_from_split": 1}
+    assert [s["classes"] for s in report["splits"]] == [
+        ["car", "person", "traffic_light"], ["car", "traffic_light"],
+    ]
+    effective = {e["split"]: e for e in report["split_policy"]["effective"]}
+    assert effective["test"]["classes"] == ["car", "traffic_light"]
+    assert effective["val"]["masks_per_class"] == {"car": 1, "person": 1, "traffic_light": 1}
+    problems = {p["kind"]: p for p in report["problems"]}
+    assert all(p["severity"] == "warning" for p in problems.values())
+    [missing] = problems["class_missing_from_split"]["examples"]
+    assert missing == {
+        "path": str(root / "annotations" / "val"),
+        "detail": "class 'person': no mask in test (the official val); masks in train 9, val 1",
+    }
+    orphans = sorted(e["path"] for e in problems["image_without_class"]["examples"])
+    assert orphans == [str(root / "images" / "train" / "orphan.jpg"), str(root / "images" / "val" / "lonely.jpg")]
+
+    assert main(["check", str(root), "--format", "natural"]) == 0
+    captured = capsys.readouterr()
+    assert "class_missing_from_split" in captured.out and "image_without_class" in captured.out
+    assert "clean (3 warning(s))" in captured.err
+
+
+def test_medical_multi_class_set_reports_a_class_missing_from_a_split(
+    clean: Path, tmp_path: Path
+) -> None:
+    root = Path(shutil.copytree(clean, tmp_path / "multi"))
+    anns = json.loads((root / "anns" / "test.json").read_text())
+    (root / "anns" / "test.json").write_text(json.dumps([e for e in anns if e["class_name"] != "tool"]))
+
+    report = check_dataset(root)
+    assert report.ok and report.policy == SplitPolicy("explicit")
+    assert [s.classes for s in report.splits] == [["polyp", "tool"], ["polyp", "tool"], ["polyp"]]
+    group = report.problems["class_missing_from_split"]
+    assert group.count == 1 and not group.is_error
+    assert group.examples == [
+        (str(root / "anns" / "test.json"), "class 'tool': no mask in test; masks in train 6, val 3")
+    ]
+    assert report.to_dict()["split_policy"]["policy"] == "explicit"

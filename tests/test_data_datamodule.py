@@ -55,7 +55,8 @@ def test_batch_layout(root: Path) -> None:
     dm = _module(root)
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
-    assert set(batch) == {"pixel_values", "input_ids", "attention_mask", "masks"}
+    assert set(batch) == {"pixel_values", "input_ids", "attention_mask", "masks", "class_names"}
+    assert len(batch["class_names"]) == 4 and all(isinstance(c, str) for c in batch["class_names"])
     assert batch["pixel_values"].shape == (4, 3, 32, 32)
     assert batch["pixel_values"].dtype == torch.uint8  # a quarter of float32 to collate and copy
     on_device = dm.on_after_batch_transfer(batch, 0)  # what the Trainer calls after the copy

@@ -3,9 +3,11 @@
 The checks run before anything is written or submitted, so a deterministic problem fails on the
 login node with one message, not 40 minutes later in every array task:
 
-* data roots and annotation files exist; each MedVLSM annotation file is a list of entries the
-  training reader accepts, and every entry has the study's ``prompt_key`` (the reader's own
-  rules, :func:`tunevlseg.data.medvlsm.parse_entries`; a count and a few examples per split);
+* data roots and annotation files exist (a natural set needs train and val; its test split is
+  optional, see :mod:`tunevlseg.data.natural`); each MedVLSM annotation file is a list of
+  entries the training reader accepts, and every entry has the study's ``prompt_key`` (the
+  reader's own rules, :func:`tunevlseg.data.medvlsm.parse_entries`; a count and a few examples
+  per split);
 * models exist (a folder, or the Hugging Face cache); a model folder's ``config.json`` is
   readable, and the search range of ``prompt_depth`` fits the layers it declares (catalogued
   and synthetic models are checked when the experiment file is read, in
@@ -48,7 +50,11 @@ def _dataset_problems(dataset: DatasetEntry) -> list[str]:
     if dataset.format == "medvlsm":
         wanted = [root / "anns" / f"{split}.json" for split in SPLITS]
     else:
-        wanted = [root / "annotations" / split for split in SPLITS]
+        # Natural sets need train and val; without annotations/test the official val split is
+        # the test split and val is held out from train (data/natural.py, "Split policy"),
+        # which is what `tvls-data binarize` writes. A test split, when present, is used.
+        splits = SPLITS if (root / "annotations" / "test").is_dir() else ("train", "val")
+        wanted = [root / kind / split for split in splits for kind in ("annotations", "images")]
     missing = [str(path) for path in wanted if not path.exists()]
     if missing:
         return [f"data set {dataset.name!r} ({dataset.format} layout): missing {', '.join(missing)}"]

@@ -4,6 +4,7 @@
     tvls-collect experiments/medical.yaml --results e2e.csv     # plus outside numbers
     tvls-collect --results paper.csv --out tables/              # outside numbers only
     tvls-collect --storage journal:///shared/med.log --sweep medical --out tables/
+    tvls-collect experiments/natural.yaml --main-metric mdice   # class-mean Dice in the main table
 
 The main table goes to stdout as Markdown; warnings and the list of written files to stderr.
 """
@@ -41,6 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="md,latex,csv,html",
         help="comma-separated formats among md, latex, csv, html (default: all)",
     )
+    p.add_argument(
+        "--main-metric",
+        default="dice",
+        help="what the main table shows: dice (the mean over test samples, as the paper; default) "
+        "or mdice (the mean over classes of each class's test Dice; – without per-class scores)",
+    )
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument(
         "--no-importance", action="store_true", help="skip hyperparameter importances"
@@ -62,6 +69,7 @@ def _usage(message: str) -> _app.CommandError:
 def command(args: argparse.Namespace) -> int:
     from tunevlseg.collect.outside import OutsideResultsError, read_outside_results
     from tunevlseg.collect.report import parse_formats, write_reports, write_sweep_reports
+    from tunevlseg.collect.tables import METRICS
     from tunevlseg.tuning.storage import StorageURLError, parse_storage_url
 
     if not (args.experiment or args.results or args.storage):
@@ -78,6 +86,9 @@ def command(args: argparse.Namespace) -> int:
         formats = parse_formats(args.format)
     except ValueError as error:
         raise _usage(f"--format: {error}") from None
+    main_metric = args.main_metric.strip().lower()
+    if main_metric not in METRICS:
+        raise _usage(f"--main-metric: unknown metric {args.main_metric!r}; choose from {', '.join(METRICS)}")
     try:
         outside = read_outside_results(args.results)
     except OutsideResultsError as error:
@@ -88,6 +99,7 @@ def command(args: argparse.Namespace) -> int:
         "plots": not args.no_plots,
         "importance": not args.no_importance,
         "gpus_per_task": args.gpus_per_task,
+        "main_metric": main_metric,
     }
     try:
         if args.experiment:

@@ -1,7 +1,9 @@
 """``tvls-data check|synth|binarize``: inspect a data set, write a fake one, or convert a real one.
 
-``check`` prints what each split holds and every problem found (counts plus the first few
-paths), and exits 1 when there is any error, 0 when the set is clean (warnings allowed).
+``check`` prints what each split holds, the split policy (a natural set without a test split:
+test = its official val, val = a share of its train images) with the effective splits, and every
+problem found (counts plus the first few paths); it exits 1 when there is any error, 0 when the
+set is clean (warnings allowed).
 ``synth`` writes a small synthetic set in the real on-disk layout and prints its folder.
 ``binarize cityscapes|voc SRC DST`` converts an official Cityscapes or PASCAL VOC 2012 folder to
 the binarized natural layout (:mod:`tunevlseg.data.binarize`), resumably, and prints what each
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 from rich.table import Table
 
@@ -39,7 +42,16 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         dest="splits",
         metavar="NAME",
-        help="check only this split (repeatable; default: train, val and test)",
+        help="check only this on-disk split (repeatable; default: the splits training reads: "
+        "train, val and test, or train and val for a natural set without annotations/test)",
+    )
+    check.add_argument(
+        "--val-fraction",
+        type=float,
+        default=None,
+        metavar="X",
+        help="the experiment's data.val_fraction: share of the train images held out for "
+        "validation when a natural set has no test split (default 0.1)",
     )
     check.add_argument("--examples", type=int, default=5, help="paths shown per problem kind")
     check.add_argument("--json", action="store_true", help="print JSON for scripts")
@@ -54,7 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--format", choices=FORMATS, default="medvlsm", help="on-disk layout")
     synth.add_argument("--n-train", type=int, default=24, metavar="N")
     synth.add_argument("--n-val", type=int, default=8, metavar="N")
-    synth.add_argument("--n-test", type=int, default=8, metavar="N")
+    synth.add_argument(
+        "--n-test",
+        type=int,
+        default=8,
+        metavar="N",
+        help="natural: 0 writes no test split, like binarize (default 8)",
+    )
     synth.add_argument("--image-size", type=int, default=96, metavar="S", help="pixels")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument(
@@ -92,10 +110,13 @@ def check(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from tunevlseg.data.check import check_dataset, iter_problem_rows
-    from tunevlseg.data.medvlsm import SPLITS
+    from tunevlseg.data.natural import DEFAULT_VAL_FRACTION
 
     if args.examples < 0:
         raise _app.CommandError("--examples must be >= 0", _app.EXIT_USAGE)
+    val_fraction = DEFAULT_VAL_FRACTION if args.val_fraction is None else args.val_fraction
+    if not 0.0 < val_fraction < 1.0:
+        raise _app.CommandError("--val-fraction must be in (0, 1)", _app.EXIT_USAGE)
     root = Path(args.root)
     if not root.is_dir():
         raise _app.CommandError(f"data set root {root} is not a folder", _app.EXIT_USAGE)
@@ -103,8 +124,9 @@ def check(args: argparse.Namespace) -> int:
     report = check_dataset(
         root,
         args.format,
-        splits=tuple(args.splits or SPLITS),
+        splits=tuple(dict.fromkeys(args.splits)) if args.splits else None,
         max_examples=args.examples,
+        val_fraction=val_fraction,
         progress=lambda split, n: messages.print(f"checking {split}: {n} entries"),
     )
     out = _app.data()
@@ -129,6 +151,7 @@ def check(args: argparse.Namespace) -> int:
                 ", ".join(s.prompt_keys),
             )
         out.print(summary)
+        _print_policy(out, report)
         if report.problems:
             problems = Table(title="Problems", title_justify="left")
             problems.add_column("kind")
@@ -235,9 +258,43 @@ def binarize(args: argparse.Namespace) -> int:
             f"{len(report.failures)} image(s) failed (the others are kept; fix these and run "
             f"again):\n  {shown}{more}"
         )
-    split_flags = " ".join(f"--split {s}" for s in splits)
-    messages.print(f"check it with: tvls-data check {dst} --format natural {split_flags}")
+    # Without --split the check reads what training reads: for binarize's train and val, test =
+    # the official val and val = a share of train (it prints the effective splits).
+    split_flags = "" if set(splits) == set(DEFAULT_SPLITS) else " " + " ".join(
+        f"--split {s}" for s in splits
+    )
+    messages.print(f"check it with: tvls-data check {dst} --format natural{split_flags}")
     return _app.EXIT_OK
+
+
+def _print_policy(out: Any, report: Any) -> None:
+    """The split policy, and (when it is not the folders as they are) the effective splits.
+
+    Printed because the policy decides which images model selection sees: a reader of the
+    check must not have to know the rule to tell what a trial will validate and test on.
+    """
+    policy = report.policy
+    out.print(f"split policy: {policy.describe()}")
+    if policy.kind == "explicit" or not report.effective:
+        return
+    parts = []
+    for e in report.effective:
+        origin = f"held out from {e.source}" if e.held_out else f"from official {e.source}"
+        parts.append(f"{e.split} {e.images} image{'' if e.images == 1 else 's'} ({origin})")
+    out.print("effective splits: " + " / ".join(parts))
+    table = Table(title="Effective splits (what training reads)", title_justify="left")
+    for column, justify in (
+        ("split", "left"),
+        ("from", "left"),
+        ("samples", "right"),
+        ("images", "right"),
+        ("classes", "left"),
+    ):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for e in report.effective:
+        origin = f"{e.source} (held out)" if e.held_out else e.source
+        table.add_row(e.split, origin, str(e.samples), str(e.images), _short(e.classes))
+    out.print(table)
 
 
 def _short(names: list[str], limit: int = 6) -> str:

@@ -3,8 +3,12 @@ sweep, and from outside result files alone).
 
 Layout of the folder (every file written to a temporary name, then renamed)::
 
-    main_table[-<grid key>].md|.tex   the paper's Table 3, one per grid cell
-    main_table.csv                    the same numbers, tidy (one row per cell)
+    main_table[-<grid key>].md|.tex   the paper's Table 3, one per grid cell (test Dice, or with
+                                      main_metric="mdice" the class-mean Dice)
+    main_table.csv                    the same numbers, tidy (one row per cell; Dice and mDice)
+    per_class.*                       test Dice per class of each multi-class data set, with its
+                                      mDice and Dice (only when some study recorded per-class
+                                      scores of a multi-class data set)
     studies.csv                       one row per study, every collected field
     trial_states.*  best_params.*  parameters.*  compute.*  importance.*   (.md .tex .csv)
     report.html                       everything above and the plots, self-contained
@@ -89,11 +93,12 @@ def _csv(records: Sequence[dict[str, Any]], columns: Sequence[str] | None = None
 
 
 def _studies_csv(results: Sequence[StudyResult]) -> str:
-    columns = list(StudyResult.__dataclass_fields__)
+    columns = [*StudyResult.__dataclass_fields__, "test_mdice"]
     rows = []
     for result in results:
         row = {name: getattr(result, name) for name in columns}
         row["best_params"] = json.dumps(dict(result.best_params), sort_keys=True)
+        row["per_class"] = json.dumps({k: dict(v) for k, v in result.per_class.items()}, sort_keys=True)
         rows.append(row)
     return _csv(rows, columns)
 
@@ -102,10 +107,13 @@ def _grid_suffix(key: str) -> str:
     return f"-{key}" if key else ""
 
 
-def render_main_tables(results: list[StudyResult]) -> dict[str, str]:
+def render_main_tables(results: list[StudyResult], main_metric: str = "dice") -> dict[str, str]:
     """One main table per grid cell ("" when the sweep has no grid axes), as Markdown."""
     keys = sorted({r.grid for r in results})
-    return {key: tables.to_markdown(tables.build_main_table([r for r in results if r.grid == key])) for key in keys}
+    return {
+        key: tables.to_markdown(tables.build_main_table([r for r in results if r.grid == key], main_metric))
+        for key in keys
+    }
 
 
 class _Clock:
@@ -129,23 +137,32 @@ def build_report(
     plots: bool = True,
     importance: bool = True,
     clock: _Clock | None = None,
+    main_metric: str = "dice",
 ) -> Report:
-    """Write every table and plot of the collected studies plus outside results into ``folder``."""
+    """Write every table and plot of the collected studies plus outside results into ``folder``.
+
+    ``main_metric`` is what the main tables show: ``"dice"`` (the sample-mean test Dice, as the
+    paper) or ``"mdice"`` (the class-mean test Dice, see ``results.class_mean``).
+    """
     from tunevlseg.collect.importance import Importances, learner_importances
     from tunevlseg.collect.outside import merge_results
 
+    if main_metric not in tables.METRICS:
+        raise ValueError(f"unknown main metric {main_metric!r}; choose from {', '.join(tables.METRICS)}")
     clock = clock or _Clock()
     formats = tuple(formats)
     folder.mkdir(parents=True, exist_ok=True)
     results, warnings = merge_results([d.result for d in studies], outside)
+    if main_metric == "mdice" and not any(r.per_class for r in results):
+        warnings.append("main metric mdice: no result has per-class scores, so every cell is –")
     files: list[Path] = []
     sections: list[Section] = []
 
     def tables_stage() -> str:
         shown = []
         for key in sorted({r.grid for r in results}):
-            table = tables.build_main_table([r for r in results if r.grid == key])
-            heading = f"{title}{' (' + key + ')' if key else ''}: test Dice × 100"
+            table = tables.build_main_table([r for r in results if r.grid == key], main_metric)
+            heading = f"{title}{' (' + key + ')' if key else ''}: {tables.METRIC_TITLES[main_metric]}"
             markdown = f"## {heading}\n\n" + tables.to_markdown(table)
             shown.append(markdown)
             stem = f"main_table{_grid_suffix(key)}"
@@ -159,6 +176,16 @@ def build_report(
             files.append(_write(folder / "main_table.csv", _csv(tables.main_table_rows(results))))
             if studies:
                 files.append(_write(folder / "studies.csv", _studies_csv([d.result for d in studies])))
+        per_class = tables.per_class_table(results)
+        if per_class is not None:  # no per-class scores: no empty per_class files
+            text = per_class.text
+            if "md" in formats:
+                files.append(_write(folder / "per_class.md", f"## {text.title}\n\n" + render.to_markdown(text)))
+            if "latex" in formats:
+                files.append(_write(folder / "per_class.tex", render.to_latex(text)))
+            if "csv" in formats:
+                files.append(_write(folder / "per_class.csv", _csv(per_class.records)))
+            sections.append(Section(text.title, render.to_html(text)))
         return "\n".join(shown)
 
     main_markdown = clock.run("tables", tables_stage)
@@ -231,6 +258,7 @@ def write_sweep_reports(
     plots: bool = True,
     importance: bool = True,
     gpus_per_task: int | None = None,
+    main_metric: str = "dice",
 ) -> Report:
     """The sweep's tables from its storage alone (what the collector job runs on a node).
 
@@ -256,6 +284,7 @@ def write_sweep_reports(
         plots=plots,
         importance=importance,
         clock=clock,
+        main_metric=main_metric,
     )
 
 
@@ -274,6 +303,7 @@ def write_reports(
     plots: bool = True,
     importance: bool = True,
     gpus_per_task: int | None = None,
+    main_metric: str = "dice",
 ) -> Report:
     """The sweep's report; GPUs per task default to the experiment file's ``cluster.slurm.gpus``."""
     from tunevlseg.cluster.launch import sweep_storage
@@ -289,4 +319,5 @@ def write_reports(
         plots=plots,
         importance=importance,
         gpus_per_task=gpus,
+        main_metric=main_metric,
     )

@@ -1,7 +1,9 @@
 """Studies in the storage -> one tidy row per study, from the storage alone.
 
 The best trial of a study is chosen by the *validation* objective (never by test: choosing by
-test would leak the test set into model selection); its test Dice and IoU are the study's result.
+test would leak the test set into model selection); its test Dice and IoU are the study's result,
+and so are its per-class test scores (``test_per_class``, see ``train.metrics``) when the trial
+recorded them, from which :func:`class_mean` gives the class-mean Dice (mDice).
 
 Everything is read in one pass: one ``get_all_studies`` and one ``get_all_trials`` per study,
 without copies. A journal storage replays its whole log when it is opened, so per-trial storage
@@ -30,12 +32,54 @@ GPUS_ATTR = "tvls.gpus_per_task"
 
 SOURCE_STORAGE = "storage"
 
+PER_CLASS_ATTR = "test_per_class"
+"""Trial attribute with the test scores per class name: ``{class: {"dice", "iou", "n"}}``."""
+
+ClassScores = Mapping[str, float | int]
+
+
+def class_mean(per_class: Mapping[str, ClassScores], metric: str = "dice") -> float | None:
+    """The class-mean score: the unweighted mean over classes of each class's sample mean.
+
+    For ``metric="dice"`` this is mDice. The paper's Dice (``test_dice``) is the mean over test
+    samples instead, i.e. the per-class Dice weighted by the classes' sample counts; the two
+    differ when classes differ in size and score, and agree for a single class. ``None`` without
+    per-class scores (outside results, trials from before they were kept), never a 0 that
+    would read as a score.
+    """
+    values = [float(scores[metric]) for scores in per_class.values() if metric in scores]
+    if not values or len(values) != len(per_class):
+        return None
+    return sum(values) / len(values)
+
+
+def _per_class(attrs: Mapping[str, Any]) -> dict[str, dict[str, float | int]]:
+    """The trial's per-class scores, keeping only well-formed entries (a dict with a numeric
+    Dice); anything else, or no attribute (older trials), gives ``{}``."""
+    stored = attrs.get(PER_CLASS_ATTR)
+    if not isinstance(stored, Mapping):
+        return {}
+    kept: dict[str, dict[str, float | int]] = {}
+    for name, scores in stored.items():
+        if not isinstance(scores, Mapping) or _number(scores, "dice") is None:
+            continue
+        entry: dict[str, float | int] = {"dice": float(scores["dice"])}
+        iou, n = _number(scores, "iou"), _int(scores, "n")
+        if iou is not None:
+            entry["iou"] = iou
+        if n is not None:
+            entry["n"] = n
+        kept[str(name)] = entry
+    return kept
+
 
 @dataclass(frozen=True)
 class StudyResult:
     """One study (one cell of the main table) and the numbers the tables show about it.
 
     ``compute_seconds`` is what GPU-hours are made of; see :func:`trial_seconds`.
+    ``per_class`` holds the best trial's test scores per class name (empty when not recorded);
+    :attr:`test_mdice` is their class mean.
     """
 
     study: str
@@ -69,6 +113,12 @@ class StudyResult:
     gpus_per_task: int | None = None
     best_params: Mapping[str, Any] = field(default_factory=dict)
     source: str = SOURCE_STORAGE
+    per_class: Mapping[str, ClassScores] = field(default_factory=dict)
+
+    @property
+    def test_mdice(self) -> float | None:
+        """Class-mean test Dice (mDice) of the best trial; None without per-class scores."""
+        return class_mean(self.per_class, "dice")
 
     @property
     def remaining(self) -> int:
@@ -209,6 +259,7 @@ def _result(spec: StudySpec, trials: list[FrozenTrial], gpus: int | None) -> Stu
         timed_trials=timed,
         gpus_per_task=gpus,
         best_params=dict(best.params) if best else {},
+        per_class=_per_class(attrs),
     )
 
 
@@ -241,16 +292,23 @@ def study_results(storage: BaseStorage, sweep: str | None = None) -> list[StudyR
 
 
 def results_frame(results: list[StudyResult]) -> pd.DataFrame:
-    """One row per study (``studies.csv``); the best parameters as a JSON object."""
+    """One row per study (``studies.csv``); the best parameters and per-class scores as JSON
+    objects, the class-mean Dice as ``test_mdice``."""
     import pandas as pd
 
-    columns = list(StudyResult.__dataclass_fields__)
+    columns = [*StudyResult.__dataclass_fields__, "test_mdice"]
     rows = []
     for result in results:
         row = asdict(result)
         row["best_params"] = json.dumps(dict(result.best_params), sort_keys=True)
+        row["per_class"] = json.dumps(_plain(result.per_class), sort_keys=True)
+        row["test_mdice"] = result.test_mdice
         rows.append(row)
     return pd.DataFrame(rows, columns=columns)
+
+
+def _plain(per_class: Mapping[str, ClassScores]) -> dict[str, dict[str, float | int]]:
+    return {name: dict(scores) for name, scores in per_class.items()}
 
 
 def as_dicts(results: list[StudyResult]) -> list[dict[str, Any]]:

@@ -1,7 +1,9 @@
 """The paper's main table (TuneVLSeg Table 3 layout) from study results.
 
 Rows are model + learner, grouped by model; columns are data sets grouped by category
-(Non-Radiology, Radiology, Open Domain, then any other); cells are test Dice x 100. The last
+(Non-Radiology, Radiology, Open Domain, then any other); cells are test Dice x 100 (the paper's
+sample-mean Dice; ``metric="mdice"`` shows the class-mean Dice instead, see
+:func:`tunevlseg.collect.results.class_mean`). The last
 column is the mean and population standard deviation (ddof = 0) over the row's data sets, the
 last row the mean and population std of the row means. Missing cells are left out of the means.
 
@@ -9,6 +11,10 @@ The numbers live in :class:`MainTable`; the renderers (Markdown, LaTeX, HTML, ti
 format them, so every format shows the same values. LaTeX and HTML mark the best value of each
 data set column and of the mean column in bold, compared as shown (two decimals), so equal shown
 values are all bold.
+
+:func:`per_class_table` is the table beside it: per multi-class data set, each class's test Dice
+for every model + learner (the best trial of each study), with the class mean (mDice) and the
+sample mean (Dice) below each data set's classes.
 """
 
 from __future__ import annotations
@@ -17,16 +23,26 @@ import html
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunevlseg.catalog import LEARNERS
-from tunevlseg.collect.render import latex_escape
-from tunevlseg.collect.results import StudyResult
+from tunevlseg.collect.render import TextTable, latex_escape
+from tunevlseg.collect.results import SOURCE_STORAGE, StudyResult
+
+if TYPE_CHECKING:
+    from tunevlseg.collect.summaries import Summary
 
 CATEGORY_ORDER = ("Non-Radiology", "Radiology", "Open Domain")
 MISSING = "–"
 MEAN = "Mean ± Std"
 AVERAGE = "Average across methods"
+METRICS = ("dice", "mdice")
+"""What the main table's cells show: the sample-mean test Dice (the paper's) or the class mean."""
+METRIC_TITLES = {"dice": "test Dice × 100", "mdice": "test mDice (class mean) × 100"}
+MDICE_NOTE = (
+    "mDice: the mean over classes of each class's mean test Dice (every class counts alike); "
+    "Dice: the mean over test samples (the paper's number)."
+)
 
 
 @dataclass
@@ -76,8 +92,22 @@ def _category_rank(category: str) -> tuple[int, str]:
     return len(CATEGORY_ORDER), category
 
 
-def build_main_table(results: Sequence[StudyResult]) -> MainTable:
-    """Arrange one grid cell's results (the caller filters by grid key) as the main table."""
+def _metric_value(result: StudyResult, metric: str) -> float | None:
+    if metric == "dice":
+        return result.test_dice
+    if metric == "mdice":
+        return result.test_mdice
+    raise ValueError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
+
+
+def build_main_table(results: Sequence[StudyResult], metric: str = "dice") -> MainTable:
+    """Arrange one grid cell's results (the caller filters by grid key) as the main table.
+
+    ``metric`` is what the cells show: ``"dice"`` (the sample-mean test Dice, as the paper) or
+    ``"mdice"`` (the class-mean test Dice; missing for results without per-class scores).
+    """
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
     datasets: dict[str, str] = {}
     for result in results:
         datasets.setdefault(result.dataset, result.category)
@@ -97,13 +127,20 @@ def build_main_table(results: Sequence[StudyResult]) -> MainTable:
         row: {name: None for _, name in columns} for row in rows
     }
     for result in results:
-        if result.test_dice is not None:
-            cells[(result.model, result.learner_title)][result.dataset] = 100.0 * result.test_dice
+        value = _metric_value(result, metric)
+        if value is not None:
+            cells[(result.model, result.learner_title)][result.dataset] = 100.0 * value
     table = MainTable(columns, rows, cells)
+    if metric == "mdice":
+        table.footnotes.append(MDICE_NOTE)
     if any(v is None for row in cells.values() for v in row.values()):
-        table.footnotes.append(
-            f"{MISSING}: no complete trial yet (or no test result); left out of the means."
-        )
+        why = "no complete trial yet (or no test result)"
+        if metric == "mdice":
+            why = (
+                "no complete trial yet, or no per-class scores (outside results, trials from "
+                "before they were recorded)"
+            )
+        table.footnotes.append(f"{MISSING}: {why}; left out of the means.")
     outside = sorted({(r.model, r.learner_title, r.source) for r in results if r.source != "storage"})
     for model, learner, source in outside:
         table.footnotes.append(f"{model} {learner}: from {source}, not from the study storage.")
@@ -250,8 +287,9 @@ def to_html(table: MainTable) -> str:
 def main_table_rows(results: Sequence[StudyResult]) -> list[dict[str, Any]]:
     """The main table as tidy rows (one per model, learner, data set and grid cell) for CSV.
 
-    ``test_dice`` is in [0, 1] as stored (empty when missing); ``source`` tells a study from an
-    outside result.
+    ``test_dice`` is in [0, 1] as stored (empty when missing); ``test_mdice`` beside it is the
+    class-mean Dice (empty without per-class scores); ``source`` tells a study from an outside
+    result.
     """
     return [
         {
@@ -262,6 +300,7 @@ def main_table_rows(results: Sequence[StudyResult]) -> list[dict[str, Any]]:
             "category": r.category,
             "dataset": r.dataset,
             "test_dice": r.test_dice,
+            "test_mdice": r.test_mdice,
             "test_iou": r.test_iou,
             "val_dice": r.val_dice,
             "best_trial": r.best_trial,
@@ -270,3 +309,100 @@ def main_table_rows(results: Sequence[StudyResult]) -> list[dict[str, Any]]:
         }
         for r in results
     ]
+
+
+UNNAMED_CLASS = "(unnamed)"
+
+
+def _column_order(results: Sequence[StudyResult]) -> list[StudyResult]:
+    """Results in the main table's row order (model, catalogue learner order), then grid."""
+    models = list(dict.fromkeys(r.model for r in results))
+    titles = [info.title for info in LEARNERS.values()]
+
+    def rank(r: StudyResult) -> tuple[int, int, str, str]:
+        known = titles.index(r.learner_title) if r.learner_title in titles else len(titles)
+        return models.index(r.model), known, r.learner_title, r.grid
+
+    return sorted(results, key=rank)
+
+
+def _best_cells(row: int, values: Sequence[float | None], offset: int) -> set[tuple[int, int]]:
+    """The (row, column) cells of the best value shown (two decimals; ties all bold)."""
+    shown = {i: round(v, 2) for i, v in enumerate(values) if v is not None}
+    if len(shown) < 2:
+        return set()
+    best = max(shown.values())
+    return {(row, offset + i) for i, v in shown.items() if v == best}
+
+
+def per_class_table(results: Sequence[StudyResult]) -> Summary | None:
+    """Test Dice x 100 per class of each multi-class data set, one column per model + learner.
+
+    Each study contributes its best trial (chosen on validation) and that trial's per-class
+    scores. Under each data set's classes come two rows: mDice (the class mean) and Dice (the
+    sample mean, as in the main table). Data sets where no study recorded two or more classes
+    are left out: their one class's Dice is the main table's. ``None`` when no study of the
+    storage has per-class scores for a multi-class data set (outside results never have them),
+    so that no empty file is written.
+
+    The records (for CSV) are tidy: one per data set, class and study, Dice and IoU in [0, 1].
+    """
+    from tunevlseg.collect.summaries import Summary
+
+    scored = [r for r in results if r.source == SOURCE_STORAGE and r.per_class]
+    multi = {r.dataset for r in scored if len(r.per_class) >= 2}
+    scored = _column_order([r for r in scored if r.dataset in multi])
+    if not scored:
+        return None
+    columns = list(dict.fromkeys((r.grid, r.model, r.learner_title) for r in scored))
+    by_cell = {(r.dataset, r.grid, r.model, r.learner_title): r for r in scored}
+    categories = {r.dataset: r.category for r in scored}
+    datasets = sorted(categories, key=lambda name: (_category_rank(categories[name]), name))
+    labels = [f"{model} {learner}" + (f" ({grid})" if grid else "") for grid, model, learner in columns]
+    header = ["Data set", "Class", "Images", *labels]
+    rows: list[list[str]] = []
+    bold: set[tuple[int, int]] = set()
+    records: list[dict[str, Any]] = []
+
+    def add_row(first: str, label: str, images: str, values: list[float | None]) -> None:
+        bold.update(_best_cells(len(rows), values, 3))
+        rows.append([first, label, images, *(_cell(v) for v in values)])
+
+    for dataset in datasets:
+        studies = [by_cell.get((dataset, *column)) for column in columns]
+        present = [r for r in studies if r is not None]
+        classes = sorted({name for r in present for name in r.per_class})
+        for index, name in enumerate(classes):
+            counts = sorted({int(r.per_class[name]["n"]) for r in present
+                             if name in r.per_class and "n" in r.per_class[name]})
+            values = [
+                100.0 * float(r.per_class[name]["dice"]) if r is not None and name in r.per_class else None
+                for r in studies
+            ]
+            add_row(dataset if index == 0 else "", name or UNNAMED_CLASS,
+                    "/".join(map(str, counts)) or MISSING, values)
+            for r in present:
+                if name not in r.per_class:
+                    continue
+                scores = r.per_class[name]
+                records.append({
+                    "grid": r.grid, "model": r.model, "learner": r.learner,
+                    "learner_title": r.learner_title, "category": r.category, "dataset": dataset,
+                    "class_name": name, "test_dice": scores.get("dice"),
+                    "test_iou": scores.get("iou"), "n": scores.get("n"),
+                    "best_trial": r.best_trial, "study": r.study,
+                })
+        add_row("", "mDice (class mean)", "",
+                [None if r is None or r.test_mdice is None else 100.0 * r.test_mdice for r in studies])
+        add_row("", "Dice (sample mean)", "",
+                [None if r is None or r.test_dice is None else 100.0 * r.test_dice for r in studies])
+    notes = [
+        "Test Dice × 100 of each study's best trial (chosen on validation), per class. " + MDICE_NOTE,
+        "Images: test samples of the class. Data sets with a single class are left out "
+        "(its Dice is the main table's).",
+    ]
+    if any(v == MISSING for row in rows for v in row[3:]):
+        notes.append(f"{MISSING}: no per-class score of that study for that class.")
+    text = TextTable("per_class", "Test Dice per class (best trial of each study)", header, rows,
+                     frozenset(range(2, len(header))), notes, frozenset(bold))
+    return Summary(records, text)

@@ -207,6 +207,15 @@ class DataSettings(Strict):
     prompt_key: str = Field(default="p1", pattern=r"^p\d+$")
     num_workers: int = Field(default=4, ge=0, le=64)
     train_fraction: float | None = Field(default=None, gt=0, le=1)
+    val_fraction: float = Field(
+        default=0.1,
+        gt=0,
+        lt=1,
+        description="natural sets without a test split (what `tvls-data binarize` writes): "
+        "this share of the train images, held out by image with a fixed data seed, is the "
+        "validation split and the official val split is the test split, so model selection "
+        "never sees test images; no effect on MedVLSM sets or sets with annotations/test",
+    )
     cache_dir: Path | None = Field(
         default=None,
         description="decoded, resized images cached here once per (data set, size); best on "

@@ -27,16 +27,31 @@ non_binary_mask        more than 1 % of a mask's pixels lie strictly between 30 
                        soft (probability) mask does not
 low_value_mask         (warning) a mask has foreground pixels but none above 30, e.g. saved as
                        0/1 instead of 0/255: thresholding at 127 makes it empty
+image_without_class    (warning, natural layout) an image in ``images/<split>`` has no mask in
+                       any class folder of ``annotations/<split>``, so no sample uses it (a
+                       MedVLSM ``images/`` folder is shared by the splits: not checked there)
+class_missing_from_split
+                       (warning) a class has masks in one split but none in another (natural:
+                       class folders; MedVLSM: the entries' ``class_name``, when present), one
+                       per (class, split), counted over the splits training reads (below)
 =====================  ======================================================================
 
-Everything except ``low_value_mask`` is an error. A file is reported once, however many entries
+Everything except the warnings is an error. A file is reported once, however many entries
 use it. The check streams: one image and one mask are
 decoded at a time, and an image shared by several entries (multi-class sets) is decoded once.
 It keeps one small record per distinct image and per (image, mask) pair, never pixels.
+
+Natural sets are checked under the split policy training uses
+(:func:`tunevlseg.data.natural.split_policy`): without ``annotations/test`` only ``train`` and
+``val`` must exist, and the report gives the *effective* splits (train minus the held-out
+images, val held out from train, test = the official val) with their images and classes,
+computed by the data module's own hold-out function. A train folder with fewer than two images
+cannot be split and is an ``empty_split`` (the held-out val would be empty).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,7 +69,14 @@ from tunevlseg.data.medvlsm import (
     is_prompt,
     load_annotation,
 )
-from tunevlseg.data.natural import IMAGE_SUFFIXES
+from tunevlseg.data.natural import (
+    DEFAULT_VAL_FRACTION,
+    IMAGE_SUFFIXES,
+    SPLIT_SEED,
+    SplitPolicy,
+    held_out_images,
+    split_policy,
+)
 from tunevlseg.data.sample import DatasetFormatError, resolve_inside
 from tunevlseg.data.transforms import MASK_THRESHOLD, mask_size_mismatch
 
@@ -65,6 +87,7 @@ __all__ = [
     "MIDTONE_MAX_FRACTION",
     "WARNING_KINDS",
     "CheckReport",
+    "EffectiveSplit",
     "ProblemGroup",
     "SplitSummary",
     "check_dataset",
@@ -82,7 +105,7 @@ ERROR_KINDS = (
     "size_mismatch",
     "non_binary_mask",
 )
-WARNING_KINDS = ("low_value_mask",)
+WARNING_KINDS = ("low_value_mask", "image_without_class", "class_missing_from_split")
 MIDTONE_LOW, MIDTONE_HIGH = 30, 225
 MIDTONE_MAX_FRACTION = 0.01
 
@@ -114,6 +137,23 @@ class SplitSummary:
 
 
 @dataclass
+class EffectiveSplit:
+    """A split as training reads it under the split policy (counted over readable entries).
+
+    ``source`` is the on-disk split it comes from; ``held_out`` says whether it is the held-out
+    part of that split (val under ``val_from_train``) rather than the whole or the rest of it.
+    """
+
+    split: str
+    source: str
+    held_out: bool = False
+    samples: int = 0
+    images: int = 0
+    classes: list[str] = field(default_factory=list)
+    masks_per_class: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
 class CheckReport:
     """The outcome of :func:`check_dataset`."""
 
@@ -122,6 +162,8 @@ class CheckReport:
     splits: list[SplitSummary] = field(default_factory=list)
     problems: dict[str, ProblemGroup] = field(default_factory=dict)
     max_examples: int = 5
+    policy: SplitPolicy = field(default_factory=SplitPolicy)
+    effective: list[EffectiveSplit] = field(default_factory=list)
 
     @property
     def n_errors(self) -> int:
@@ -155,6 +197,10 @@ class CheckReport:
             "errors": self.n_errors,
             "warnings": self.n_warnings,
             "splits": [vars(s) for s in self.splits],
+            "split_policy": {
+                **self.policy.to_dict(),
+                "effective": [vars(e) for e in self.effective],
+            },
             "problems": [
                 {
                     "kind": g.kind,
@@ -178,33 +224,42 @@ def check_dataset(
     root: Path,
     format: Format = "medvlsm",
     *,
-    splits: Sequence[str] = SPLITS,
+    splits: Sequence[str] | None = None,
     max_examples: int = 5,
     progress: Callable[[str, int], None] | None = None,
+    val_fraction: float = DEFAULT_VAL_FRACTION,
 ) -> CheckReport:
     """Check every split of the data set at ``root``.
 
     Args:
         root: The data set folder.
         format: ``"medvlsm"`` or ``"natural"``.
-        splits: The splits that must exist (training reads all three).
+        splits: The on-disk splits to check; ``None``: the ones training reads (MedVLSM: train,
+            val and test; natural: the same, or train and val when there is no
+            ``annotations/test``, see :func:`~tunevlseg.data.natural.split_policy`).
         max_examples: Paths kept per problem kind.
         progress: Called with (split, number of entries) before each split's files are read.
+        val_fraction: The experiment's ``data.val_fraction``: the share of the train images a
+            natural set without a test split holds out for validation.
 
     Returns:
         The report; ``report.ok`` is False when any error was found.
 
     Raises:
         NotADirectoryError: ``root`` is not a folder.
-        ValueError: Unknown ``format``.
+        ValueError: Unknown ``format``, or ``val_fraction`` outside (0, 1).
     """
     root = Path(root)
     if not root.is_dir():
         raise NotADirectoryError(f"data set root {root} is not a folder")
     if format not in ("medvlsm", "natural"):
         raise ValueError(f"unknown data format {format!r}; expected 'medvlsm' or 'natural'")
-    report = CheckReport(root=root, format=format, max_examples=max_examples)
+    policy = split_policy(root, val_fraction) if format == "natural" else SplitPolicy()
+    if splits is None:
+        splits = ("train", "val") if policy.kind == "val_from_train" else SPLITS
+    report = CheckReport(root=root, format=format, max_examples=max_examples, policy=policy)
     shapes: dict[Path, tuple[int, int] | None] = {}  # decoded images, shared by the splits
+    read_entries: dict[str, list[_Entry]] = {}
     for split in splits:
         summary = SplitSummary(split)
         report.splits.append(summary)
@@ -218,7 +273,102 @@ def check_dataset(
         if progress is not None:
             progress(split, len(entries))
         _check_files(entries, report, summary, shapes)
+        read_entries[split] = entries
+    report.effective = _effective_splits(report, read_entries)
+    _report_missing_classes(report)
     return report
+
+
+def _contents(entries: list[_Entry]) -> dict[Path, set[tuple[Path, str]]]:
+    """Image -> its distinct (mask, class) pairs (a duplicated entry counts once)."""
+    images: dict[Path, set[tuple[Path, str]]] = {}
+    for entry in entries:
+        images.setdefault(entry.image, set()).add((entry.mask, entry.class_name))
+    return images
+
+
+def _effective(
+    split: str, source: str, images: dict[Path, set[tuple[Path, str]]], *, held_out: bool = False
+) -> EffectiveSplit:
+    pairs = [pair for masks in images.values() for pair in masks]
+    per_class = Counter(name for _, name in pairs if name)
+    return EffectiveSplit(
+        split=split,
+        source=source,
+        held_out=held_out,
+        samples=len(pairs),
+        images=len(images),
+        classes=sorted(per_class),
+        masks_per_class=dict(sorted(per_class.items())),
+    )
+
+
+def _effective_splits(
+    report: CheckReport, read_entries: dict[str, list[_Entry]]
+) -> list[EffectiveSplit]:
+    """The splits training would read, from the checked on-disk splits that could be read.
+
+    Under ``val_from_train`` the hold-out is :func:`~tunevlseg.data.natural.held_out_images`,
+    the very function the data module uses, so the counts are the training's.
+    """
+    policy = report.policy
+    if policy.kind == "explicit":
+        return [
+            _effective(split, split, _contents(entries)) for split, entries in read_entries.items()
+        ]
+    effective: list[EffectiveSplit] = []
+    if "train" in read_entries:
+        train = _contents(read_entries["train"])
+        try:
+            held = held_out_images(
+                (image.stem for image in train),
+                policy.val_fraction or DEFAULT_VAL_FRACTION,
+                SPLIT_SEED if policy.seed is None else policy.seed,
+            )
+        except ValueError as error:
+            report.add(
+                "empty_split",
+                _split_location(report.root, report.format, "train"),
+                f"val is held out from train (no annotations/test), but {error}",
+            )
+        else:
+            rest = {image: masks for image, masks in train.items() if image.stem not in held}
+            out = {image: masks for image, masks in train.items() if image.stem in held}
+            effective.append(_effective("train", "train", rest))
+            effective.append(_effective("val", "train", out, held_out=True))
+    if "val" in read_entries:
+        effective.append(_effective("test", "val", _contents(read_entries["val"])))
+    return effective
+
+
+def _report_missing_classes(report: CheckReport) -> None:
+    """Warn for each (class, split) where a class that another split has has no mask.
+
+    Counted over the effective splits: a class can be in the official train folder and still
+    miss the held-out val. Splits without class names (single-class MedVLSM sets without
+    ``class_name``) take no part.
+    """
+    named = [e for e in report.effective if e.classes]
+    if len(named) < 2:
+        return
+    every = sorted({name for e in named for name in e.classes})
+    for effective in named:
+        origin = ""
+        if effective.held_out:
+            origin = f" (held out from {effective.source})"
+        elif effective.source != effective.split:
+            origin = f" (the official {effective.source})"
+        for name in every:
+            if name in effective.masks_per_class:
+                continue
+            elsewhere = ", ".join(
+                f"{e.split} {e.masks_per_class[name]}" for e in named if name in e.masks_per_class
+            )
+            report.add(
+                "class_missing_from_split",
+                _split_location(report.root, report.format, effective.source),
+                f"class {name!r}: no mask in {effective.split}{origin}; masks in {elsewhere}",
+            )
 
 
 def _split_location(root: Path, format: Format, split: str) -> Path:
@@ -300,6 +450,10 @@ def _natural_entries(
                 report.add("missing_file", mask, f"no image {mask.stem}.* in {image_dir}")
                 continue
             entries.append(_Entry(image, mask, class_dir.name))
+    used = {entry.image for entry in entries}
+    for image in images.values():
+        if image not in used:  # no sample will ever show it: a binarize leftover or a lost mask
+            report.add("image_without_class", image, f"no mask in any class folder of {ann_dir}")
     summary.prompt_keys = ["<class name>"] if entries else []
     return entries
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -14,21 +15,41 @@ from torch.utils.data import DataLoader
 
 from tunevlseg.data.dataset import EpochShuffleSampler, SegmentationDataset, TokenizeCollate
 from tunevlseg.data.medvlsm import read_medvlsm
-from tunevlseg.data.natural import read_natural
+from tunevlseg.data.natural import (
+    DEFAULT_VAL_FRACTION,
+    SplitPolicy,
+    read_natural,
+    read_natural_split,
+    split_policy,
+)
 from tunevlseg.data.sample import Sample
 from tunevlseg.data.transforms import Augmentation, build_transform, normalize_pixels
 
 __all__ = ["DataFormat", "SegmentationDataModule", "read_split"]
 
 DataFormat = Literal["medvlsm", "natural"]
+log = logging.getLogger(__name__)
 
 
-def read_split(root: Path, format: DataFormat, split: str, prompt_key: str) -> list[Sample]:
-    """Read one split with the reader of ``format`` (natural sets ignore ``prompt_key``)."""
+def read_split(
+    root: Path,
+    format: DataFormat,
+    split: str,
+    prompt_key: str,
+    policy: SplitPolicy | None = None,
+) -> list[Sample]:
+    """Read one split with the reader of ``format`` (natural sets ignore ``prompt_key``).
+
+    ``policy`` says where a natural set's split comes from (:func:`~tunevlseg.data.natural.
+    split_policy`); ``None`` reads the folder named ``split`` as it is on disk. MedVLSM sets
+    always read ``anns/<split>.json``.
+    """
     if format == "medvlsm":
         return read_medvlsm(root, split, prompt_key)
     if format == "natural":
-        return read_natural(root, split)
+        if policy is None:
+            return read_natural(root, split)
+        return read_natural_split(root, split, policy)
     raise ValueError(f"unknown data format {format!r}; expected 'medvlsm' or 'natural'")
 
 
@@ -56,7 +77,15 @@ class SegmentationDataModule(L.LightningDataModule):
         num_workers: DataLoader worker processes (persistent when > 0).
         seed: Seed of the shuffle order, the augmentation and the prompt draw.
         train_fraction: Keep this fraction (0, 1] of the training samples, drawn with ``seed``
-            (at least one); ``None`` keeps all.
+            (at least one); ``None`` keeps all. Applied after ``val_fraction``'s hold-out, so
+            it never moves an image into validation.
+        val_fraction: For a natural set without ``annotations/test``: the share (0, 1) of the
+            training images held out as the validation split, while the official val split
+            becomes the test split (:mod:`tunevlseg.data.natural`, "Split policy"). Chosen by
+            image name with a fixed data seed, not with ``seed``, so every trial and every
+            resume sees the same split. No effect on MedVLSM sets or natural sets with a test
+            split. The policy in use is :attr:`split_policy`; the sizes read are
+            :attr:`split_sizes`.
         cache_dir: Keep decoded images and masks, resized to ``image_size``, in this folder
             (one entry per split; see :mod:`tunevlseg.data.cache`), built in :meth:`setup`.
             On a cluster point it at node-local disk (``$TMPDIR``) or a shared scratch.
@@ -93,6 +122,7 @@ class SegmentationDataModule(L.LightningDataModule):
         channels_last: bool = False,
         augmentation: Augmentation | None = None,
         prompt_suffix: str = "",
+        val_fraction: float = DEFAULT_VAL_FRACTION,
     ) -> None:
         super().__init__()
         if format not in ("medvlsm", "natural"):
@@ -101,6 +131,8 @@ class SegmentationDataModule(L.LightningDataModule):
             raise ValueError("batch_size must be >= 1 and num_workers >= 0")
         if train_fraction is not None and not 0.0 < train_fraction <= 1.0:
             raise ValueError(f"train_fraction must be in (0, 1], got {train_fraction}")
+        if not 0.0 < val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
         self.root = Path(root)
         self.format: DataFormat = format
         self.prompt_key = prompt_key
@@ -111,6 +143,10 @@ class SegmentationDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.seed = seed
         self.train_fraction = train_fraction
+        self.val_fraction = val_fraction
+        self._split_policy: SplitPolicy | None = None
+        # Per split read: {"images": ..., "samples": ...}, i.e. what the policy gave.
+        self.split_sizes: dict[str, dict[str, int]] = {}
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
         self.augmentation = augmentation or Augmentation()
         self.collate = TokenizeCollate(
@@ -118,13 +154,43 @@ class SegmentationDataModule(L.LightningDataModule):
         )
         self.datasets: dict[str, SegmentationDataset] = {}
 
+    @property
+    def split_policy(self) -> SplitPolicy:
+        """Where train, val and test come from; decided from the folder on first use and logged.
+
+        Decided once per module (not per split), so that train and val are always the two
+        sides of one hold-out, even if the folder changes while the module lives.
+        """
+        if self._split_policy is None:
+            if self.format == "natural":
+                self._split_policy = split_policy(self.root, self.val_fraction)
+            else:
+                self._split_policy = SplitPolicy("explicit")
+            log.info("data set %s: split policy %s", self.root, self._split_policy.describe())
+        return self._split_policy
+
     def samples(self, split: str) -> list[Sample]:
-        """The samples of ``split`` after ``train_fraction`` is applied (train only)."""
-        samples = read_split(self.root, self.format, split, self.prompt_key)
+        """The samples of ``split`` under :attr:`split_policy`, after ``train_fraction`` (train).
+
+        Also records the split's size in :attr:`split_sizes` and logs it with its source.
+        """
+        policy = self.split_policy
+        samples = read_split(self.root, self.format, split, self.prompt_key, policy)
         if split == "train" and self.train_fraction is not None:
             keep = max(1, round(len(samples) * self.train_fraction))
             chosen = np.random.default_rng([self.seed, 1]).choice(len(samples), keep, replace=False)
             samples = [samples[i] for i in sorted(chosen)]
+        sizes = {"images": len({s.image for s in samples}), "samples": len(samples)}
+        self.split_sizes[split] = sizes
+        source = policy.source(split)
+        log.info(
+            "data set %s: %s = %d image(s), %d sample(s)%s",
+            self.root,
+            split,
+            sizes["images"],
+            sizes["samples"],
+            "" if source == split else f" (from the official {source} split)",
+        )
         return samples
 
     def setup(self, stage: str | None = None) -> None:

@@ -126,14 +126,17 @@ class SegmentationDataset(Dataset[dict[str, Any]]):
             # Converted in NumPy: a torch op here would start intra-op threads in every item.
             "masks": torch.from_numpy(out["mask"][None].astype(np.float32)),
             "prompt": prompt,
+            "class_name": sample.class_name,
         }
 
 
 class TokenizeCollate:
     """Stacks items and tokenises their prompts in one call (a class, so workers can pickle it).
 
-    The batch holds ``pixel_values`` (B,3,H,W) uint8, ``masks`` (B,1,H,W) in {0,1}, and every tensor
-    ``tokenize`` returns (at least ``input_ids`` and ``attention_mask``).
+    The batch holds ``pixel_values`` (B,3,H,W) uint8, ``masks`` (B,1,H,W) in {0,1}, every tensor
+    ``tokenize`` returns (at least ``input_ids`` and ``attention_mask``), and ``class_names``: the
+    list of each item's ``Sample.class_name`` (a list of strings, not a tensor), so that test
+    scores can be kept per class (``train.metrics.PerClassScores``).
 
     Args:
         tokenize: Maps prompts to token tensors.
@@ -153,7 +156,7 @@ class TokenizeCollate:
         self.channels_last = channels_last
         self.prompt_suffix = prompt_suffix
 
-    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Tensor]:
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         tokens = self.tokenize([item["prompt"] + self.prompt_suffix for item in items])
         missing = {"input_ids", "attention_mask"} - set(tokens)
         if missing:
@@ -166,6 +169,7 @@ class TokenizeCollate:
         return {
             "pixel_values": pixel_values,
             "masks": _stack([item["masks"] for item in items]),
+            "class_names": [str(item.get("class_name", "")) for item in items],
             **tokens,
         }
 

@@ -98,15 +98,22 @@ def write_synthetic_natural(
     """Write a binarized natural-layout set (``images/<split>/``, ``annotations/<split>/<class>/``).
 
     Every class appears in every image. Class names may contain underscores (prompts use spaces).
+    ``n_test=0`` writes no test split, like ``tvls-data binarize`` (official train and val
+    only): the set is then read with the ``val_from_train`` split policy
+    (:mod:`tunevlseg.data.natural`).
 
     Returns:
         ``root``.
     """
-    params = _params("natural", n_train, n_val, n_test, image_size, seed, classes)
+    params = _params(
+        "natural", n_train, n_val, n_test, image_size, seed, classes, test_optional=True
+    )
     root = Path(root)
     if _already_written(root, params):
         return root
     for split_index, (split, n) in enumerate(_splits(n_train, n_val, n_test)):
+        if n == 0:
+            continue  # only the test split may be empty: no folder at all, as binarize writes
         rng = np.random.default_rng([seed, split_index])
         (root / "images" / split).mkdir(parents=True)
         for name in classes:
@@ -129,9 +136,17 @@ def _params(
     image_size: int,
     seed: int,
     classes: Sequence[str],
+    *,
+    test_optional: bool = False,
 ) -> dict[str, Any]:
-    if min(n_train, n_val, n_test) < 1 or image_size < 16 or not classes:
-        raise ValueError("need >= 1 image per split, image_size >= 16 and at least one class")
+    """The parameters recorded in the completion marker, validated.
+
+    ``test_optional`` lets ``n_test`` be 0 (natural sets, whose test split may be absent).
+    """
+    min_test = 0 if test_optional else 1
+    if min(n_train, n_val) < 1 or n_test < min_test or image_size < 16 or not classes:
+        what = "train and val (test: >= 0)" if test_optional else "per split"
+        raise ValueError(f"need >= 1 image {what}, image_size >= 16 and at least one class")
     if len(set(classes)) != len(classes) or any("/" in c or c in ("", ".", "..") for c in classes):
         raise ValueError(f"class names must be unique plain names, got {list(classes)}")
     return {

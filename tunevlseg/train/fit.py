@@ -42,7 +42,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -100,6 +100,9 @@ class FitResult:
             when the (last) resume happened, which is also the 0-based epoch it continued at.
         val_loss: Validation loss of the best checkpoint, the value a study minimises under
             ``search.objective: val_loss`` (``None`` in results written before it was kept).
+        test_per_class: Test scores of the best checkpoint per class name,
+            ``{class: {"dice", "iou", "n"}}`` (see ``metrics.PerClassScores``); empty in results
+            written before it was kept, and when the test batches name no classes.
     """
 
     val_dice: float
@@ -111,6 +114,8 @@ class FitResult:
     wall_time_s: float
     resumed_from_epoch: int | None = None
     val_loss: float | None = None
+    # hash=False: a dict is unhashable, and the frozen dataclass would otherwise hash it.
+    test_per_class: dict[str, dict[str, float | int]] = field(default_factory=dict, hash=False)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -237,6 +242,7 @@ def fit(
         val_loss=float(val["val_loss"]),
         test_dice=float(test["test_dice"]),
         test_iou=float(test["test_iou"]),
+        test_per_class=module.test_per_class,
         best_epoch=_checkpoint_epoch(paths.best_checkpoint),
         epochs_run=int(trained["epochs_run"]),
         wall_time_s=float(trained["train_time_s"]) + time.monotonic() - eval_start,
@@ -281,6 +287,7 @@ def evaluate(
         val_loss=float(val["val_loss"]),
         test_dice=float(test["test_dice"]),
         test_iou=float(test["test_iou"]),
+        test_per_class=module.test_per_class,
         best_epoch=-1,
         epochs_run=0,
         wall_time_s=time.monotonic() - start,

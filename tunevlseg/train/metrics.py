@@ -4,15 +4,27 @@ Each image is scored on its own at probability threshold 0.5 and the scores are 
 image with a small object counts as much as one with a large object (a pooled, per-pixel score
 would be dominated by the large ones). An empty prediction on an empty mask is perfect (1); an
 empty prediction on a non-empty mask scores 0.
+
+Per class (:class:`PerClassScores`), for data sets whose samples name their class (natural sets:
+the class folder; multi-class medical sets: the annotation's ``class_name``):
+
+* a class's Dice (IoU) is the mean of the per-image Dice (IoU) over that class's test samples;
+* the **sample-mean Dice** (``test_dice``, the paper's number) is the mean over all samples, i.e.
+  the per-class Dice weighted by each class's sample count;
+* the **class-mean Dice (mDice)** is the unweighted mean of the per-class Dice, so a rare class
+  counts as much as a frequent one. With one class it equals the sample-mean Dice. The collector
+  computes it from the stored per-class scores (``collect.results.class_mean``).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-__all__ = ["SegmentationScores", "per_image_scores"]
+__all__ = ["ClassScores", "PerClassScores", "SegmentationScores", "per_image_scores"]
 
 
 def per_image_scores(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
@@ -66,3 +78,59 @@ class SegmentationScores(Metric):
     def compute(self) -> dict[str, Tensor]:
         n = self.count.clamp_min(1).float()
         return {"dice": self.dice_sum / n, "iou": self.iou_sum / n}
+
+
+ClassScores = dict[str, float | int]
+"""One class's scores as stored in a result: ``{"dice": mean, "iou": mean, "n": samples}``."""
+
+
+class PerClassScores:
+    """Per-image Dice and IoU accumulated separately for each class name (see the module notes).
+
+    ``update(logits, target, class_names)`` takes what :class:`SegmentationScores` takes plus
+    one class name per image; ``compute()`` returns ``{class: {"dice", "iou", "n"}}`` as plain
+    Python numbers (JSON-ready: it goes into ``result.json`` and the trial's user attributes).
+
+    Not a torchmetrics ``Metric`` itself: class names are strings that become known only as
+    batches arrive, while a metric's states are tensors declared up front. Each class gets its
+    own :class:`SegmentationScores` instead (exact sums on the logits' device, so updates never
+    wait for the device), created at the first sample of that class. The per-class metrics are
+    not submodules, so they never enter a checkpoint's state dict.
+    """
+
+    def __init__(self) -> None:
+        self._scores: dict[str, SegmentationScores] = {}
+
+    def update(self, logits: Tensor, target: Tensor, class_names: Sequence[str]) -> None:
+        if len(class_names) != logits.shape[0]:
+            raise ValueError(
+                f"{len(class_names)} class names for a batch of {logits.shape[0]} images"
+            )
+        rows: dict[str, list[int]] = {}
+        for row, name in enumerate(class_names):
+            rows.setdefault(str(name), []).append(row)
+        for name, members in rows.items():
+            scores = self._scores.get(name)
+            if scores is None:
+                scores = self._scores[name] = SegmentationScores().to(logits.device)
+            if len(members) == logits.shape[0]:  # one class in the batch: no copy needed
+                scores.update(logits, target)
+                continue
+            index = torch.tensor(members, device=logits.device)
+            scores.update(logits.index_select(0, index), target.index_select(0, index))
+
+    def compute(self) -> dict[str, ClassScores]:
+        """Scores per class name, sorted by name; empty before any update."""
+        result: dict[str, ClassScores] = {}
+        for name in sorted(self._scores):
+            scores = self._scores[name]
+            means = scores.compute()
+            result[name] = {
+                "dice": float(means["dice"]),
+                "iou": float(means["iou"]),
+                "n": int(scores.count),
+            }
+        return result
+
+    def reset(self) -> None:
+        self._scores.clear()

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from tunevlseg.train.loss import dice_bce_loss
-from tunevlseg.train.metrics import SegmentationScores
+from tunevlseg.train.metrics import ClassScores, PerClassScores, SegmentationScores
 from tunevlseg.train.settings import monitor_mode
 
 __all__ = ["PLATEAU_KEY", "PromptedSegmenter", "SegmentationModule"]
@@ -47,7 +47,10 @@ class SegmentationModule(L.LightningModule):
     """Loss, optimizer, LR schedule and metrics around a prompted segmentation model.
 
     Logs ``train_loss``, ``val_loss``, ``val_dice``, ``val_iou``, ``test_loss``, ``test_dice``
-    and ``test_iou`` (epoch means; Dice/IoU are per-image means, see ``metrics``).
+    and ``test_iou`` (epoch means; Dice/IoU are per-image means, see ``metrics``). After a test
+    run, :attr:`test_per_class` holds the test Dice, IoU and sample count per class name, when
+    the batches carry ``class_names`` (the data module's do); it is not logged, because a logged
+    value must be a number and the class names are only known from the data.
 
     Args:
         model: The model (an ``nn.Module`` following :class:`PromptedSegmenter`).
@@ -84,6 +87,8 @@ class SegmentationModule(L.LightningModule):
         self.test_scores = SegmentationScores()
         self.val_loss = MeanMetric()
         self.test_loss = MeanMetric()
+        self.test_class_scores = PerClassScores()
+        self.test_per_class: dict[str, ClassScores] = {}
         self._plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
         self._plateau_state: dict[str, Any] | None = None
 
@@ -111,8 +116,11 @@ class SegmentationModule(L.LightningModule):
     def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
         self._evaluate(batch, self.val_scores, self.val_loss)
 
-    def test_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, self.test_scores, self.test_loss)
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        logits = self._evaluate(batch, self.test_scores, self.test_loss)
+        names = batch.get("class_names")
+        if names is not None:
+            self.test_class_scores.update(logits, batch["masks"], names)
 
     def on_validation_epoch_end(self) -> None:
         values = self._log_scores("val", self.val_scores, self.val_loss)
@@ -123,15 +131,23 @@ class SegmentationModule(L.LightningModule):
             # repeats a step.
             self._plateau.step(float(values[self.monitor]))
 
+    def on_test_epoch_start(self) -> None:
+        # A test run cut short (an exception mid-epoch) must not leak into the next one.
+        self.test_class_scores.reset()
+        self.test_per_class = {}
+
     def on_test_epoch_end(self) -> None:
         self._log_scores("test", self.test_scores, self.test_loss)
+        self.test_per_class = self.test_class_scores.compute()
+        self.test_class_scores.reset()
 
     def _evaluate(
-        self, batch: Mapping[str, Tensor], scores: SegmentationScores, loss_mean: MeanMetric
-    ) -> None:
+        self, batch: Mapping[str, Any], scores: SegmentationScores, loss_mean: MeanMetric
+    ) -> Tensor:
         logits = self(batch)
         loss_mean.update(dice_bce_loss(logits, batch["masks"]), batch["masks"].shape[0])
         scores.update(logits, batch["masks"])
+        return logits
 
     def _log_scores(
         self, stage: str, scores: SegmentationScores, loss_mean: MeanMetric

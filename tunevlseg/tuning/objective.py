@@ -49,9 +49,11 @@ def build_model(spec: StudySpec, params: dict[str, Any]) -> Any:
 
 
 def build_datamodule(spec: StudySpec, model: Any, seed: int) -> Any:
-    """The study's data module: its data set, the model's size/normalisation/tokenizer, and
-    the protocol's augmentation (``data.augmentation``) and prompt suffix
-    (``model.prompt_suffix``)."""
+    """The study's data module: its data set, the model's size/normalisation/tokenizer, the
+    protocol's augmentation (``data.augmentation``) and prompt suffix
+    (``model.prompt_suffix``), and the validation hold-out of natural sets without a test split
+    (``data.val_fraction``; the hold-out uses a fixed data seed, not ``seed``, so every trial of
+    the study validates on the same images)."""
     from tunevlseg.data.datamodule import SegmentationDataModule
     from tunevlseg.data.transforms import Augmentation
 
@@ -68,6 +70,7 @@ def build_datamodule(spec: StudySpec, model: Any, seed: int) -> Any:
         num_workers=spec.data.num_workers,
         seed=seed,
         train_fraction=spec.data.train_fraction,
+        val_fraction=spec.data.val_fraction,
         cache_dir=spec.data.cache_dir,
         augmentation=Augmentation(
             affine_p=augmentation.affine_p,
