@@ -100,7 +100,7 @@ def pick_study(studies: Sequence[StudySpec], query: str) -> StudySpec:
 def run_folder(spec: StudySpec, params: dict[str, Any], seed: int) -> Path:
     """``<output_dir>/<sweep>/train/<study folder>/run-<digest of the run's identity>``."""
     from tunevlseg.paths import SweepPaths
-    from tunevlseg.train.fit import identity_digest
+    from tunevlseg.train.run_folder import identity_digest
     from tunevlseg.tuning.identity import trial_identity
 
     digest = identity_digest(trial_identity(spec, params, 0, seed))

@@ -163,7 +163,7 @@ def claim_trial(storage: BaseStorage, task: TrialTask) -> Claim | TaskOutcome:
     import optuna
     from optuna.trial import TrialState
 
-    from tunevlseg.train.fit import identity_digest
+    from tunevlseg.train.run_folder import identity_digest
     from tunevlseg.tuning.identity import IDENTITY_ATTR, trial_identity
     from tunevlseg.tuning.studies import load_spec, make_sampler, stop_reason
 

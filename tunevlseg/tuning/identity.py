@@ -7,7 +7,7 @@ equals the one computed here. The identity holds everything that shapes the numb
 the trial's lineage and seed, its parameters, and the resolved model, data and training settings.
 It leaves out what does not (data loader workers, the preprocessing cache folder, the search's
 budget and sampler), so changing those never discards finished work. Its digest is
-:func:`tunevlseg.train.fit.identity_digest`, the one ``fit`` checks files against.
+:func:`tunevlseg.train.run_folder.identity_digest`, the one ``fit`` checks files against.
 """
 
 from __future__ import annotations
