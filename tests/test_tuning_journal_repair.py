@@ -22,7 +22,8 @@ from typing import Any
 
 import optuna
 import pytest
-from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+
+from test_tuning_snapshot import plain_replay  # Optuna's own reader, which a wedged journal fails
 
 from tunevlseg.tuning import journal_snapshot
 from tunevlseg.tuning.journal_snapshot import open_journal, read_snapshot, write_snapshot
@@ -30,11 +31,6 @@ from tunevlseg.tuning.journal_snapshot import open_journal, read_snapshot, write
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 LOGGER = "tunevlseg.tuning.journal_snapshot"
 N_TRIALS = 6
-
-
-def plain_replay(journal: Path) -> optuna.storages.JournalStorage:
-    """Optuna's own reader, which a wedged journal fails."""
-    return optuna.storages.JournalStorage(JournalFileBackend(str(journal), JournalFileOpenLock(str(journal))))
 
 
 def state(storage: optuna.storages.BaseStorage) -> list[Any]:
