@@ -161,36 +161,69 @@ class BufferedBackend(BaseJournalBackend):
         JournalFileBackend(str(path), JournalFileOpenLock(str(path))).append_logs(self.logs)
 
 
-def write_like_workers(storage: Any, study_id: int, trials: list[Any]) -> None:
+LAYOUTS = ("flat", "bundled")
+"""How a worker writes a trial: ``flat`` (before learning curves: one user attribute per key,
+no intermediate values) or ``bundled`` (now: the claim and the result as one attribute each,
+see :mod:`tunevlseg.tuning.trial_attrs`, and one intermediate value per epoch trained)."""
+
+
+def write_like_workers(
+    storage: Any, study_id: int, trials: list[Any], layout: str = "bundled"
+) -> None:
     """Store ``trials`` through the operations a sweep performs, one journal line each.
 
-    The launcher enqueues a WAITING trial; its task claims it (RUNNING), stamps its owner one
-    attribute at a time, samples each parameter, records each result attribute, and tells the
-    state and value. ``study.add_trials`` would store a trial in one line instead, which makes a
-    journal a fifth as long as a real sweep's and its replay much faster.
+    The launcher enqueues a WAITING trial; its task claims it (RUNNING), stamps its owner,
+    samples each parameter, (``bundled``) reports each epoch's objective, records the result,
+    and tells the state and value. ``study.add_trials`` would store a trial in one line instead,
+    which makes a journal much shorter than a real sweep's and its replay much faster.
     """
     from optuna.trial import TrialState, create_trial
+
+    from tunevlseg.tuning.trial_attrs import CLAIM_ATTR, RESULT_ATTR
 
     for trial in trials:
         trial_id = storage.create_new_trial(study_id, create_trial(state=TrialState.WAITING))
         if trial.state == TrialState.WAITING:
             continue
         storage.set_trial_state_values(trial_id, TrialState.RUNNING)
-        for key, value in trial.user_attrs.items():
-            if key.startswith("tvls.") and key != "tvls.task_seconds":
+        owner = {k: v for k, v in trial.user_attrs.items() if k.startswith("tvls.") and k != "tvls.task_seconds"}
+        result = {k: v for k, v in trial.user_attrs.items() if k not in owner}
+        if layout == "flat":
+            for key, value in owner.items():
                 storage.set_trial_user_attr(trial_id, key, value)
+        else:
+            storage.set_trial_user_attr(trial_id, CLAIM_ATTR, owner)
         for name, value in trial.params.items():
             distribution = trial.distributions[name]
             storage.set_trial_param(trial_id, name, distribution.to_internal_repr(value), distribution)
-        for key, value in trial.user_attrs.items():
-            if not key.startswith("tvls.") or key == "tvls.task_seconds":
+        if layout == "flat":
+            for key, value in result.items():
                 storage.set_trial_user_attr(trial_id, key, value)
+        else:
+            storage.set_trial_user_attr(trial_id, "tvls.identity_sha256", "0" * 64)
+            for step in range(1, _epochs(trial) + 1):
+                storage.set_trial_intermediate_value(trial_id, step, trial.value or 0.5)
+            if result:
+                storage.set_trial_user_attr(trial_id, RESULT_ATTR, result)
         if trial.state != TrialState.RUNNING:
             values = None if trial.value is None else [trial.value]
+            if trial.state == TrialState.PRUNED and layout == "bundled":
+                values = [trial.value or 0.5]
             storage.set_trial_state_values(trial_id, trial.state, values)
 
 
-def build_journal(path: Path, n_studies: int, n_trials: int, seed: int = 0) -> int:
+def _epochs(trial: Any) -> int:
+    """Epochs a trial reports: its ``epochs_run``, a few for a pruned one, none if it failed."""
+    from optuna.trial import TrialState
+
+    if trial.state == TrialState.PRUNED:
+        return 3
+    return int(trial.user_attrs.get("epochs_run", 0))
+
+
+def build_journal(
+    path: Path, n_studies: int, n_trials: int, seed: int = 0, layout: str = "bundled"
+) -> int:
     """Write the benchmark sweep into a new journal file; returns the number of trials."""
     import optuna
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -204,7 +237,7 @@ def build_journal(path: Path, n_studies: int, n_trials: int, seed: int = 0) -> i
         study.set_user_attr(SPEC_ATTR, spec.to_attrs())
         study.set_user_attr(SPEC_HASH_ATTR, spec_hash(spec))
         trials = make_trials(spec, n_trials, rng, partial=index == len(specs) - 1)
-        write_like_workers(storage, study._study_id, trials)
+        write_like_workers(storage, study._study_id, trials, layout)
         total += len(trials)
     buffer.flush(path)
     return total

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import optuna
+from _curves import assert_curves
 from optuna.trial import TrialState
 
 from tunevlseg.cluster import slurm
@@ -17,6 +18,7 @@ from tunevlseg.config.grid import expand
 from tunevlseg.config.loader import load_experiment
 from tunevlseg.paths import SweepPaths
 from tunevlseg.tuning.storage import open_storage
+from tunevlseg.tuning.trial_attrs import trial_attrs
 
 SWEEP = """\
 name: {name}
@@ -79,9 +81,12 @@ def assert_complete(experiment_path: Path) -> None:
     for spec in expand(experiment).studies:
         trials = optuna.load_study(study_name=spec.name, storage=storage).trials
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
-        assert len(complete) == spec.n_trials, (spec.name, [t.state for t in trials])
+        pruned = [t for t in trials if t.state == TrialState.PRUNED]
+        assert complete, (spec.name, [t.state for t in trials])
+        assert len(complete) + len(pruned) == spec.n_trials, (spec.name, [t.state for t in trials])
         assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+        assert_curves(trials, spec.search.direction)
         for trial in complete:
-            assert trial.user_attrs["tvls.slurm_job_id"]
-            assert "tvls.slurm_array_task_id" in trial.user_attrs  # None for a one-task plan
-            assert 0.0 <= trial.user_attrs["test_dice"] <= 1.0
+            assert trial_attrs(trial)["tvls.slurm_job_id"]
+            assert "tvls.slurm_array_task_id" in trial_attrs(trial)  # None for a one-task plan
+            assert 0.0 <= trial_attrs(trial)["test_dice"] <= 1.0

@@ -51,7 +51,13 @@ def test_default_point_rule() -> None:
 def test_train_coop_prints_metrics(demo: Path, capsys: pytest.CaptureFixture[str]) -> None:
     argv = [str(demo), "--study", COOP, "--params", "lr=0.005", "prompt_depth=2"]
     assert main([*argv, "--json"]) == 0
-    record = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    record = json.loads(captured.out)  # the epoch lines go to stderr, not into the JSON
+    epochs = [line for line in captured.err.splitlines() if line.startswith("epoch ")]
+    assert [line.split(":")[0] for line in epochs] == ["epoch 1/2", "epoch 2/2"], captured.err
+    for line in epochs:
+        assert all(f"{name} " in line for name in ("train loss", "val dice", "iou", "loss"))
+        assert "from checkpoint" not in line
     assert record["study"] == "demo/" + COOP
     assert record["params"]["lr"] == 0.005 and record["params"]["prompt_depth"] == 2
     assert record["sources"]["weight_decay"] == "default"
@@ -66,6 +72,10 @@ def test_train_coop_prints_metrics(demo: Path, capsys: pytest.CaptureFixture[str
     assert main(argv) == 0
     captured = capsys.readouterr()
     assert "a finished run is in" in captured.err
+    # Its epochs are listed once each, from the checkpoint's record.
+    replayed = [line for line in captured.err.splitlines() if line.startswith("epoch ")]
+    assert [line.split(":")[0] for line in replayed] == ["epoch 1/2", "epoch 2/2"], captured.err
+    assert all(line.endswith("(from checkpoint)") for line in replayed)
     assert "validation" in captured.out and "test" in captured.out
     assert f"{record['result']['test_dice']:.4f}" in captured.out
     assert "weight_decay" in captured.out and "default" in captured.out

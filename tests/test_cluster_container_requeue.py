@@ -31,6 +31,7 @@ from tunevlseg.config.grid import expand
 from tunevlseg.config.loader import load_experiment
 from tunevlseg.paths import SweepPaths
 from tunevlseg.tuning.storage import open_storage
+from tunevlseg.tuning.trial_attrs import trial_attrs
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
 
@@ -142,13 +143,13 @@ def test_usr2_requeues_the_task_without_a_second_launch(tmp_path: Path, in_conta
         assert_complete(experiment)
     except AssertionError as error:
         raise AssertionError(f"{error}\n{logs}") from None
-    interrupted = next(t for t in trials(experiment) if t.user_attrs["tvls.lineage"] == lineage)
+    interrupted = next(t for t in trials(experiment) if trial_attrs(t)["tvls.lineage"] == lineage)
     assert interrupted.state == TrialState.COMPLETE
-    assert interrupted.user_attrs["tvls.slurm_restart_count"] >= 1, logs
+    assert trial_attrs(interrupted)["tvls.slurm_restart_count"] >= 1, logs
     result = json.loads((run_dir / "result.json").read_text())
     assert result["resumed_from_epoch"] is not None and result["resumed_from_epoch"] >= 1, result
     assert result["epochs_run"] == EPOCHS
-    assert interrupted.user_attrs["resumed_from_epoch"] == result["resumed_from_epoch"]
+    assert trial_attrs(interrupted)["resumed_from_epoch"] == result["resumed_from_epoch"]
     assert (f"tvls-requeue: requeued {task} from the host" in logs) == in_container, logs
     assert not (jobs / "requeue").exists() or not list((jobs / "requeue").iterdir()), "a marker was left"
     if in_container:
@@ -181,7 +182,7 @@ def wait_for_early_checkpoint(
     while time.monotonic() < deadline:
         assert slurm.queued_tasks(job_ids), f"the jobs {job_ids} ended before any checkpoint"
         for trial in trials(experiment):
-            attrs = trial.user_attrs
+            attrs = trial_attrs(trial)
             run_dir = Path(attrs.get("tvls.run_dir", "/nonexistent"))
             if trial.state != TrialState.RUNNING or not attrs.get("tvls.slurm_job_id"):
                 continue

@@ -27,6 +27,7 @@ from tunevlseg.cluster.launch import sweep_storage
 from tunevlseg.config.grid import expand
 from tunevlseg.config.loader import load_experiment
 from tunevlseg.tuning.storage import open_storage
+from tunevlseg.tuning.trial_attrs import trial_attrs
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
 EPOCHS = 24  # ~0.3 s each here: a trial interrupted in its first EARLY_EPOCHS has seconds left
@@ -71,7 +72,7 @@ def wait_for_checkpoint(experiment: Path, timeout: float = 600) -> Running:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for trial in trials(experiment):
-            attrs = trial.user_attrs
+            attrs = trial_attrs(trial)
             checkpoint = Path(attrs.get("tvls.run_dir", "/nonexistent")) / "checkpoints" / "last.ckpt"
             run_dir = checkpoint.parent.parent
             if trial.state == TrialState.RUNNING and _early_checkpoint(checkpoint):
@@ -106,13 +107,13 @@ def finish(experiment: Path, tmp_path: Path, relaunch: bool) -> None:
 def assert_continued(experiment: Path, interrupted: Running) -> None:
     """The interrupted lineage finished once, resuming from a checkpoint, all epochs run."""
     done = [t for t in trials(experiment) if t.state == TrialState.COMPLETE]
-    lineages = [t.user_attrs["tvls.lineage"] for t in done]
+    lineages = [trial_attrs(t)["tvls.lineage"] for t in done]
     assert len(lineages) == len(set(lineages)), "a trial completed twice"
     result = json.loads((interrupted.run_dir / "result.json").read_text())
     assert result["resumed_from_epoch"] is not None and result["resumed_from_epoch"] >= 1, result
     assert result["epochs_run"] == EPOCHS
-    finished = next(t for t in done if t.user_attrs["tvls.lineage"] == interrupted.lineage)
-    assert finished.user_attrs["resumed_from_epoch"] == result["resumed_from_epoch"]
+    finished = next(t for t in done if trial_attrs(t)["tvls.lineage"] == interrupted.lineage)
+    assert trial_attrs(finished)["resumed_from_epoch"] == result["resumed_from_epoch"]
 
 
 def test_a_preemption_by_the_high_partition(tmp_path: Path) -> None:
@@ -125,7 +126,7 @@ def test_a_preemption_by_the_high_partition(tmp_path: Path) -> None:
     finish(experiment, tmp_path, relaunch=False)
     wait_for_queue([high])
     assert_continued(experiment, running)
-    restarted = [t for t in trials(experiment) if t.user_attrs.get("tvls.slurm_restart_count", 0) > 0]
+    restarted = [t for t in trials(experiment) if trial_attrs(t).get("tvls.slurm_restart_count", 0) > 0]
     assert restarted, "no task was requeued by the preemption"
 
 
@@ -201,12 +202,12 @@ def test_f_requeue_during_a_plateau_resumes_at_the_next_epoch(tmp_path: Path) ->
     deadline = time.monotonic() + 600
     while True:
         (trial,) = trials(experiment)
-        run_dir = Path(trial.user_attrs.get("tvls.run_dir", "/nonexistent"))
+        run_dir = Path(trial_attrs(trial).get("tvls.run_dir", "/nonexistent"))
         if trial.state == TrialState.RUNNING and _validated_epochs(run_dir) >= EARLY_EPOCHS:
             break
         assert time.monotonic() < deadline and not trial.state.is_finished(), "no plateau to interrupt"
         time.sleep(0.2)
-    job, index = trial.user_attrs["tvls.slurm_job_id"], trial.user_attrs.get("tvls.slurm_array_task_id")
+    job, index = trial_attrs(trial)["tvls.slurm_job_id"], trial_attrs(trial).get("tvls.slurm_array_task_id")
     subprocess.run(["scontrol", "requeue", job if index is None else f"{job}_{index}"], check=True)
     finish(experiment, tmp_path, relaunch=False)
     (trial,) = trials(experiment)

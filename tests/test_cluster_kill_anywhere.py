@@ -23,6 +23,7 @@ from tunevlseg.config.grid import expand
 from tunevlseg.config.loader import load_experiment
 from tunevlseg.failpoints import ENV, POINTS
 from tunevlseg.tuning.storage import open_storage
+from tunevlseg.tuning.trial_attrs import trial_attrs
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
 
@@ -73,4 +74,4 @@ def test_a_kill_at_every_step_before_the_first_epoch_is_recovered(tmp_path: Path
         trials = optuna.load_study(study_name=spec.name, storage=open_storage(sweep_storage(loaded))).trials
         done = [t for t in trials if t.state == TrialState.COMPLETE]
         assert len(done) == 1, point
-        assert done[0].user_attrs["tvls.lineage"] == 0, point  # the first attempt's folder
+        assert trial_attrs(done[0])["tvls.lineage"] == 0, point  # the first attempt's folder

@@ -11,14 +11,19 @@ import subprocess
 import uuid
 from pathlib import Path
 
+import optuna
 import pytest
+from _curves import assert_pruned_by_other_tasks
 from _demo_table import assert_demo_main_table
 from _slurm_sweeps import all_job_ids, assert_complete, cli, wait_for_queue, write_sweep
 
 from tunevlseg.cluster import slurm
+from tunevlseg.cluster.launch import sweep_storage
 from tunevlseg.cluster.manifest import read_manifest
+from tunevlseg.config.grid import expand
 from tunevlseg.config.loader import load_experiment
 from tunevlseg.paths import SweepPaths
+from tunevlseg.tuning.storage import open_storage
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,16 +40,21 @@ def test_demo_runs_as_arrays_and_the_collector_writes_the_table(tmp_path: Path) 
 
     status = cli("tunevlseg.cli.status", str(experiment), "--json", cwd=tmp_path)
     totals = json.loads(status.stdout)["totals"]
-    assert totals["queued"] + totals["on_nodes"] + totals["complete"] >= 12
+    assert totals["queued"] + totals["on_nodes"] + totals["complete"] + totals["pruned"] >= 12
 
     wait_for_queue(all_job_ids(experiment))
-    assert_complete(experiment)
+    assert_complete(experiment)  # every trial's learning curve whole, pruned ones included
+    loaded = load_experiment(experiment)
+    storage = open_storage(sweep_storage(loaded))
+    for spec in expand(loaded).studies:  # the demo prunes with ASHA across its array tasks
+        assert_pruned_by_other_tasks(optuna.load_study(study_name=spec.name, storage=storage).trials)
     table = (SweepPaths.of(load_experiment(experiment)).results / "main_table.md").read_text()
     assert_demo_main_table(table)
 
     status = cli("tunevlseg.cli.status", str(experiment), "--json", cwd=tmp_path)
     report = json.loads(status.stdout)
-    assert report["totals"]["remaining"] == 0 and report["totals"]["complete"] == 12
+    totals = report["totals"]  # the demo prunes: a pruned trial is done too
+    assert totals["remaining"] == 0 and totals["complete"] + totals["pruned"] == 12
 
     again = cli("tunevlseg.cli.launch", str(experiment), cwd=tmp_path)
     assert again.returncode == 0 and "The sweep is complete" in again.stderr

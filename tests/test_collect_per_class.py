@@ -150,7 +150,7 @@ def test_main_table_shows_mdice_on_request(studies: list[StudyData]) -> None:
     mdice = to_markdown(build_main_table(results, "mdice"))
     lines = mdice.splitlines()
     assert lines[2] == "| clipseg | CoOp | 80.00 | 50.00 | 65.00 ± 15.00 |"
-    assert lines[3] == "|  | VPT | – | 70.00 | 70.00 ± 0.00 |"  # no per-class scores: –
+    assert lines[3] == "|  | VPT | – | 70.00 | 70.00 |"  # no per-class scores: –
     assert "mDice: the mean over classes" in mdice and "no per-class scores" in mdice
     with pytest.raises(ValueError, match="unknown metric 'miou'"):
         build_main_table(results, "miou")

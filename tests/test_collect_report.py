@@ -167,7 +167,7 @@ def test_main_table_numbers_markdown_and_latex_bold(studies: list[StudyData]) ->
     assert table.average_across_methods() == pytest.approx((59.5, (136.5 / 3) ** 0.5))
     md = to_markdown(table).splitlines()
     assert md[2] == "| clipseg | CoOp | 60.00 | 40.00 | 50.00 ± 10.00 |"
-    assert md[3] == "|  | VPT | 65.00 | – | 65.00 ± 0.00 |"
+    assert md[3] == "|  | VPT | 65.00 | – | 65.00 |"  # a mean of one value: no "± 0.00"
     assert md[4] == "| cris | CoOp | 55.00 | 72.00 | 63.50 ± 8.50 |"
     assert md[5] == "| Average across methods |  |  |  | 59.50 ± 6.75 |"
     latex = to_latex(table).splitlines()
@@ -176,7 +176,7 @@ def test_main_table_numbers_markdown_and_latex_bold(studies: list[StudyData]) ->
     assert "\\cmidrule(lr){3-3} \\cmidrule(lr){4-4}" in latex
     # best per column in bold: kvasir 65.00 (VPT), busi 72.00 (CRIS CoOp), mean 65.00 (VPT)
     assert "clipseg & CoOp & 60.00 & 40.00 & 50.00 $\\pm$ 10.00 \\\\" in latex
-    assert " & VPT & \\textbf{65.00} & -- & \\textbf{65.00 $\\pm$ 0.00} \\\\" in latex
+    assert " & VPT & \\textbf{65.00} & -- & \\textbf{65.00} \\\\" in latex
     assert "cris & CoOp & 55.00 & \\textbf{72.00} & 63.50 $\\pm$ 8.50 \\\\" in latex
     assert "\\multicolumn{2}{l}{Average across methods} &  &  & 59.50 $\\pm$ 6.75 \\\\" in latex
     assert latex.count("\\midrule") == 3  # header, between the models, before the average
@@ -188,7 +188,9 @@ def test_latex_bolds_every_tied_best_value() -> None:
     table = MainTable([("Radiology", "a_b")], [("m", "CoOp"), ("m", "VPT")],
                       {("m", "CoOp"): {"a_b": 70.004}, ("m", "VPT"): {"a_b": 69.996}})
     latex = to_latex(table)
-    assert latex.count("\\textbf{70.00}") == 2  # equal as shown: both bold
+    # equal as shown: both bold, in the data set column and in the mean column (one data set:
+    # the mean alone, no "± 0.00")
+    assert latex.count("\\textbf{70.00}") == 4
     assert "a\\_b" in latex  # escaped
 
 
@@ -223,9 +225,10 @@ def test_report_files_in_every_format(experiment: Experiment, tmp_path: Path) ->
     assert float(main[("cris", "coop", "busi")]["test_dice"]) == 0.72
 
     states = (folder / "trial_states.md").read_text().splitlines()
-    assert "| r/clipseg-coop/busi | 4 | 2 | 1 | 0 | 1 | 0 | 1 |" in states
-    assert "| r/clipseg-vpt/kvasir | 4 | 1 | 0 | 0 | 0 | 1 | 3 |" in states
-    assert "| Total | 24 | 8 | 1 | 1 | 1 | 1 | 15 |" in states  # 6 studies x 4; 24 - 8 - 1 = 15
+    # Epochs: 2 complete trials of 10; the pruned one recorded none, so nothing is claimed saved.
+    assert "| r/clipseg-coop/busi | 4 | 2 | 1 | 0 | 1 | 0 | 1 | 20 | 0 |" in states
+    assert any(row.startswith("| r/clipseg-vpt/kvasir | 4 | 1 | 0 | 0 | 0 | 1 | 3 |") for row in states)
+    assert any(row.startswith("| Total | 24 | 8 | 1 | 1 | 1 | 1 | 15 |") for row in states)  # 6 studies x 4; 24 - 8 - 1 = 15
 
     compute = {r["study"]: r for r in _read_csv(folder / "compute.csv")}
     assert float(compute["r/clipseg-coop/kvasir"]["compute_seconds"]) == 7800
@@ -429,7 +432,7 @@ def test_cli_with_results_only(tmp_path: Path, capsys: pytest.CaptureFixture[str
     out = tmp_path / "tables"
     assert collect_main(["--results", str(results), "--out", str(out), "--no-plots"]) == 0
     captured = capsys.readouterr()
-    assert "| clipseg | CoOp | 75.00 | – | 75.00 ± 0.00 |" in captured.out
+    assert "| clipseg | CoOp | 75.00 | – | 75.00 |" in captured.out
     assert "|  | End-to-end | 81.25 | 68.75 | 75.00 ± 6.25 |" in captured.out
     assert "| Average across methods |  |  |  | 75.00 ± 0.00 |" in captured.out
     # no storage: the main table only (no trial tables), in every format

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from _curves import assert_curves
 from _demo_table import assert_demo_main_table
 from optuna.trial import TrialState
 
@@ -23,6 +24,7 @@ from tunevlseg.cluster.launch import sweep_storage
 from tunevlseg.config.grid import expand
 from tunevlseg.config.loader import load_experiment
 from tunevlseg.tuning.storage import open_storage
+from tunevlseg.tuning.trial_attrs import trial_attrs
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -55,11 +57,15 @@ def test_demo_runs_every_trial_and_prints_the_table(demo) -> None:  # type: igno
     for spec in studies:
         study = optuna.load_study(study_name=spec.name, storage=storage)
         complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
-        assert len(complete) == spec.n_trials == len(study.trials), spec.name
+        pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
+        # The demo prunes (ASHA): a pruned trial is done, and each study keeps a complete one.
+        assert complete, spec.name
+        assert len(complete) + len(pruned) == spec.n_trials == len(study.trials), spec.name
+        assert_curves(study.trials, spec.search.direction)
         for trial in complete:
             assert 0.0 <= trial.value <= 1.0
-            assert 0.0 <= trial.user_attrs["test_dice"] <= 1.0
-            assert Path(trial.user_attrs["tvls.run_dir"], "result.json").is_file()
+            assert 0.0 <= trial_attrs(trial)["test_dice"] <= 1.0
+            assert Path(trial_attrs(trial)["tvls.run_dir"], "result.json").is_file()
     table = (loaded.output_dir / "demo" / "results" / "main_table.md").read_text()
     assert table in run.stdout + "\n" or table.strip() in run.stdout
     assert_demo_main_table(table)
@@ -84,7 +90,8 @@ def test_status_reports_the_finished_sweep(demo) -> None:  # type: ignore[no-unt
     status = _cli("tunevlseg.cli.status", str(experiment), "--json", cwd=experiment.parent)
     assert status.returncode == 0, status.stderr
     report = json.loads(status.stdout)
-    assert report["totals"]["complete"] == 12 and report["totals"]["remaining"] == 0
+    totals = report["totals"]
+    assert totals["complete"] + totals["pruned"] == 12 and totals["remaining"] == 0
     assert all(row["best_value"] is not None for row in report["studies"])
 
 
@@ -147,6 +154,8 @@ def test_interrupted_sweep_resumes_only_the_missing_trials(tmp_path: Path) -> No
     # A trial that was interrupted mid-way is failed and re-run with the same parameters.
     failed = [t for t in study.trials if t.state == TrialState.FAIL]
     for trial in failed:
-        rerun = [t for t in complete if t.user_attrs.get("tvls.lineage") == trial.number]
+        rerun = [t for t in complete if trial_attrs(t).get("tvls.lineage") == trial.number]
         assert len(rerun) == 1 and rerun[0].params == trial.params
     assert not [t for t in study.trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    # The re-run of an interrupted trial is a new Optuna trial: it still has every epoch's point.
+    assert_curves(study.trials, spec.search.direction)

@@ -31,7 +31,7 @@ from tunevlseg.data.datamodule import SegmentationDataModule
 from tunevlseg.data.synthetic import write_synthetic_medvlsm
 from tunevlseg.data.transforms import Augmentation, build_transform, load_image, load_mask_of
 from tunevlseg.models.tiny import write_tiny_clipseg
-from tunevlseg.train.fit import FitResult, fit
+from tunevlseg.train.fit import EpochEnd, FitResult, fit
 from tunevlseg.train.module import PLATEAU_KEY, SegmentationModule
 from tunevlseg.train.paths import RunPaths
 from tunevlseg.train.settings import FitSettings
@@ -89,8 +89,8 @@ class ValLosses:
     def __init__(self) -> None:
         self.metrics: list[dict[str, float]] = []
 
-    def __call__(self, epoch: int, metrics: dict[str, float]) -> None:
-        self.metrics.append(metrics)
+    def __call__(self, end: EpochEnd) -> None:
+        self.metrics.append(end.metrics)
 
     def values(self, key: str) -> list[float]:
         return [m[key] for m in self.metrics]

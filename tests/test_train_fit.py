@@ -18,7 +18,7 @@ import torch
 
 from tunevlseg.data.datamodule import SegmentationDataModule
 from tunevlseg.data.synthetic import write_synthetic_medvlsm
-from tunevlseg.train.fit import FitResult, fit
+from tunevlseg.train.fit import EpochEnd, FitResult, fit
 from tunevlseg.train.metrics import SegmentationScores
 from tunevlseg.train.module import SegmentationModule
 from tunevlseg.train.paths import RunPaths
@@ -57,12 +57,27 @@ def make_datamodule(root: Path) -> SegmentationDataModule:
 
 
 class EpochLog:
+    """The epochs the hook saw live, and those replayed from a checkpoint on resume."""
+
     def __init__(self) -> None:
         self.epochs: list[int] = []
+        self.replayed: list[int] = []
+        self.last: list[int] = []
 
-    def __call__(self, epoch: int, metrics: dict[str, float]) -> None:
-        assert {"train_loss", "val_loss", "val_dice", "val_iou"} <= set(metrics)
-        self.epochs.append(epoch)
+    def __call__(self, end: EpochEnd) -> None:
+        assert {"val_loss", "val_dice", "val_iou"} <= set(end.metrics)
+        if end.replayed:
+            self.replayed.append(end.epoch)
+            return
+        assert "train_loss" in end.metrics
+        # Per-image validation scores come with every live epoch, and they are the ones the
+        # epoch's mean was computed from.
+        assert len(end.val_images["dice"]) == len(end.val_images["iou"]) > 0
+        mean = sum(end.val_images["dice"]) / len(end.val_images["dice"])
+        assert mean == pytest.approx(end.metrics["val_dice"], abs=1e-5)
+        self.epochs.append(end.epoch)
+        if end.last:
+            self.last.append(end.epoch)
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +93,8 @@ def uninterrupted(
     log = EpochLog()
     result = fit(make_model(), make_datamodule(data_root), SETTINGS, run_dir, on_epoch_end=log)
     assert log.epochs == [0, 1, 2, 3]
+    assert log.replayed == []
+    assert log.last == [3]  # the hook knows which epoch ends training (no pruning there)
     return run_dir, result
 
 
@@ -131,6 +148,9 @@ def test_finished_run_is_not_trained_again(
         fit(make_model(), make_datamodule(data_root), SETTINGS, run_dir, on_epoch_end=log) == result
     )
     assert log.epochs == []
+    # Nothing trained, but every epoch is passed on again (a re-queued trial is a new Optuna
+    # trial and needs the whole learning curve).
+    assert log.replayed == [0, 1, 2, 3]
 
 
 def test_interrupted_evaluation_only_evaluates(
@@ -150,6 +170,7 @@ def test_interrupted_evaluation_only_evaluates(
     log = EpochLog()
     again = fit(make_model(), make_datamodule(data_root), SETTINGS, run_dir, on_epoch_end=log)
     assert log.epochs == []
+    assert log.replayed == [0, 1, 2, 3]
     assert again.test_dice == pytest.approx(result.test_dice, abs=1e-6)
     assert again.epochs_run == 4
 
@@ -174,6 +195,9 @@ def test_resume_after_kill(
 
     log = EpochLog()
     result = fit(make_model(), make_datamodule(data_root), SETTINGS, run_dir, on_epoch_end=log)
+    # Killed inside epoch 1's hook: the resumed run passes epochs 0 and 1 on again (from the
+    # checkpoint), so a caller recording every epoch (an Optuna learning curve) misses none.
+    assert log.replayed == [0, 1]
     assert log.epochs == [2, 3]
     assert result.resumed_from_epoch == 2
     assert result.epochs_run == 4
@@ -211,8 +235,8 @@ def test_settings() -> None:
 
 
 def _child(data_root: Path, run_dir: Path, marker: Path) -> None:
-    def hook(epoch: int, metrics: dict[str, float]) -> None:
-        if epoch == 1:
+    def hook(end: EpochEnd) -> None:
+        if end.epoch == 1:
             marker.touch()
             time.sleep(600)
 

@@ -20,7 +20,14 @@ from torch import Tensor
 
 from tunevlseg.data.datamodule import SegmentationDataModule
 from tunevlseg.data.synthetic import write_synthetic_medvlsm
-from tunevlseg.train.fit import FitResult, RunFolderWarning, compare_identity, evaluate, fit
+from tunevlseg.train.fit import (
+    EpochEnd,
+    FitResult,
+    RunFolderWarning,
+    compare_identity,
+    evaluate,
+    fit,
+)
 from tunevlseg.train.module import PLATEAU_KEY
 from tunevlseg.train.paths import RunPaths
 from tunevlseg.train.settings import FitSettings
@@ -83,10 +90,12 @@ class EpochLog:
         self.epochs: list[int] = []
         self.stop_after = stop_after
 
-    def __call__(self, epoch: int, metrics: dict[str, float]) -> None:
-        self.epochs.append(epoch)
-        if epoch == self.stop_after:
-            raise Preempted(f"stopped after epoch {epoch}")
+    def __call__(self, end: EpochEnd) -> None:
+        if end.replayed:
+            return
+        self.epochs.append(end.epoch)
+        if end.epoch == self.stop_after:
+            raise Preempted(f"stopped after epoch {end.epoch}")
 
 
 def run(root: Path, run_dir: Path, log: EpochLog | None = None, **kwargs: Any) -> FitResult:

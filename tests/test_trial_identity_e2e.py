@@ -24,6 +24,7 @@ from tunevlseg.config.loader import load_experiment
 from tunevlseg.data.synthetic import write_synthetic_medvlsm
 from tunevlseg.paths import SweepPaths
 from tunevlseg.tuning.storage import open_storage
+from tunevlseg.tuning.trial_attrs import trial_attrs
 
 pytestmark = pytest.mark.slow
 
@@ -48,13 +49,13 @@ def test_two_sweeps_in_one_output_dir_keep_their_own_trials(tmp_path: Path) -> N
     (trial_a,) = _trials(a)
     (trial_b,) = _trials(b)
     assert trial_a.state == trial_b.state == TrialState.COMPLETE
-    assert trial_a.user_attrs["epochs_run"] == 2
-    assert trial_b.user_attrs["epochs_run"] == 3  # trained, not sweep A's result read back
-    folder_a, folder_b = Path(trial_a.user_attrs["tvls.run_dir"]), Path(trial_b.user_attrs["tvls.run_dir"])
+    assert trial_attrs(trial_a)["epochs_run"] == 2
+    assert trial_attrs(trial_b)["epochs_run"] == 3  # trained, not sweep A's result read back
+    folder_a, folder_b = Path(trial_attrs(trial_a)["tvls.run_dir"]), Path(trial_attrs(trial_b)["tvls.run_dir"])
     assert folder_a != folder_b and "/a/studies/" in str(folder_a) and "/b/studies/" in str(folder_b)
     for experiment, trial in ((a, trial_a), (b, trial_b)):
-        result = json.loads((Path(trial.user_attrs["tvls.run_dir"]) / "result.json").read_text())
-        assert result["identity_sha256"] == trial.user_attrs["tvls.identity_sha256"]
+        result = json.loads((Path(trial_attrs(trial)["tvls.run_dir"]) / "result.json").read_text())
+        assert result["identity_sha256"] == trial_attrs(trial)["tvls.identity_sha256"]
         assert (SweepPaths.of(load_experiment(experiment)).results / "main_table.md").is_file()
 
 
@@ -64,11 +65,11 @@ def test_a_foreign_result_copied_into_a_trial_folder_is_not_used(tmp_path: Path)
     _local(a)
     (trial_a,) = _trials(a)
     folder_b = SweepPaths.of(load_experiment(b)).trial_dir("clipseg-coop/synth", 0)
-    shutil.copytree(trial_a.user_attrs["tvls.run_dir"], folder_b)  # result.json and checkpoints
+    shutil.copytree(trial_attrs(trial_a)["tvls.run_dir"], folder_b)  # result.json and checkpoints
     _local(b)
     (trial_b,) = _trials(b)
-    assert trial_b.state == TrialState.COMPLETE and trial_b.user_attrs["epochs_run"] == 3
-    assert Path(trial_b.user_attrs["tvls.run_dir"]) == folder_b
+    assert trial_b.state == TrialState.COMPLETE and trial_attrs(trial_b)["epochs_run"] == 3
+    assert Path(trial_attrs(trial_b)["tvls.run_dir"]) == folder_b
     (aside,) = folder_b.glob("foreign-*")
     assert json.loads((aside / "result.json").read_text())["epochs_run"] == 2  # kept to inspect
 
@@ -102,4 +103,4 @@ def test_errors_fail_once_stop_the_study_and_retry_when_fixed(tmp_path: Path) ->
     trials = _trials(experiment)
     assert [t.state for t in trials].count(TrialState.COMPLETE) == 3
     rerun = {t.number: t for t in trials}[3]
-    assert rerun.params == trials[0].params and rerun.user_attrs["tvls.lineage"] == 0
+    assert rerun.params == trials[0].params and trial_attrs(rerun)["tvls.lineage"] == 0

@@ -12,6 +12,7 @@ import multiprocessing
 import random
 import uuid
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -22,15 +23,22 @@ from tunevlseg.config.grid import expand
 from tunevlseg.config.loader import parse_experiment
 from tunevlseg.tuning.storage import StorageURL, default_storage, open_storage, parse_storage_url
 from tunevlseg.tuning.studies import enqueue_missing, ensure_studies, progress
+from tunevlseg.tuning.trial_attrs import trial_attrs
 
 WORKERS = 16
 TRIALS = 40
 
 
-def _worker(storage_url: str, study: str, seed: int) -> list[int]:
-    """Try to claim every trial in a random order; finish the ones this worker wins."""
+def _worker(storage_url: str, study: str, seed: int, start: Any) -> list[int]:
+    """Try to claim every trial in a random order; finish the ones this worker wins.
+
+    Every worker opens the storage, then waits for the others (``start``, a barrier): a
+    worker that started early would otherwise claim every trial before the last ones have
+    imported anything, and the race under test would not happen.
+    """
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     storage = open_storage(parse_storage_url(storage_url))
+    start.wait(timeout=300)
     numbers = list(range(TRIALS))
     random.Random(seed).shuffle(numbers)
     won = []
@@ -61,15 +69,17 @@ def _sweep(tmp_path: Path, storage: str) -> tuple[StorageURL, str]:
 
 def _race(url: StorageURL, study: str) -> None:
     context = multiprocessing.get_context("spawn")
-    with context.Pool(WORKERS) as pool:
-        results = pool.starmap(_worker, [(url.url, study, seed) for seed in range(WORKERS)])
+    with context.Manager() as manager, context.Pool(WORKERS) as pool:
+        start = manager.Barrier(WORKERS)
+        results = pool.starmap(_worker, [(url.url, study, seed, start) for seed in range(WORKERS)])
     claimed = [number for won in results for number in won]
     assert sorted(claimed) == list(range(TRIALS)), "a trial was lost or run twice"
     backend = open_storage(url)
     trials = optuna.load_study(study_name=study, storage=backend).trials
     assert len(trials) == TRIALS  # the budget: no trial beyond n_trials was created
     assert all(t.state == TrialState.COMPLETE for t in trials)
-    assert len({t.user_attrs["tvls.pid"] for t in trials}) > 1  # really done in parallel
+    wins = [len(won) for won in results]
+    assert len({trial_attrs(t)["tvls.pid"] for t in trials}) > 1, wins  # really done in parallel
     assert len({(t.params["lr"], t.params["prompt_depth"]) for t in trials}) > TRIALS // 2
 
 

@@ -13,8 +13,11 @@ import signal
 ENV = "TVLS_FAILPOINT"
 
 POINTS = ("claimed", "stamped", "sampled", "model-built")
-"""In the order a task passes them: trial claimed (WAITING -> RUNNING), owner and folder
-stamped, parameters sampled, model and data built (before the first epoch)."""
+"""Before the first epoch, in the order a task passes them: trial claimed (WAITING -> RUNNING),
+owner and folder stamped, parameters sampled, model and data built."""
+EPOCH_POINTS = ("epoch-checkpointed", "pruned-marked")
+"""During training: an epoch's ``last.ckpt`` written but the epoch not yet reported to the
+trial; the run folder marked pruned (``pruned.json``) but the trial not yet told."""
 
 
 def failpoint(name: str) -> None:

@@ -5,17 +5,41 @@
     tvls-collect --results paper.csv --out tables/              # outside numbers only
     tvls-collect --storage journal:///shared/med.log --sweep medical --out tables/
     tvls-collect experiments/natural.yaml --main-metric mdice   # class-mean Dice in the main table
+    tvls-collect experiments/medical.yaml --only learner=coop   # a selection: results/only-learner=coop/
 
 The main table goes to stdout as Markdown; warnings and the list of written files to stderr.
+With ``--json``, stdout gets one JSON object instead (:data:`JSON_KEYS` lists its keys).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from tunevlseg.cli import _app
+
+if TYPE_CHECKING:
+    from tunevlseg.collect.report import Report
+    from tunevlseg.config.loader import Experiment
+    from tunevlseg.config.select import Selection
+
+JSON_KEYS = {
+    "folder": "the results folder (absolute path)",
+    "studies": "number of studies read from the storage",
+    "only": "the --only selection the tables cover, as one --only argument (null: the whole "
+    "sweep)",
+    "main_metric": "what the main table shows: dice or mdice",
+    "results": "the main table, one object per cell (model, learner, data set, grid cell) with "
+    "the keys of main_table.csv: grid, model, learner, learner_title, category, dataset, "
+    "test_dice, test_mdice, test_iou, val_dice (in [0, 1], null when missing), best_trial, "
+    "source (storage or an outside file), study",
+    "files": "every file written (absolute paths)",
+    "warnings": "the warnings also printed to stderr",
+}
+"""The keys of ``tvls-collect --json``, documented in ``--help``."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,6 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
         "tvls-collect",
         "Write the result tables (Markdown, LaTeX, CSV, HTML) and plots of a sweep from its study "
         "storage, and/or from CSV files of outside results.",
+        _app.examples(
+            "tvls-collect experiments/demo.yaml            # tables in runs/demo/demo/results/",
+            "tvls-collect --storage runs/demo/optuna.journal --sweep demo --out tables/ --json",
+            "tvls-collect experiments/demo.yaml --only learner=coop,learner=vpt   # part of the sweep",
+        )
+        + "\n\n"
+        + _app.json_keys_help(JSON_KEYS),
     )
     p.add_argument("experiment", nargs="?", help="the experiment YAML file (optional with --results or --storage)")
     p.add_argument(
@@ -34,9 +65,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="outside results: columns model,learner,dataset,category,test_dice (Dice in [0, 1]); "
         "repeatable; the storage wins where both give a cell",
     )
-    p.add_argument("--storage", help="a storage URL to read instead of the experiment file's")
+    p.add_argument(
+        "--storage",
+        metavar="URL",
+        help="a storage URL (or the path of a journal file) to read instead of the experiment "
+        "file's",
+    )
     p.add_argument("--sweep", help="with --storage: only this sweep's studies (default: all)")
     p.add_argument("--out", type=Path, help="output folder (default: <output_dir>/<sweep>/results)")
+    p.add_argument(
+        "--only",
+        action="append",
+        metavar="KEY=VALUE[,KEY=VALUE...]",
+        help="tables over part of the sweep, written to <output_dir>/<sweep>/results/only-<selection> "
+        "(default) so the whole sweep's tables stay: keys model, learner, dataset and the grid "
+        "axes, as for tvls-launch --only; needs the experiment file",
+    )
     p.add_argument(
         "--format",
         default="md,latex,csv,html",
@@ -47,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="dice",
         help="what the main table shows: dice (the mean over test samples, as the paper; default) "
         "or mdice (the mean over classes of each class's test Dice; – without per-class scores)",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print what was collected as one JSON object (keys below) instead of the Markdown table",
     )
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument(
@@ -78,6 +127,8 @@ def command(args: argparse.Namespace) -> int:
         raise _usage("give an experiment file or --storage, not both")
     if args.sweep and not args.storage:
         raise _usage("--sweep goes with --storage (an experiment file names its sweep)")
+    if args.only and not args.experiment:
+        raise _usage("--only goes with an experiment file (its studies give the keys and values)")
     if not args.experiment and args.out is None:
         raise _usage("without an experiment file, --out DIR says where to write")
     if args.gpus_per_task is not None and args.gpus_per_task < 0:
@@ -101,11 +152,16 @@ def command(args: argparse.Namespace) -> int:
         "gpus_per_task": args.gpus_per_task,
         "main_metric": main_metric,
     }
+    selection = None
     try:
         if args.experiment:
             from tunevlseg.config.loader import load_experiment
 
-            report = write_reports(load_experiment(args.experiment), args.out, **options)
+            experiment = load_experiment(args.experiment)
+            if args.only:
+                report, selection = _selection_report(experiment, args.only, args.out, options)
+            else:
+                report = write_reports(experiment, args.out, **options)
         else:
             storage = None
             if args.storage:
@@ -116,10 +172,24 @@ def command(args: argparse.Namespace) -> int:
             report = write_sweep_reports(storage, args.sweep, args.out, **options)  # type: ignore[arg-type]
     except FileNotFoundError as error:
         raise _app.CommandError(str(error)) from None
-    _app.data().print(report.main_markdown, markup=False)
+    if args.json:
+        record = {
+            "folder": str(report.folder.resolve()),
+            "studies": report.n_studies,
+            "only": None if selection is None else selection.text,
+            "main_metric": main_metric,
+            "results": report.results,
+            "files": [str(path.resolve()) for path in report.files],
+            "warnings": report.warnings,
+        }
+        _app.data().print_json(json.dumps(record, default=str))
+    else:
+        _app.data().print(report.main_markdown, markup=False)
     err = _app.messages()
     for warning in report.warnings:
         err.print(f"warning: {warning}", markup=False)
+    if selection is not None:
+        err.print(f"a selection: only {selection.text}, {report.n_studies} studies", markup=False)
     shown = [p.name for p in report.files if p.parent == report.folder]
     err.print(
         f"wrote {len(report.files)} files under {report.folder}: {', '.join(shown)}"
@@ -127,6 +197,41 @@ def command(args: argparse.Namespace) -> int:
         markup=False,
     )
     return _app.EXIT_OK
+
+
+def _selection_report(
+    experiment: Experiment, only: list[str], out: Path | None, options: dict[str, Any]
+) -> tuple[Report, Selection]:
+    """The tables over the studies ``--only`` selects, by default in their own folder below the
+    sweep's results (the collector job's whole-sweep tables stay as they are)."""
+    from tunevlseg.cluster.preflight import sweep_storage
+    from tunevlseg.collect.report import build_report
+    from tunevlseg.collect.results import collect_studies
+    from tunevlseg.config.grid import expand
+    from tunevlseg.config.select import SelectionError, select
+    from tunevlseg.paths import SweepPaths
+    from tunevlseg.tuning.storage import open_storage
+
+    try:
+        expansion, selection = select(expand(experiment), only)
+    except SelectionError as error:
+        raise _usage(f"--only: {error}") from None
+    assert selection is not None
+    storage = sweep_storage(experiment)
+    if not storage.exists:
+        raise FileNotFoundError(f"no study storage at {storage} yet: launch the sweep first")
+    options = dict(options)
+    gpus = options.pop("gpus_per_task")
+    gpus = gpus if gpus is not None else experiment.spec.cluster.slurm.gpus
+    chosen = {spec.name for spec in expansion.studies}
+    studies = [
+        data
+        for data in collect_studies(open_storage(storage), experiment.spec.name, gpus_per_task=gpus)
+        if data.result.study in chosen
+    ]
+    folder = out or SweepPaths.of(experiment).results / selection.folder_name
+    title = f"{experiment.spec.name}, only {selection.text}"
+    return build_report(studies, folder, title=title, **options), selection
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,10 +23,39 @@ from tunevlseg.cli import _app
 
 FORMATS = ("medvlsm", "natural")
 
+CHECK_JSON_KEYS = {
+    "root": "the data set folder, as given",
+    "format": "medvlsm or natural",
+    "ok": "true when there is no error (warnings allowed); the exit code is 0 then",
+    "errors": "number of errors",
+    "warnings": "number of warnings",
+    "splits": "per on-disk split: split, samples, images, classes, prompt_keys",
+    "split_policy": "policy (explicit or val_from_train), val_fraction, seed, sources (the "
+    "on-disk split each of train, val, test is read from), description, and effective: the "
+    "splits training reads (split, source, held_out, samples, images, classes, "
+    "masks_per_class)",
+    "problems": "per kind of problem: kind, severity (error or warning), count, and examples "
+    "(the first few, each path and detail)",
+}
+"""The keys of ``tvls-data check --json``, documented in its ``--help``."""
+
+CHECK_EXAMPLES = (
+    "tvls-data check data/medvlsm/kvasir_polyp",
+    "tvls-data check data/natural/pascal_voc --format natural --json",
+)
+SYNTH_EXAMPLES = ("tvls-data synth /tmp/synth-polyps --n-train 24 --image-size 96",)
+BINARIZE_EXAMPLES = (
+    "tvls-data binarize voc VOCdevkit/VOC2012 data/natural/pascal_voc --jobs 8",
+    "tvls-data binarize cityscapes /data/cityscapes data/natural/cityscapes --split train",
+)
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = _app.parser(
-        "tvls-data", "Check a data set, write a synthetic one, or binarize Cityscapes / VOC."
+        "tvls-data",
+        "Check a data set, write a synthetic one, or binarize Cityscapes / VOC.",
+        _app.examples(CHECK_EXAMPLES[0], SYNTH_EXAMPLES[0], BINARIZE_EXAMPLES[0])
+        + "\n\n`tvls-data ACTION --help` shows the options of each action.",
     )
     commands = p.add_subparsers(dest="action", required=True, metavar="{check,synth,binarize}")
 
@@ -34,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
         "check",
         help="report missing, unreadable and inconsistent files (exit 1 on any error)",
         description="Check every split of a data set; exit 1 on any error, 0 when clean.",
+        epilog=_app.examples(*CHECK_EXAMPLES) + "\n\n" + _app.json_keys_help(CHECK_JSON_KEYS),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     check.add_argument("root", help="the data set folder")
     check.add_argument("--format", choices=FORMATS, default="medvlsm", help="on-disk layout")
@@ -54,13 +85,17 @@ def build_parser() -> argparse.ArgumentParser:
         "validation when a natural set has no test split (default 0.1)",
     )
     check.add_argument("--examples", type=int, default=5, help="paths shown per problem kind")
-    check.add_argument("--json", action="store_true", help="print JSON for scripts")
+    check.add_argument(
+        "--json", action="store_true", help="print the report as one JSON object (keys below)"
+    )
     check.add_argument("--debug", action="store_true", help="show tracebacks")
 
     synth = commands.add_parser(
         "synth",
         help="write a small synthetic data set (the layout of real ones)",
         description="Write a synthetic data set; an existing identical one is left alone.",
+        epilog=_app.examples(*SYNTH_EXAMPLES),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     synth.add_argument("root", help="the folder to write (empty or written by synth)")
     synth.add_argument("--format", choices=FORMATS, default="medvlsm", help="on-disk layout")
@@ -83,10 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     binarize = commands.add_parser(
         "binarize",
         help="convert official Cityscapes or PASCAL VOC 2012 to the natural layout",
-        description=(
+        description=_app.wrap(
             "Write one 0/255 mask per (image, class present) under DST/annotations/<split>/"
             "<class>/ and the images under DST/images/<split>/. A re-run skips finished images."
         ),
+        epilog=_app.examples(*BINARIZE_EXAMPLES),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     binarize.add_argument("dataset", choices=("cityscapes", "voc"), help="the source layout")
     binarize.add_argument(

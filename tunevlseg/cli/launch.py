@@ -14,12 +14,18 @@ from tunevlseg.cli import _app
 if TYPE_CHECKING:
     from tunevlseg.cluster.plan import Plan
     from tunevlseg.config.loader import Experiment
+    from tunevlseg.config.select import Selection
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = _app.parser(
         "tvls-launch",
         "Launch (or resume) the sweep an experiment file describes: SLURM arrays by default.",
+        _app.examples(
+            "tvls-launch experiments/demo.yaml --local        # run the demo sweep on this machine",
+            "tvls-launch experiments/medical.yaml --dry-run   # the plan and its problems; changes nothing",
+            "tvls-launch experiments/medical.yaml --only learner=coop,learner=vpt --only dataset=kvasir",
+        ),
     )
     p.add_argument("experiment", help="the experiment YAML file")
     p.add_argument("--local", action="store_true", help="run the trials on this machine")
@@ -35,23 +41,23 @@ def build_parser() -> argparse.ArgumentParser:
         "parameters; a study stopped by repeated errors takes trials again",
     )
     p.add_argument(
-        "--parallelism", type=_positive, help="local trials at once (default: cluster.parallelism)"
+        "--parallelism", type=_app.positive_int, help="local trials at once (default: cluster.parallelism)"
+    )
+    p.add_argument(
+        "--only",
+        action="append",
+        metavar="KEY=VALUE[,KEY=VALUE...]",
+        help="launch only part of the sweep: keys model, learner (name or label), dataset and "
+        "the grid axes (model.use_upsampler=false, search.space.prompt_depth=3; values spelled "
+        "as in study names); repeatable; one key twice = either value, different keys = both. "
+        "A later launch without --only runs the rest",
     )
     return p
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _plan_table(plan: Plan) -> Table:
-    table = Table(title="Sweep plan", title_justify="left")
+def _plan_table(plan: Plan, selection: Selection | None = None) -> Table:
+    title = "Sweep plan" if selection is None else f"Sweep plan, only {selection.text}"
+    table = Table(title=title, title_justify="left")
     for column in ("study", "trials", "done", "to run"):
         table.add_column(column, justify="left" if column == "study" else "right", no_wrap=True)
     for study in plan.studies:
@@ -86,8 +92,16 @@ def _matrix_table(plan: Plan) -> Table:
     return table
 
 
-def _dry_run(experiment: Experiment, local: bool, force: bool, parallelism: int | None, as_json: bool) -> int:
-    """The plan, then every problem a launch would stop at (the same checks, read-only)."""
+def _dry_run(
+    experiment: Experiment,
+    local: bool,
+    force: bool,
+    parallelism: int | None,
+    as_json: bool,
+    only: Selection | None = None,
+) -> int:
+    """The plan (of the ``--only`` selection), then every problem a launch would stop at (the
+    same checks, read-only)."""
     from tunevlseg.cluster import slurm
     from tunevlseg.cluster.launch import slurm_setup
     from tunevlseg.cluster.plan import chunk, make_plan
@@ -95,8 +109,11 @@ def _dry_run(experiment: Experiment, local: bool, force: bool, parallelism: int 
     from tunevlseg.cluster.submit import render_array_script, render_script
 
     out = _app.data()
-    checked = run_preflight(experiment, local=local, force=force, parallelism=parallelism)
+    checked = run_preflight(experiment, local=local, force=force, parallelism=parallelism, only=only)
     plan = make_plan(checked.expansion, checked.storage)
+    selection = checked.selection
+    # What the manifest will record: the whole file's digest, with or without --only.
+    sweep_digest = plan.digest() if selection is None else make_plan(checked.sweep, None).digest()
     chunks: list[list[int]] = []
     max_array, source = None, ""
     setup = None
@@ -115,6 +132,9 @@ def _dry_run(experiment: Experiment, local: bool, force: bool, parallelism: int 
             "sweep": experiment.spec.name,
             "mode": "local" if local else "slurm",
             **plan.summary(),
+            "plan_sha256": sweep_digest,
+            "only": None if selection is None else selection.text,
+            "sweep_studies": len(checked.sweep.studies),
             "studies": [
                 {**study.progress.to_dict(), "to_run": study.n_tasks, "learner": study.spec.learner,
                  "model": study.spec.model.key, "dataset": study.spec.dataset.name, "grid": study.spec.grid}
@@ -128,15 +148,15 @@ def _dry_run(experiment: Experiment, local: bool, force: bool, parallelism: int 
         }
         out.print_json(json.dumps(report))
         return _app.EXIT_FAILED if checked.problems else _app.EXIT_OK
-    out.print(_plan_table(plan))
+    out.print(_plan_table(plan, selection))
     if plan.n_studies > MATRIX_ABOVE:
         out.print(_matrix_table(plan))
     for note in plan.notes:
         out.print(f"note: {note}")
-    summary = (
-        f"{plan.n_studies} studies, {plan.n_trials} trials, {plan.n_done} done, "
-        f"{plan.n_tasks} tasks to run"
-    )
+    studies = f"{plan.n_studies} studies"
+    if selection is not None:
+        studies = f"{plan.n_studies} of {len(checked.sweep.studies)} studies (only {selection.text})"
+    summary = f"{studies}, {plan.n_trials} trials, {plan.n_done} done, {plan.n_tasks} tasks to run"
     if setup is not None:
         summary += f" as {len(chunks)} array job(s) (MaxArraySize {max_array}, {source})"
         folder = setup.jobs_folder / "%j"
@@ -144,7 +164,8 @@ def _dry_run(experiment: Experiment, local: bool, force: bool, parallelism: int 
         out.print(setup.python, markup=False)
         out.print(f"\n# Job script of the first array ({len(chunks[0])} tasks)", markup=False)
         out.print(render_array_script(folder, setup.python, setup.arrays, len(chunks[0])), markup=False)
-        out.print("# Job script of the collector", markup=False)
+        whole = "" if selection is None else " (it collects the whole sweep)"
+        out.print(f"# Job script of the collector{whole}", markup=False)
         after = [f"<array {i + 1}>" for i in range(len(chunks))]
         out.print(render_script(folder, setup.python, setup.collector(after)), markup=False)
     out.print(f"{summary} (dry run: nothing was changed)", markup=False)
@@ -159,21 +180,30 @@ def _dry_run(experiment: Experiment, local: bool, force: bool, parallelism: int 
 def command(args: argparse.Namespace) -> int:
     from tunevlseg.cluster.launch import LaunchError, LaunchInterrupted, launch_local, launch_slurm
     from tunevlseg.config.loader import load_experiment
+    from tunevlseg.config.select import SelectionError, parse_only
 
+    try:
+        only = parse_only(args.only)
+    except SelectionError as error:
+        raise _app.CommandError(f"--only: {error}", _app.EXIT_USAGE) from None
     experiment = load_experiment(args.experiment)
-    if args.dry_run:
-        return _dry_run(experiment, args.local, args.force, args.parallelism, args.json)
-    if args.json:
+    if args.json and not args.dry_run:
         raise _app.CommandError("--json goes with --dry-run (the plan as data)", _app.EXIT_USAGE)
     out, err = _app.data(), _app.messages()
     try:
+        if args.dry_run:
+            return _dry_run(experiment, args.local, args.force, args.parallelism, args.json, only)
         if not args.local:
-            launch_slurm(experiment, force=args.force, console=err, retry_failed=args.retry_failed)
+            launch_slurm(
+                experiment, force=args.force, console=err, retry_failed=args.retry_failed, only=only
+            )
             return _app.EXIT_OK
         result = launch_local(
             experiment, force=args.force, console=err, parallelism=args.parallelism,
-            retry_failed=args.retry_failed,
+            retry_failed=args.retry_failed, only=only,
         )
+    except SelectionError as error:  # checked against the sweep before any other check or write
+        raise _app.CommandError(f"--only: {error}", _app.EXIT_USAGE) from None
     except LaunchError as error:
         raise _app.CommandError(str(error)) from None
     except LaunchInterrupted as interrupted:

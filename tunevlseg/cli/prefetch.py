@@ -29,6 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
         "tvls-prefetch",
         "Download the models and tokenizers an experiment file names into the Hugging Face "
         "cache (HF_HOME), then check that each one loads offline.",
+        _app.examples(
+            "tvls-prefetch experiments/medical.yaml --dry-run   # what would be fetched",
+            "HF_HOME=/shared/hf tvls-prefetch experiments/medical.yaml",
+        ),
     )
     p.add_argument("experiment", help="the experiment YAML file")
     p.add_argument(

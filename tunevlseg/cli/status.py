@@ -23,22 +23,53 @@ if TYPE_CHECKING:
     from optuna.storages import BaseStorage
 
     from tunevlseg.cluster.plan import Plan
+    from tunevlseg.config.grid import Expansion
     from tunevlseg.config.loader import Experiment
+    from tunevlseg.config.select import Selection
 
 COLUMNS = ("complete", "running", "waiting", "failed", "pruned", "remaining")
 QUEUE_COLUMNS = ("queued", "on_nodes")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _app.parser("tvls-status", "Show the progress of every study of a sweep.")
+    p = _app.parser(
+        "tvls-status",
+        "Show the progress of every study of a sweep.",
+        _app.examples(
+            "tvls-status experiments/demo.yaml",
+            "tvls-status experiments/medical.yaml --json     # the same as data, for scripts",
+        ),
+    )
     p.add_argument("experiment", help="the experiment YAML file")
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
+    p.add_argument(
+        "--watch",
+        nargs="?",
+        const=10.0,
+        type=_watch_seconds,
+        metavar="SECONDS",
+        help="show the table and the running trials live, read again every SECONDS (default "
+        "10), until the sweep is done or Ctrl-C",
+    )
     p.add_argument(
         "--repair",
         action="store_true",
         help="first fail and re-queue trials whose task is gone (the next launch runs them)",
     )
+    p.add_argument(
+        "--only",
+        action="append",
+        metavar="KEY=VALUE[,KEY=VALUE...]",
+        help="only part of the sweep (rows, totals, --repair, --watch): keys model, learner, "
+        "dataset and the grid axes, as for tvls-launch --only",
+    )
     return p
+
+
+def _watch_seconds(text: str) -> float:
+    from tunevlseg.cli.watch import seconds
+
+    return seconds(text)
 
 
 def queue_view(manifest_path: object) -> dict[str, Counter[str]] | None:
@@ -134,21 +165,31 @@ def command(args: argparse.Namespace) -> int:
     from tunevlseg.config.loader import load_experiment
     from tunevlseg.paths import SweepPaths
 
+    if args.watch is not None and args.json:
+        raise _app.CommandError(
+            "--watch shows a live display and --json one snapshot for scripts: give one of them",
+            _app.EXIT_USAGE,
+        )
     experiment = load_experiment(args.experiment)
+    expansion, selection = _selected(expand(experiment), args.only)
     if args.repair:
         from tunevlseg.cluster.launch import LaunchError, repair
 
         try:
-            actions = repair(experiment)
+            actions = repair(experiment, selection)
         except LaunchError as error:
             raise _app.CommandError(str(error)) from None
         for line in actions:
             _app.messages().print(f"repaired {line}", markup=False)
         if not actions:
             _app.messages().print("no stale trials", markup=False)
+    if args.watch is not None:
+        from tunevlseg.cli.watch import watch
+
+        return watch(experiment, args.watch, expansion=expansion if selection else None)
     # What launch.current_plan(read_only=True) does, keeping the storage for the failures.
     storage = open_existing_storage(experiment)
-    plan = make_plan(expand(experiment), storage)
+    plan = make_plan(expansion, storage)
     queue = queue_view(SweepPaths.of(experiment).manifest)
     rows = [study.progress.to_dict() for study in plan.studies]
     failures = study_failures(storage, plan)
@@ -162,7 +203,14 @@ def command(args: argparse.Namespace) -> int:
     totals = {key: sum(row[key] for row in rows) for key in ("n_trials", *columns)}
     out = _app.data()
     if args.json:
-        report = {"sweep": experiment.spec.name, "studies": rows, "totals": totals}
+        from tunevlseg.cluster.running import running_trials
+
+        busy = [study.spec for study in plan.studies if study.progress.running]
+        running = [trial.to_dict() for trial in running_trials(storage, busy)]
+        report = {
+            "sweep": experiment.spec.name, "studies": rows, "totals": totals,
+            "running_trials": running, "only": selection.text if selection else None,
+        }
         out.print_json(json.dumps(report))
         return _app.EXIT_OK
     table = Table(title=f"Sweep {experiment.spec.name}", title_justify="left")
@@ -190,8 +238,19 @@ def command(args: argparse.Namespace) -> int:
     state = "complete" if totals["remaining"] == 0 else f"{totals['remaining']} trial(s) remaining"
     if totals["remaining"] == 0 and totals["failed"]:
         state = f"finished, {totals['failed']} trial(s) failed for good"
-    _app.messages().print(f"{len(rows)} studies: {state}")
+    only = f" (only {selection.text})" if selection else ""
+    _app.messages().print(f"{len(rows)} studies{only}: {state}")
     return _app.EXIT_OK
+
+
+def _selected(expansion: Expansion, only: list[str] | None) -> tuple[Expansion, Selection | None]:
+    """The studies ``--only`` selects; a key or value the sweep lacks is a usage error."""
+    from tunevlseg.config.select import SelectionError, select
+
+    try:
+        return select(expansion, only)
+    except SelectionError as error:
+        raise _app.CommandError(f"--only: {error}", _app.EXIT_USAGE) from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,10 @@ the study's resolved settings, the parameters and the seed. The same command the
 its own folder again: an interrupted run resumes from its last checkpoint, and a finished one
 shows its stored result instead of training again.
 
+While it trains, each epoch is one line on stderr: the epoch of ``max_epochs``, the training
+loss, the validation Dice, IoU and loss, and the time since the start. A resumed run first lists
+the epochs its checkpoint records, marked ``(from checkpoint)``.
+
 ``--describe`` trains nothing: it prints each learner's trainable-parameter count and its share
 of the model, for the models as configured or (``--real-size``) for the real CLIPSeg sizes.
 """
@@ -19,16 +23,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rich.console import Console
 from rich.table import Table
 
 from tunevlseg.cli import _app
 
 if TYPE_CHECKING:
     from tunevlseg.config.grid import StudySpec
+    from tunevlseg.train.fit import EpochEnd
     from tunevlseg.tuning.describe import ChosenParams, ParamCount
 
 
@@ -37,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
         "tvls-train",
         "Train one study of an experiment file at fixed parameters (no sweep, no storage), "
         "or describe its learners' parameter counts.",
+        _app.examples(
+            "tvls-train experiments/demo.yaml --study clipseg-coop/synthetic-polyps "
+            "--params lr=0.005 prompt_depth=2",
+            "tvls-train experiments/medical.yaml --describe --real-size",
+        ),
     )
     p.add_argument("experiment", nargs="?", help="the experiment YAML file")
     p.add_argument(
@@ -127,6 +139,55 @@ def _params_table(chosen: ChosenParams, spec: StudySpec) -> Table:
     return table
 
 
+EPOCH_METRICS = (
+    ("train_loss", "train loss"),
+    ("val_dice", "val dice"),
+    ("val_iou", "iou"),
+    ("val_loss", "loss"),
+)
+"""What an epoch line shows, in order: the logged metric and its label."""
+
+
+def epoch_line(end: EpochEnd, max_epochs: int, elapsed: float | None = None) -> str:
+    """``epoch 2/5: train loss 0.6123, val dice 0.4123, iou 0.3012, loss 0.7012 (0:00:12)``.
+
+    An epoch of an earlier attempt, passed again when a run resumes, ends in ``(from
+    checkpoint)`` instead of a time (its checkpoint keeps the validation metrics only).
+    """
+    from tunevlseg.cluster.running import clock_text
+
+    shown = [
+        f"{label} {end.metrics[key]:.4f}" for key, label in EPOCH_METRICS if key in end.metrics
+    ]
+    line = f"epoch {end.completed}/{max_epochs}: {', '.join(shown) or 'no metrics'}"
+    if end.replayed:
+        return f"{line} (from checkpoint)"
+    return line if elapsed is None else f"{line} ({clock_text(elapsed)})"
+
+
+class EpochLines:
+    """The fit's ``on_epoch_end`` hook of ``tvls-train``: one line per epoch, each once.
+
+    ``elapsed`` counts from the hook's creation, just before the model is built.
+    """
+
+    def __init__(
+        self, console: Console, max_epochs: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.console = console
+        self.max_epochs = max_epochs
+        self.clock = clock
+        self.started = clock()
+        self.shown: set[int] = set()
+
+    def __call__(self, end: EpochEnd) -> None:
+        if end.completed in self.shown:
+            return
+        self.shown.add(end.completed)
+        line = epoch_line(end, self.max_epochs, self.clock() - self.started)
+        self.console.print(line, markup=False, highlight=False)
+
+
 def _metrics_table(result: dict[str, Any]) -> Table:
     chosen = "best validation checkpoint" if result.get("epochs_run") else "no training"
     table = Table(title=f"Metrics ({chosen})", title_justify="left")
@@ -163,7 +224,9 @@ def _train(args: argparse.Namespace, studies: Sequence[StudySpec]) -> int:
         err.print(f"training {spec.name} with {shown} (seed {seed}) in {run_dir}")
     from tunevlseg.tuning.identity import trial_identity
 
-    result = run_trial(spec, chosen.values, run_dir, seed, trial_identity(spec, chosen.values, 0, seed))
+    identity = trial_identity(spec, chosen.values, 0, seed)
+    epoch_lines = EpochLines(err, spec.training.max_epochs)
+    result = run_trial(spec, chosen.values, run_dir, seed, identity, on_epoch_end=epoch_lines)
     if args.json:
         record = {
             "study": spec.name,

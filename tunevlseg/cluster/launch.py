@@ -20,10 +20,11 @@ from tunevlseg.cluster.liveness import SweepLiveness, running_job_ids, slurm_liv
 from tunevlseg.cluster.lock import SweepBusyError, sweep_lock
 from tunevlseg.cluster.manifest import Manifest, read_manifest, write_manifest
 from tunevlseg.cluster.plan import Plan, make_plan
-from tunevlseg.cluster.preflight import run_preflight, sweep_storage
+from tunevlseg.cluster.preflight import Preflight, run_preflight, sweep_storage
 from tunevlseg.cluster.worker import TrialTask
 from tunevlseg.config.grid import Expansion, expand
 from tunevlseg.config.loader import Experiment
+from tunevlseg.config.select import Selection, select
 from tunevlseg.paths import SweepPaths
 from tunevlseg.tuning.storage import StorageURL
 
@@ -39,11 +40,15 @@ class LaunchInterrupted(Exception):
     """Ctrl-C during a local launch: the workers were stopped; the message says how to resume."""
 
 
-def current_plan(experiment: Experiment, *, read_only: bool) -> Plan:
-    """The plan against the storage; ``read_only`` never creates a storage that is absent."""
+def current_plan(experiment: Experiment, *, read_only: bool, only: Selection | None = None) -> Plan:
+    """The plan against the storage; ``read_only`` never creates a storage that is absent.
+
+    ``only``: the studies of an ``--only`` selection (raises ``SelectionError`` when the sweep
+    has no such key or value).
+    """
     from tunevlseg.tuning.storage import open_storage
 
-    expansion = expand(experiment)
+    expansion, _ = select(expand(experiment), only)
     storage_url = sweep_storage(experiment)
     if read_only and not storage_url.exists:
         return make_plan(expansion, None)
@@ -69,13 +74,18 @@ class _Prepared:
 
 
 def _open(
-    experiment: Experiment, *, local: bool, force: bool, parallelism: int | None = None
-) -> tuple[Expansion, StorageURL, BaseStorage]:
+    experiment: Experiment,
+    *,
+    local: bool,
+    force: bool,
+    parallelism: int | None = None,
+    only: Selection | None = None,
+) -> tuple[Preflight, BaseStorage]:
     """Every check of :func:`~tunevlseg.cluster.preflight.run_preflight`, then the storage
     opened (created when new): the first write of a launch."""
     from tunevlseg.tuning.storage import open_storage
 
-    checked = run_preflight(experiment, local=local, force=force, parallelism=parallelism)
+    checked = run_preflight(experiment, local=local, force=force, parallelism=parallelism, only=only)
     if checked.problems:
         raise LaunchError(checked.message)
     storage = checked.storage
@@ -85,7 +95,7 @@ def _open(
             storage.get_all_studies()
         except Exception as error:  # any driver error: its message is what the user needs
             raise LaunchError(f"cannot open the study storage {checked.storage_url}: {error}") from None
-    return checked.expansion, checked.storage_url, storage
+    return checked, storage
 
 
 def _prepare(
@@ -98,15 +108,32 @@ def _prepare(
     console: Console,
     liveness: SweepLiveness,
     retry_failed: bool = False,
+    sweep: Expansion | None = None,
+    selection: Selection | None = None,
 ) -> _Prepared:
-    """Studies created, stale trials recovered, the budget enqueued (the caller holds the lock)."""
+    """Studies created, stale trials recovered, the budget enqueued (the caller holds the lock).
+
+    With a selection (``--only``), ``expansion`` holds the selected studies and ``sweep`` every
+    study of the file: only the selected studies are created, recovered and enqueued, but a
+    changed definition anywhere in the file is refused (without ``force``), and the manifest
+    records the whole sweep's plan digest and size, as a launch without ``--only`` does.
+    """
     import optuna
 
     from tunevlseg.tuning import recovery
-    from tunevlseg.tuning.studies import StudyConflictError, enqueue_missing, ensure_studies
+    from tunevlseg.tuning.studies import (
+        StudyConflictError,
+        enqueue_missing,
+        ensure_studies,
+        study_conflicts,
+    )
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sweep = sweep or expansion
     try:
+        conflict = None if force or sweep is expansion else study_conflicts(storage, sweep.studies)
+        if conflict:
+            raise StudyConflictError(conflict)
         ensure_studies(storage, expansion.studies, force=force)
     except StudyConflictError as error:
         raise LaunchError(str(error)) from None
@@ -133,30 +160,45 @@ def _prepare(
             f"{experiment.path} --retry-failed` to re-run the failed trials."
         )
     paths = SweepPaths.of(experiment)
+    # The whole file's definitions (they need no storage): a launch with --only leaves the same
+    # digest and size as one without, so the manifest always describes the sweep.
+    whole = plan if sweep is expansion else make_plan(sweep, None)
     manifest = read_manifest(paths.manifest) or Manifest(
         experiment=str(experiment.path),
         experiment_sha256=experiment.text_sha256,
         sweep=experiment.spec.name,
         storage=storage_url.url,
-        plan_sha256=plan.digest(),
-        studies=plan.n_studies,
-        trials=plan.n_trials,
+        plan_sha256=whole.digest(),
+        studies=whole.n_studies,
+        trials=whole.n_trials,
     )
     manifest.experiment_sha256 = experiment.text_sha256
-    manifest.plan_sha256 = plan.digest()
-    manifest.studies, manifest.trials = plan.n_studies, plan.n_trials
+    manifest.plan_sha256 = whole.digest()
+    manifest.studies, manifest.trials = whole.n_studies, whole.n_trials
     return _Prepared(storage_url, storage, expansion, waiting, manifest)
 
 
-def _complete_message(plan: Plan) -> str:
+def _record_selection(manifest: Manifest, selection: Selection | None) -> None:
+    """The launch just recorded names its ``--only`` selection (absent: the whole sweep)."""
+    if selection is not None and manifest.launches:
+        manifest.launches[-1]["only"] = selection.text
+
+
+def _selection_note(selection: Selection | None) -> str:
+    return "" if selection is None else f" (only {selection.text})"
+
+
+def _complete_message(plan: Plan, selection: Selection | None = None) -> str:
+    what = "sweep" if selection is None else "selection"
+    only = _selection_note(selection)
     failed = sum(study.progress.failed for study in plan.studies)
     if failed:
         return (
-            f"[yellow]The sweep is finished[/yellow]: {plan.n_studies} studies, {plan.n_trials} "
-            f"trials, {failed} of them failed (see tvls-status); nothing to run."
+            f"[yellow]The {what} is finished[/yellow]{only}: {plan.n_studies} studies, "
+            f"{plan.n_trials} trials, {failed} of them failed (see tvls-status); nothing to run."
         )
     return (
-        f"[green]The sweep is complete[/green]: {plan.n_studies} studies, {plan.n_trials} "
+        f"[green]The {what} is complete[/green]{only}: {plan.n_studies} studies, {plan.n_trials} "
         "trials; nothing to run."
     )
 
@@ -189,18 +231,21 @@ def launch_local(
     console: Console | None = None,
     parallelism: int | None = None,
     retry_failed: bool = False,
+    only: Selection | None = None,
 ) -> LaunchResult:
-    """Run every missing trial of the sweep on this machine and wait for them.
+    """Run every missing trial of the sweep (of its ``only`` selection) on this machine and
+    wait for them.
 
     The sweep's lock is held until the last trial ends: a second launch cannot take the same
     trials meanwhile, and any trial of an earlier local launch still RUNNING is known stale.
     """
     console = console or Console(stderr=True)
-    expansion, storage_url, storage = _open(experiment, local=True, force=force, parallelism=parallelism)
+    checked, storage = _open(experiment, local=True, force=force, parallelism=parallelism, only=only)
     with _lock(experiment, LOCAL_LOCK_WAIT_S, console):
         return _run_local(
-            experiment, expansion, storage_url, storage, force=force, console=console,
-            parallelism=parallelism, retry_failed=retry_failed,
+            experiment, checked.expansion, checked.storage_url, storage, force=force, console=console,
+            parallelism=parallelism, retry_failed=retry_failed, sweep=checked.sweep,
+            selection=checked.selection,
         )
 
 
@@ -214,6 +259,8 @@ def _run_local(
     console: Console,
     parallelism: int | None,
     retry_failed: bool,
+    sweep: Expansion | None = None,
+    selection: Selection | None = None,
 ) -> LaunchResult:
     from tunevlseg.cluster.local import LocalLauncher
     from tunevlseg.cluster.progress import local_progress
@@ -227,22 +274,23 @@ def _run_local(
     liveness = SweepLiveness(read_manifest(paths.manifest), queued=None)
     prepared = _prepare(
         experiment, expansion, storage_url, storage, force=force, console=console,
-        liveness=liveness, retry_failed=retry_failed,
+        liveness=liveness, retry_failed=retry_failed, sweep=sweep, selection=selection,
     )
     tasks = prepared.waiting
     if tasks:
         prepared.manifest.record_launch(
             "local", [], local_tasks=[(t.study, t.trial_number) for t in tasks]
         )
+        _record_selection(prepared.manifest, selection)
     write_manifest(paths.manifest, prepared.manifest)
     if not tasks:
         plan = make_plan(expansion, storage)
-        console.print(_complete_message(plan) if plan.complete else "Nothing to run.")
+        console.print(_complete_message(plan, selection) if plan.complete else "Nothing to run.")
         return LaunchResult(plan, 0)
     width = parallelism or experiment.spec.cluster.parallelism
     console.print(
-        f"Running {len(tasks)} trial(s) of {len(expansion.studies)} studies locally, "
-        f"{width} at a time (logs in {paths.jobs / 'local'})."
+        f"Running {len(tasks)} trial(s) of {len(expansion.studies)} studies"
+        f"{_selection_note(selection)} locally, {width} at a time (logs in {paths.jobs / 'local'})."
     )
     launcher = LocalLauncher(
         paths.jobs / "local", parallelism=width, timeout_min=experiment.spec.cluster.timeout_min
@@ -259,11 +307,12 @@ def _run_local(
     return LaunchResult(make_plan(expansion, storage), len(tasks), failed)
 
 
-def repair(experiment: Experiment) -> list[str]:
+def repair(experiment: Experiment, only: Selection | None = None) -> list[str]:
     """Fail and re-enqueue stale trials now (``tvls-status --repair``); submit nothing.
 
     Uses SLURM's view when the sweep has SLURM tasks and SLURM answers, else local processes.
     Holds the sweep's lock like a launch: a running local launch's trials are not touched.
+    ``only``: the studies of an ``--only`` selection alone.
     """
     from tunevlseg.cluster import slurm
     from tunevlseg.tuning.recovery import recover_stale
@@ -272,8 +321,8 @@ def repair(experiment: Experiment) -> list[str]:
     storage_url = sweep_storage(experiment)
     if not storage_url.exists:
         return []
+    expansion, _ = select(expand(experiment), only)
     storage = open_storage(storage_url)
-    expansion = expand(experiment)
     with _lock(experiment, LOCAL_LOCK_WAIT_S):
         manifest = read_manifest(SweepPaths.of(experiment).manifest)
         uses_slurm = bool(running_job_ids(storage, expansion)) or bool(
@@ -346,18 +395,22 @@ def launch_slurm(
     force: bool = False,
     console: Console | None = None,
     retry_failed: bool = False,
+    only: Selection | None = None,
 ) -> LaunchResult:
-    """Submit the missing trials as SLURM arrays plus a collector job, then return.
+    """Submit the missing trials (of the ``only`` selection) as SLURM arrays plus a collector
+    job, then return. The collector job collects the whole sweep, selection or not.
 
     Everything from reading the queue to writing the manifest happens under the sweep's lock,
-    so two launches at once submit each trial once: the second sees the first's arrays.
+    so two launches at once submit each trial once: the second sees the first's arrays (a
+    launch with or without ``--only`` alike).
     """
     console = console or Console(stderr=True)
-    expansion, storage_url, storage = _open(experiment, local=False, force=force)
+    checked, storage = _open(experiment, local=False, force=force, only=only)
     with _lock(experiment, SLURM_LOCK_WAIT_S, console):
         return _submit(
-            experiment, expansion, storage_url, storage, force=force, console=console,
-            retry_failed=retry_failed,
+            experiment, checked.expansion, checked.storage_url, storage, force=force,
+            console=console, retry_failed=retry_failed, sweep=checked.sweep,
+            selection=checked.selection,
         )
 
 
@@ -370,6 +423,8 @@ def _submit(
     force: bool,
     console: Console,
     retry_failed: bool,
+    sweep: Expansion | None = None,
+    selection: Selection | None = None,
 ) -> LaunchResult:
     from tunevlseg.cluster import slurm
     from tunevlseg.cluster.submit import SlurmLauncher
@@ -383,7 +438,7 @@ def _submit(
         raise LaunchError(str(error)) from None
     prepared = _prepare(
         experiment, expansion, storage_url, storage, force=force, console=console,
-        liveness=liveness, retry_failed=retry_failed,
+        liveness=liveness, retry_failed=retry_failed, sweep=sweep, selection=selection,
     )
     index = prepared.manifest.task_index()
     assert liveness.queued is not None
@@ -394,7 +449,7 @@ def _submit(
     if not tasks:
         write_manifest(paths.manifest, prepared.manifest)
         if plan.complete:
-            console.print(_complete_message(plan))
+            console.print(_complete_message(plan, selection))
         else:
             console.print(f"Nothing to submit: the {len(covered)} remaining trial(s) are queued.")
         return LaunchResult(plan, 0)
@@ -428,12 +483,15 @@ def _submit(
         [(a.job_id, [(t.study, t.trial_number) for t in a.tasks]) for a in arrays],
         collector_job_id=collector_id,
     )
+    _record_selection(prepared.manifest, selection)
     write_manifest(paths.manifest, prepared.manifest)
     console.print(
-        f"Submitted {len(tasks)} trial(s) of {plan.n_studies} studies as {len(arrays)} array "
+        f"Submitted {len(tasks)} trial(s) of {plan.n_studies} studies{_selection_note(selection)} "
+        f"as {len(arrays)} array "
         f"job(s) {', '.join(job_ids)} (at most {experiment.spec.cluster.parallelism} running), "
-        f"and the collector job {collector_id} after them. Follow with `tvls-status "
-        f"{experiment.path}`."
+        f"and the collector job {collector_id} after them"
+        f"{'' if selection is None else ' (its tables cover the whole sweep)'}. Follow with "
+        f"`tvls-status {experiment.path}`."
     )
     return LaunchResult(plan, len(tasks), job_ids=job_ids, collector_job_id=collector_id)
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from tunevlseg.cluster.manifest import Manifest
 from tunevlseg.cluster.slurm import task_key
 from tunevlseg.tuning import recovery
+from tunevlseg.tuning.trial_attrs import trial_attrs
 
 if TYPE_CHECKING:
     from optuna.storages import BaseStorage
@@ -50,8 +51,9 @@ class SweepLiveness:
             }
 
     def _stamped_task(self, trial: FrozenTrial) -> str | None:
-        job = trial.user_attrs.get(recovery.SLURM_JOB_ATTR)
-        return task_key(job, trial.user_attrs.get(recovery.SLURM_TASK_ATTR)) if job else None
+        owner = trial_attrs(trial)
+        job = owner.get(recovery.SLURM_JOB_ATTR)
+        return task_key(job, owner.get(recovery.SLURM_TASK_ATTR)) if job else None
 
     def __call__(self, study: str, trial: FrozenTrial) -> bool | None:
         stamped = self._stamped_task(trial)
@@ -93,7 +95,7 @@ def running_job_ids(storage: BaseStorage, expansion: Expansion) -> list[str]:
         except KeyError:
             continue
         for trial in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
-            job = trial.user_attrs.get(recovery.SLURM_JOB_ATTR)
+            job = trial_attrs(trial).get(recovery.SLURM_JOB_ATTR)
             if job:
                 ids.add(str(job))
     return sorted(ids)

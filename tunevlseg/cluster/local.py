@@ -4,6 +4,13 @@ Each task is its own process started by submitit exactly as on a cluster node (p
 ``submitit.core._submit``), so the local demo exercises the same worker entry point as SLURM
 array tasks. submitit's local executor starts every submitted job at once; this launcher keeps at
 most ``parallelism`` running, the role SLURM's ``%N`` array throttle plays on a cluster.
+
+Task logs land in ``<folder>/<job id>/`` (the executor's folder is ``<folder>/%j``). submitit's
+local controller process (``submitit.local._local``) is handed that template unformatted and
+runs ``Path(template).mkdir(exist_ok=True)`` before it opens the logs in the formatted folder,
+so each task start leaves an empty folder literally named ``%j`` beside the real ones. Nothing
+is ever written into it; the launcher removes it when its tasks have ended
+(:meth:`LocalLauncher.remove_template_folder`).
 """
 
 from __future__ import annotations
@@ -20,6 +27,9 @@ from typing import Any
 import submitit
 
 from tunevlseg.cluster.worker import THREADS_ENV, TrialTask, TrialWorker
+
+JOB_ID_TAG = "%j"
+"""submitit's placeholder for the job id in a folder name."""
 
 
 @dataclass(frozen=True)
@@ -39,7 +49,7 @@ class LocalLauncher:
     def __init__(self, folder: Path, *, parallelism: int, timeout_min: int) -> None:
         self.folder = folder
         self.parallelism = max(1, parallelism)
-        self.executor = submitit.LocalExecutor(folder=str(folder / "%j"))
+        self.executor = submitit.LocalExecutor(folder=str(folder / JOB_ID_TAG))
         # submitit's controller process (one per task) shares our terminal: on Ctrl-C it would
         # print its own KeyboardInterrupt traceback there. Its stderr goes to a log instead.
         folder.mkdir(parents=True, exist_ok=True)
@@ -82,7 +92,17 @@ class LocalLauncher:
                 job.cancel(check=False)
             _wait_until_done([job for job, _task in running], seconds=30)
             raise
+        finally:
+            self.remove_template_folder()
         return ended
+
+    def remove_template_folder(self) -> None:
+        """Remove the empty ``%j`` folder submitit's controllers create (see the module's
+        docstring). Left alone if anything is in it: it is then not submitit's empty folder."""
+        try:
+            (self.folder / JOB_ID_TAG).rmdir()
+        except OSError:  # absent, or not empty
+            pass
 
 
 def _wait_until_done(jobs: Sequence[submitit.Job[Any]], seconds: float) -> None:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from tunevlseg.assets import preflight as asset_problems
 from tunevlseg.config.grid import Expansion, expand
 from tunevlseg.config.loader import Experiment
+from tunevlseg.config.select import Selection, select
 from tunevlseg.paths import SweepPaths
 from tunevlseg.tuning.storage import StorageURL, default_storage, parse_storage_url
 
@@ -32,12 +33,23 @@ def sweep_storage(experiment: Experiment) -> StorageURL:
 
 @dataclass
 class Preflight:
-    """What the checks found; ``storage`` is the sweep's storage when it already exists."""
+    """What the checks found; ``storage`` is the sweep's storage when it already exists.
+
+    ``expansion`` holds the studies the launch works on (the ``--only`` selection, else every
+    study); ``whole`` every study of the experiment file (the same object without a selection).
+    """
 
     expansion: Expansion
     storage_url: StorageURL
     storage: BaseStorage | None
     problems: list[str]
+    whole: Expansion | None = None
+    selection: Selection | None = None
+
+    @property
+    def sweep(self) -> Expansion:
+        """Every study of the experiment file, selected or not."""
+        return self.whole if self.whole is not None else self.expansion
 
     @property
     def message(self) -> str:
@@ -107,13 +119,26 @@ def open_existing_storage(url: StorageURL) -> BaseStorage | None:
 
 
 def run_preflight(
-    experiment: Experiment, *, local: bool, force: bool = False, parallelism: int | None = None
+    experiment: Experiment,
+    *,
+    local: bool,
+    force: bool = False,
+    parallelism: int | None = None,
+    only: Selection | None = None,
 ) -> Preflight:
-    """Every check of a launch, in the order a user would fix them; writes nothing."""
+    """Every check of a launch, in the order a user would fix them; writes nothing.
+
+    With ``only`` (``--only``), data and models are checked for the selected studies, while a
+    changed study definition is looked for in the whole file: the stored sweep stays one sweep.
+
+    Raises:
+        SelectionError: ``only`` names a key or value the sweep does not have (before any check).
+    """
     from tunevlseg.cluster import slurm
     from tunevlseg.tuning.studies import study_conflicts
 
-    expansion = expand(experiment)
+    whole = expand(experiment)
+    expansion, selection = select(whole, only)
     storage_url = sweep_storage(experiment)
     problems: list[str] = []
     if not local:
@@ -132,7 +157,7 @@ def run_preflight(
         storage = None
         problems.append(f"cannot open the study storage {storage_url}: {error}".strip())
     if storage is not None and not force:
-        conflict = study_conflicts(storage, expansion.studies)
+        conflict = study_conflicts(storage, whole.studies)
         if conflict:
             problems.append(conflict)
     if not local and not slurm.available():
@@ -140,4 +165,4 @@ def run_preflight(
             "SLURM does not answer (sbatch/scontrol missing or slurmctld down); use --local to "
             "run on this machine"
         )
-    return Preflight(expansion, storage_url, storage, problems)
+    return Preflight(expansion, storage_url, storage, problems, whole, selection)

@@ -2,9 +2,10 @@
 
 A task is told (storage, study, trial number). The trial was enqueued WAITING by the launcher; the
 task claims it (WAITING -> RUNNING is atomic in every Optuna storage), stamps it with its owner
-(host, pid, SLURM ids) and its folder, samples the parameters through the study's sampler, trains,
-and tells the result. A requeued SLURM task finds its trial RUNNING under its own array ids and
-continues it from the trial folder's checkpoint, with the same parameters.
+(host, pid, SLURM ids) and its folder, samples the parameters through the study's sampler, trains
+(reporting each epoch's objective to the trial, where the study's pruner may stop it), and tells
+the result: COMPLETE, or PRUNED. A requeued SLURM task finds its trial RUNNING under its own array
+ids and continues it from the trial folder's checkpoint, with the same parameters.
 """
 
 from __future__ import annotations
@@ -25,14 +26,17 @@ from tunevlseg.paths import SweepPaths
 from tunevlseg.tuning import recovery
 from tunevlseg.tuning.retry import with_retries
 from tunevlseg.tuning.storage import open_storage, parse_storage_url
+from tunevlseg.tuning.trial_attrs import CLAIM_ATTR, RESULT_ATTR, trial_attrs
 
 if TYPE_CHECKING:
     import optuna
     from optuna.storages import BaseStorage
+    from optuna.trial import FrozenTrial
 
     from tunevlseg.config.grid import StudySpec
 
 THREADS_ENV = "TVLS_THREADS"
+STARTED_ATTR = "tvls.started_at"
 
 
 class InterruptionWatch:
@@ -77,7 +81,7 @@ class TrialTask:
 class TaskOutcome:
     study: str
     trial_number: int
-    status: str  # "complete", "skipped"
+    status: str  # "complete", "pruned", "skipped"
     value: float | None = None
     detail: str = ""
 
@@ -101,11 +105,7 @@ class Claim:
 
 
 def _owner() -> dict[str, Any]:
-    """Who runs this task, every key always present (``None`` when not under SLURM).
-
-    The SLURM job id comes last: a stamp cut short by a kill then never names a job without
-    its array index, and recovery falls back to the manifest for a trial it cannot place.
-    """
+    """Who runs this task, every key always present (``None`` when not under SLURM)."""
     env = os.environ
     job = env.get("SLURM_ARRAY_JOB_ID") or env.get("SLURM_JOB_ID")
     return {
@@ -117,11 +117,11 @@ def _owner() -> dict[str, Any]:
     }
 
 
-def _is_mine(user_attrs: dict[str, Any]) -> bool:
+def _is_mine(trial: FrozenTrial) -> bool:
     """A RUNNING trial this same SLURM task owned before it was requeued."""
-    owner = _owner()
+    owner, stamped = _owner(), trial_attrs(trial)
     return bool(owner[recovery.SLURM_JOB_ATTR]) and all(
-        user_attrs.get(key) == owner[key] for key in (recovery.SLURM_JOB_ATTR, recovery.SLURM_TASK_ATTR)
+        stamped.get(key) == owner[key] for key in (recovery.SLURM_JOB_ATTR, recovery.SLURM_TASK_ATTR)
     )
 
 
@@ -155,7 +155,8 @@ def claim_trial(storage: BaseStorage, task: TrialTask) -> Claim | TaskOutcome:
     overwrite the winner's stamp on a RUNNING trial, and recovery would then judge the winner
     by the loser's (ended) task. A kill between the claim and the stamp leaves a RUNNING trial
     the stamp cannot place; recovery finds it through the manifest's tasks for the trial
-    (:mod:`tunevlseg.cluster.liveness`).
+    (:mod:`tunevlseg.cluster.liveness`). The stamp is one attribute (owner, lineage, folder),
+    so no kill leaves a job id without its array index.
 
     Returns a :class:`TaskOutcome` with status ``skipped`` when the trial is finished, owned by
     a live task elsewhere, was claimed by another task a moment ago, or its study has stopped.
@@ -165,6 +166,7 @@ def claim_trial(storage: BaseStorage, task: TrialTask) -> Claim | TaskOutcome:
 
     from tunevlseg.train.run_folder import identity_digest
     from tunevlseg.tuning.identity import IDENTITY_ATTR, trial_identity
+    from tunevlseg.tuning.pruners import make_pruner
     from tunevlseg.tuning.studies import load_spec, make_sampler, stop_reason
 
     def read() -> tuple[optuna.Study, int, Any]:
@@ -178,7 +180,7 @@ def claim_trial(storage: BaseStorage, task: TrialTask) -> Claim | TaskOutcome:
     )
     if frozen.state.is_finished():
         return skip("already finished", frozen.value)
-    if frozen.state == TrialState.RUNNING and not _is_mine(frozen.user_attrs):
+    if frozen.state == TrialState.RUNNING and not _is_mine(frozen):
         return skip("running elsewhere")
     spec = load_spec(study)
     resumed = frozen.state == TrialState.RUNNING
@@ -201,12 +203,18 @@ def claim_trial(storage: BaseStorage, task: TrialTask) -> Claim | TaskOutcome:
             return skip("claimed by another task")
         failpoint("claimed")
     study.sampler = make_sampler(spec, task.trial_number)
-    lineage = int(frozen.user_attrs.get(recovery.LINEAGE_ATTR, task.trial_number))
+    study.pruner = make_pruner(spec)
+    stamped = trial_attrs(frozen)
+    lineage = int(stamped.get(recovery.LINEAGE_ATTR, task.trial_number))
     run_dir = SweepPaths(Path(spec.output_dir), spec.sweep).trial_dir(spec.folder, lineage)
-    stamp = {**owner, recovery.LINEAGE_ATTR: lineage, "tvls.run_dir": str(run_dir)}
-    if not resumed:
-        stamp["tvls.started_at"] = time.time()
-    _stamp(storage, trial_id, stamp)
+    started = stamped.get(STARTED_ATTR) if resumed else None
+    stamp = {
+        **owner,
+        recovery.LINEAGE_ATTR: lineage,
+        "tvls.run_dir": str(run_dir),
+        STARTED_ATTR: started if started is not None else time.time(),
+    }
+    _stamp(storage, trial_id, {CLAIM_ATTR: stamp})
     failpoint("stamped")
     trial = optuna.Trial(study, trial_id)
     params = with_retries(
@@ -251,6 +259,8 @@ def run_task(task: TrialTask) -> TaskOutcome:
     from optuna.trial import TrialState
 
     from tunevlseg.tuning.objective import run_trial
+    from tunevlseg.tuning.pruners import VAL_IMAGES_ATTR, rounded_scores
+    from tunevlseg.tuning.pruning import EpochReporter, TrialPrunedAt, end_pruned, per_image_metric
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     watch = InterruptionWatch()
@@ -259,18 +269,30 @@ def run_task(task: TrialTask) -> TaskOutcome:
     claim = claim_trial(storage, task)
     if isinstance(claim, TaskOutcome):
         return claim
+    search = claim.spec.search
+    per_image = per_image_metric(search.pruner.name, search.objective)
+    reporter = EpochReporter(claim.trial, search.objective, per_image)
     started = time.monotonic()
     try:
-        result = run_trial(claim.spec, claim.params, claim.run_dir, seed=claim.seed, identity=claim.identity)
+        result = run_trial(
+            claim.spec, claim.params, claim.run_dir, seed=claim.seed, identity=claim.identity,
+            on_epoch_end=reporter,
+        )
+    except TrialPrunedAt as pruned:
+        end_pruned(claim.study, claim.trial, reporter, pruned)
+        last = pruned.curve.get(pruned.epochs)
+        return TaskOutcome(task.study, task.trial_number, "pruned", last, pruned.args[0])
     except BaseException as error:
         if watch.received or not isinstance(error, Exception):
             raise  # interrupted, not failed: the trial stays RUNNING to be continued
         _record_failure(claim, storage, error)
         raise
-    attrs = {**result, "tvls.task_seconds": time.monotonic() - started}
-    for key, value in attrs.items():
-        with_retries(lambda k=key, v=value: claim.trial.set_user_attr(k, v), what="recording the result")
-    value = float(result[claim.spec.search.objective])
+    val_images = result.pop("val_images", {})
+    if per_image and val_images.get(per_image):
+        _stamp(storage, claim.trial._trial_id, {VAL_IMAGES_ATTR: rounded_scores(val_images[per_image])})
+    bundle = {**result, "tvls.task_seconds": time.monotonic() - started}
+    with_retries(lambda: claim.trial.set_user_attr(RESULT_ATTR, bundle), what="recording the result")
+    value = float(result[search.objective])
     with_retries(lambda: claim.study.tell(claim.trial, value, skip_if_finished=True), what="telling the result")
     return TaskOutcome(task.study, task.trial_number, "complete", value)
 

@@ -10,7 +10,9 @@
 A history page is drawn on one canvas, each panel a region of a single axes: a thousand studies
 would otherwise mean a thousand matplotlib axes (ticks, labels, spines) and thousands of text
 labels, and text is the slow part of Agg (about 3 ms per short label here). Labels are written
-once per row and column instead.
+once per row and column instead. Every label is shown whole: measured as Agg will draw it, a
+name is set smaller when it does not fit its place (wrapped only below :data:`MIN_FONT`), and a
+sentence is wrapped.
 """
 
 from __future__ import annotations
@@ -22,12 +24,13 @@ import statistics
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from tunevlseg.collect.importance import Importances
 from tunevlseg.collect.results import StudyData
+from tunevlseg.tuning.trial_attrs import trial_attrs
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -35,7 +38,12 @@ if TYPE_CHECKING:
 PAGE_ROWS = 12
 PAGE_COLUMNS = 16
 PANEL_SIZE = (1.3, 0.8)  # inches
-DPI = 80
+DPI = 100
+"""Pixels per inch of every figure: at 100, the history pages' 7 pt labels are 10 px tall."""
+MIN_FONT = 5.5
+"""Points: a label that does not fit at this size is wrapped instead of shrunk further."""
+LINE_SPACING = 1.25
+"""Height of a text line in units of its font size (matplotlib's default is 1.2)."""
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -59,6 +67,63 @@ def _save(figure: Figure, path: Path) -> Path:
     return path
 
 
+_MEASURE: Any = None
+"""An Agg renderer at :data:`DPI` for measuring text (made on first use, one per process)."""
+
+
+def text_width(text: str, size: float) -> float:
+    """Width in inches of one line of ``text`` at ``size`` points in matplotlib's default font,
+    as Agg draws it at :data:`DPI` (hinting makes small text up to 10 % wider than the font's
+    outline metrics say); ~1.5 ms a line, without drawing."""
+    global _MEASURE
+    from matplotlib.backends.backend_agg import RendererAgg
+    from matplotlib.font_manager import FontProperties
+
+    if _MEASURE is None:
+        _MEASURE = RendererAgg(1, 1, DPI)
+    width, _, _ = _MEASURE.get_text_width_height_descent(text, FontProperties(size=size), ismath=False)
+    return float(width) / DPI
+
+
+def fit_text(text: str, width: float, size: float, *, shrink: bool = True) -> tuple[str, float]:
+    """``text`` (its lines as given) set to fit ``width`` inches, whole.
+
+    With ``shrink`` (names), the largest size up to ``size`` at which the longest line fits, not
+    below :data:`MIN_FONT`, and below that the lines wrapped at :data:`MIN_FONT`; without it
+    (sentences), the lines wrapped at ``size``. Lines wrap at spaces and hyphens, a word longer
+    than a line anywhere. Returns the text to draw (lines joined by newlines) and its size.
+    """
+    width *= 0.98  # a margin for rounding
+    lines = text.split("\n")
+    widest = max(text_width(line, size) for line in lines)
+    if widest <= width:
+        return text, size
+    if shrink:
+        # Hinted text is not quite proportional to its size: step down until it fits.
+        smaller = size * width / widest
+        while smaller >= MIN_FONT and max(text_width(line, smaller) for line in lines) > width:
+            smaller *= 0.97
+        if smaller >= MIN_FONT:
+            return text, smaller
+        size = MIN_FONT
+    return "\n".join(part for line in lines for part in _wrap(line, width, size)), size
+
+
+def _wrap(line: str, width: float, size: float) -> list[str]:
+    """``line`` in pieces of at most ``width`` inches at ``size`` points."""
+    import textwrap
+
+    chars = len(line)
+    while chars > 1 and any(text_width(part, size) > width for part in textwrap.wrap(line, chars)):
+        chars -= 1
+    return textwrap.wrap(line, chars) or [""]
+
+
+def _text_height(text: str, size: float) -> float:
+    """Inches a (multi-line) label takes up."""
+    return (text.count("\n") + 1) * size * LINE_SPACING / 72.0
+
+
 def depth_points(studies: Sequence[StudyData]) -> dict[str, dict[str, dict[int, list[float]]]]:
     """model -> learner title -> prompt depth -> test Dice x 100 of every complete trial."""
     from optuna.trial import TrialState
@@ -72,7 +137,7 @@ def depth_points(studies: Sequence[StudyData]) -> dict[str, dict[str, dict[int, 
             if trial.state != TrialState.COMPLETE:
                 continue
             depth = trial.params.get("prompt_depth")
-            dice = trial.user_attrs.get("test_dice")
+            dice = trial_attrs(trial).get("test_dice")
             if isinstance(depth, int) and isinstance(dice, (int, float)):
                 points[result.model][result.learner_title][depth].append(100.0 * float(dice))
     return points
@@ -151,10 +216,10 @@ def history_pages(studies: Sequence[StudyData]) -> list[tuple[list[str], list[st
     order = list(LEARNERS)
     models = list(dict.fromkeys(d.result.model for d in studies))
     row_keys = sorted(
-        {(d.result.model, d.result.learner, d.result.grid) for d in studies},
-        key=lambda k: (models.index(k[0]), order.index(k[1]) if k[1] in order else 99, k[1], k[2]),
+        {(d.result.model, d.result.learner, d.result.learner_title, d.result.grid) for d in studies},
+        key=lambda k: (models.index(k[0]), order.index(k[1]) if k[1] in order else 99, k[2], k[3]),
     )
-    rows = [_row_label(*key) for key in row_keys]
+    rows = [_row_label(model, title, grid) for model, _, title, grid in row_keys]
     columns = list(dict.fromkeys(d.result.dataset for d in studies))
     pages = []
     for r in range(0, len(rows), PAGE_ROWS):
@@ -163,11 +228,10 @@ def history_pages(studies: Sequence[StudyData]) -> list[tuple[list[str], list[st
     return pages
 
 
-def _row_label(model: str, learner: str, grid: str) -> str:
-    from tunevlseg.catalog import LEARNERS
-
-    title = LEARNERS[learner].title if learner in LEARNERS else learner
-    return f"{model} {title}" + (f"\n{grid}" if grid else "")
+def _row_label(model: str, learner_title: str, grid: str) -> str:
+    """``learner_title`` names a labelled entry apart (``MaPLe (maple-gaussian)``), so two
+    entries of one learner get a row each."""
+    return f"{model} {learner_title}" + (f"\n{grid}" if grid else "")
 
 
 def plot_history_pages(studies: Sequence[StudyData], folder: Path) -> list[Path]:
@@ -176,12 +240,13 @@ def plot_history_pages(studies: Sequence[StudyData], folder: Path) -> list[Path]
 
     Each panel shows every complete trial's objective against its number (dots) and the running
     best (red steps); x runs from 0 to the study's budget. Panels of a column share the y range,
-    written in the column header (lowest–highest objective), so learners compare directly on
-    each data set. Each label is one line: Agg lays out text line by line, at ~2 ms a line.
+    written in the column header under the data set's name (lowest–highest objective), so
+    learners compare directly on each data set. Labels are whole (:func:`fit_text`); Agg lays
+    out text line by line, at ~2 ms a line, so a page holds a few dozen lines of text.
     """
     if not studies:
         return []
-    by_cell = {(_row_label(d.result.model, d.result.learner, d.result.grid), d.result.dataset): d
+    by_cell = {(_row_label(d.result.model, d.result.learner_title, d.result.grid), d.result.dataset): d
                for d in studies}
     series = {key: _history_series(d) for key, d in by_cell.items()}
     ranges: dict[str, tuple[float, float]] = {}
@@ -235,24 +300,43 @@ def _draw_history_page(
     from matplotlib.collections import LineCollection
 
     rows, columns = pages[number - 1]
-    label_w, head_h = 1.5, 0.4  # inches for row labels and column headers
+    pad = 0.08  # inches between a label and what it labels, and around the page
+    # Row labels: the column is as wide as the widest label at 7 pt needs (within limits).
+    row_size = 7.0
+    widest = max(text_width(line, row_size) for row in rows for line in row.split("\n"))
+    label_w = min(max(widest / 0.98 + 2 * pad, 1.2), 2.6)
+    row_labels = [fit_text(row, label_w - 2 * pad, row_size) for row in rows]
+    # Column headers: the data set's whole name, its objective range on the line below.
+    headers = []
+    for dataset in columns:
+        low, high = ranges.get(dataset, (0.0, 1.0))
+        name, size = fit_text(dataset, PANEL_SIZE[0] - pad, 7.0)
+        headers.append((name, size, f"{low:.2f}–{high:.2f}"))
+    header_h = max(_text_height(name, size) for name, size, _ in headers) + _text_height("", 6.0) + pad
     width = label_w + PANEL_SIZE[0] * len(columns)
-    height = head_h + PANEL_SIZE[1] * len(rows) + 0.1
+    title, title_size = fit_text(
+        f"Optimisation history, page {number}/{len(pages)}\n"
+        "dots: each complete trial's objective; red: the running best",
+        width - 2 * pad, 8.0, shrink=False,
+    )
+    title_h = _text_height(title, title_size) + pad
+    height = title_h + header_h + PANEL_SIZE[1] * len(rows) + pad
     figure = _figure(width, height)
     ax = figure.add_axes((0, 0, 1, 1))
     ax.set_xlim(0, width)
     ax.set_ylim(0, height)
     ax.set_axis_off()
     frames, steps_all, xs, ys = [], [], [], []
-    top = height - head_h
-    for c, dataset in enumerate(columns):
-        low, high = ranges.get(dataset, (0.0, 1.0))
-        name = dataset if len(dataset) <= 14 else dataset[:13] + "…"
-        ax.text(label_w + PANEL_SIZE[0] * (c + 0.5), top + 0.04,
-                f"{name} {low:.2f}–{high:.2f}", fontsize=6, ha="center", va="bottom")
-    for r, row in enumerate(rows):
+    top = height - title_h - header_h
+    for c, (name, size, span_text) in enumerate(headers):
+        x = label_w + PANEL_SIZE[0] * (c + 0.5)
+        ax.text(x, top + 0.03, span_text, fontsize=6, ha="center", va="bottom", color="0.35")
+        ax.text(x, top + 0.03 + _text_height("", 6.0), name, fontsize=size, ha="center",
+                va="bottom", multialignment="center", linespacing=LINE_SPACING)
+    for r, (row, (label, size)) in enumerate(zip(rows, row_labels, strict=True)):
         y_top = top - PANEL_SIZE[1] * r
-        ax.text(label_w - 0.08, y_top - PANEL_SIZE[1] / 2, row, fontsize=7, ha="right", va="center")
+        ax.text(label_w - pad, y_top - PANEL_SIZE[1] / 2, label, fontsize=size, ha="right",
+                va="center", multialignment="right", linespacing=LINE_SPACING)
         for c, dataset in enumerate(columns):
             data = by_cell.get((row, dataset))
             if data is None:
@@ -267,21 +351,23 @@ def _draw_history_page(
             low, high = ranges[dataset]
             span = (high - low) or 1.0
             n_max = max(data.result.n_trials - 1, numbers[-1], 1)
-            px = [x0 + w * n / n_max for n in numbers]
+            x_left, x_span = x0 + 0.04 * w, 0.92 * w  # inset: the first and last dots clear the frame
+            px = [x_left + x_span * n / n_max for n in numbers]
             py = [y0 + h * (0.08 + 0.84 * (v - low) / span) for v in values]
             pb = [y0 + h * (0.08 + 0.84 * (b - low) / span) for b in best]
             xs += px
             ys += py
-            ends = px[1:] + [x0 + w * min(1.0, max(numbers[-1], data.result.n_trials - 1) / n_max)]
+            last = min(1.0, max(numbers[-1], data.result.n_trials - 1) / n_max)
+            ends = px[1:] + [x_left + x_span * last]
             steps = []
             for x, x_end, y in zip(px, ends, pb, strict=True):
                 steps += [(x, y), (x_end, y)]
             steps_all.append(steps)
     ax.add_collection(LineCollection(frames, colors="0.75", linewidths=0.5))
     ax.add_collection(LineCollection(steps_all, colors="C3", linewidths=1.0))
-    ax.scatter(np.asarray(xs, float), np.asarray(ys, float), s=3, color="C0", linewidths=0)
-    ax.text(0.05, height - 0.05, f"Optimisation history (objective vs trial; red: running best) "
-            f"{number}/{len(pages)}", fontsize=7, ha="left", va="top")
+    ax.scatter(np.asarray(xs, float), np.asarray(ys, float), s=7, color="C0", linewidths=0, zorder=3)
+    ax.text(pad, height - pad / 2, title, fontsize=title_size, ha="left", va="top",
+            linespacing=LINE_SPACING)
     return _save(figure, folder / f"history-{number:03d}.png")
 
 
@@ -296,17 +382,24 @@ def plot_importance(importances: Importances, path: Path) -> Path | None:
         return None
     columns = min(3, len(by_learner))
     rows = math.ceil(len(by_learner) / columns)
-    figure = _figure(4.2 * columns, 2.4 * rows + 0.3)
+    width = 4.2 * columns
+    figure = _figure(width, 2.4 * rows + 0.4)
+    # The constrained layout makes room for every tick label and (wrapped) title.
+    figure.set_layout_engine("constrained")
     axes = figure.subplots(rows, columns, squeeze=False)
     for ax, (learner, bars) in zip(axes.flat, by_learner.items(), strict=False):
         ax.barh([b[0] for b in reversed(bars)], [b[1] for b in reversed(bars)], color="C0")
         ax.set_xlim(0, 1)
         n_studies, n_trials = counts[learner]
-        ax.set_title(f"{learner} ({n_studies} studies, {n_trials} trials)", fontsize=9)
+        # A title is centred over its axes: at most as wide as the panel less its tick labels.
+        tick_labels = max(text_width(name, 7.0) for name, _ in bars) + 0.3
+        title, size = fit_text(f"{learner} ({n_studies} studies, {n_trials} trials)",
+                               width / columns - tick_labels - 0.2, 9.0, shrink=False)
+        ax.set_title(title, fontsize=size, linespacing=LINE_SPACING)
         ax.tick_params(labelsize=7)
     for ax in list(axes.flat)[len(by_learner):]:
         ax.set_axis_off()
-    figure.suptitle("Hyperparameter importance (PED-ANOVA over each learner's studies)", fontsize=9)
-    figure.subplots_adjust(left=0.12, right=0.98, bottom=0.08, top=1 - 0.5 / figure.get_figheight(),
-                           wspace=0.55, hspace=0.45)
+    title, size = fit_text("Hyperparameter importance (PED-ANOVA over each learner's studies)",
+                           width - 0.3, 9.0, shrink=False)
+    figure.suptitle(title, fontsize=size, linespacing=LINE_SPACING)
     return _save(figure, path)

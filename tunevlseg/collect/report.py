@@ -10,7 +10,8 @@ Layout of the folder (every file written to a temporary name, then renamed)::
                                       mDice and Dice (only when some study recorded per-class
                                       scores of a multi-class data set)
     studies.csv                       one row per study, every collected field
-    trial_states.*  best_params.*  parameters.*  compute.*  importance.*   (.md .tex .csv)
+    trial_states.*  best_params.*  parameters.*  compute.*  importance.*   (.md .tex .csv; no
+                                      .csv for a table without rows, a note says so instead)
     report.html                       everything above and the plots, self-contained
     plots/prompt_depth.png  plots/importance.png  plots/history/history-NNN.png
 """
@@ -18,6 +19,7 @@ Layout of the folder (every file written to a temporary name, then renamed)::
 from __future__ import annotations
 
 import csv
+import html
 import io
 import json
 import os
@@ -48,6 +50,7 @@ class Report:
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     n_studies: int = 0
+    results: list[dict[str, Any]] = field(default_factory=list)  # main_table.csv's rows
 
 
 def parse_formats(text: str) -> tuple[str, ...]:
@@ -82,8 +85,14 @@ def _write(path: Path, content: str | bytes) -> Path:
 
 
 def _csv(records: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
-    """Records as CSV; None is an empty field, floats keep full precision."""
+    """Records as CSV with a header row; None is an empty field, floats keep full precision.
+
+    Raises:
+        ValueError: no records and no columns: the file would hold nothing, not even a header.
+    """
     columns = list(columns or (records[0] if records else []))
+    if not columns:
+        raise ValueError("no records and no columns: nothing to write as CSV")
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
@@ -173,7 +182,8 @@ def build_report(
                 files.append(_write(folder / f"{stem}.tex", latex))
             sections.append(Section(heading, tables.to_html(table)))
         if "csv" in formats:
-            files.append(_write(folder / "main_table.csv", _csv(tables.main_table_rows(results))))
+            rows = tables.main_table_rows(results)
+            files.append(_write(folder / "main_table.csv", _csv(rows, tables.MAIN_TABLE_COLUMNS)))
             if studies:
                 files.append(_write(folder / "studies.csv", _studies_csv([d.result for d in studies])))
         per_class = tables.per_class_table(results)
@@ -209,13 +219,23 @@ def build_report(
             built.append(summaries.importance(importances))
         for summary in built:
             text = summary.text
+            # A summary without records has no columns to head a CSV: no file, and a note
+            # where the table is shown instead.
+            no_csv = "csv" in formats and not summary.records
+            note = f"No rows, so no {text.name}.csv was written." if no_csv else ""
             if "md" in formats:
-                files.append(_write(folder / f"{text.name}.md", f"## {text.title}\n\n" + render.to_markdown(text)))
+                markdown = f"## {text.title}\n\n" + render.to_markdown(text) + (f"\n{note}\n" if note else "")
+                files.append(_write(folder / f"{text.name}.md", markdown))
             if "latex" in formats:
                 files.append(_write(folder / f"{text.name}.tex", render.to_latex(text)))
             if "csv" in formats:
-                files.append(_write(folder / f"{text.name}.csv", _csv(summary.records)))
-            sections.append(Section(text.title, render.to_html(text)))
+                path = folder / f"{text.name}.csv"
+                if summary.records:
+                    files.append(_write(path, _csv(summary.records)))
+                else:  # one from an earlier run with rows would contradict this one
+                    path.unlink(missing_ok=True)
+            body = render.to_html(text) + (f'<p class="note">{html.escape(note)}</p>\n' if note else "")
+            sections.append(Section(text.title, body))
 
     if studies:  # outside results alone have no trials to tabulate
         clock.run("summaries", summary_stage)
@@ -245,7 +265,9 @@ def build_report(
     if "html" in formats:
         page = clock.run("html", lambda: render_page(f"{title}: results", sections, warnings))
         files.append(_write(folder / "report.html", page))
-    return Report(folder, main_markdown, files, warnings, clock.timings, len(studies))
+    return Report(
+        folder, main_markdown, files, warnings, clock.timings, len(studies), tables.main_table_rows(results)
+    )
 
 
 def write_sweep_reports(

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tunevlseg.catalog import LEARNERS
 from tunevlseg.config.grid import StudySpec
 from tunevlseg.tuning.studies import SPEC_ATTR
+from tunevlseg.tuning.trial_attrs import trial_attrs
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -79,7 +80,9 @@ class StudyResult:
 
     ``compute_seconds`` is what GPU-hours are made of; see :func:`trial_seconds`.
     ``per_class`` holds the best trial's test scores per class name (empty when not recorded);
-    :attr:`test_mdice` is their class mean.
+    :attr:`test_mdice` is their class mean. ``epochs_trained`` counts the epochs of every
+    finished trial (complete and pruned); ``epochs_saved`` is what pruning spared, see
+    :func:`epochs_saved`.
     """
 
     study: str
@@ -114,6 +117,8 @@ class StudyResult:
     best_params: Mapping[str, Any] = field(default_factory=dict)
     source: str = SOURCE_STORAGE
     per_class: Mapping[str, ClassScores] = field(default_factory=dict)
+    epochs_trained: int = 0
+    epochs_saved: int = 0
 
     @property
     def test_mdice(self) -> float | None:
@@ -184,12 +189,40 @@ def trial_seconds(trial: FrozenTrial) -> float | None:
     Running and waiting trials are not counted.
     """
     for key in ("tvls.task_seconds", "wall_time_s"):
-        value = _number(trial.user_attrs, key)
+        value = _number(trial_attrs(trial), key)
         if value is not None:
             return value
     if trial.state.is_finished() and trial.datetime_start and trial.datetime_complete:
         return (trial.datetime_complete - trial.datetime_start).total_seconds()
     return None
+
+
+def trial_epochs(trial: FrozenTrial) -> int | None:
+    """Epochs a trial trained: its recorded ``epochs_run``, else its learning curve's last step
+    (steps are epochs completed); ``None`` when neither is known."""
+    recorded = _int(trial_attrs(trial), "epochs_run")
+    if recorded is not None:
+        return recorded
+    return max(trial.intermediate_values, default=None)
+
+
+def epochs_saved(trials: Sequence[FrozenTrial], max_epochs: int) -> int:
+    """Epochs pruning spared: for each pruned trial, what a complete trial of the study trained
+    on average (``max_epochs`` before any completed) minus what the pruned one did.
+
+    An estimate: a pruned trial might have stopped early on its own, so the figure says what
+    the study's own complete trials suggest, not a promise.
+    """
+    from optuna.trial import TrialState
+
+    complete = [e for t in trials if t.state == TrialState.COMPLETE and (e := trial_epochs(t)) is not None]
+    typical = sum(complete) / len(complete) if complete else float(max_epochs)
+    saved = 0.0
+    for trial in trials:
+        epochs = trial_epochs(trial) if trial.state == TrialState.PRUNED else None
+        if epochs is not None:  # a pruned trial that recorded nothing is not guessed at
+            saved += max(0.0, typical - epochs)
+    return round(saved)
 
 
 def stored_gpus_per_task(attrs: Mapping[str, Any]) -> int | None:
@@ -217,17 +250,20 @@ def _result(spec: StudySpec, trials: list[FrozenTrial], gpus: int | None) -> Stu
     from optuna.trial import TrialState
 
     best = best_trial(trials, spec.search.direction)
-    attrs = best.user_attrs if best else {}
+    attrs = trial_attrs(best) if best else {}
     states = Counter(t.state for t in trials)
     wall = task = compute = 0.0
     timed = 0
     for trial in trials:
-        wall += _number(trial.user_attrs, "wall_time_s") or 0.0
-        task += _number(trial.user_attrs, "tvls.task_seconds") or 0.0
+        flat = trial_attrs(trial)
+        wall += _number(flat, "wall_time_s") or 0.0
+        task += _number(flat, "tvls.task_seconds") or 0.0
         seconds = trial_seconds(trial)
         if seconds is not None:
             compute += seconds
             timed += 1
+    finished = (TrialState.COMPLETE, TrialState.PRUNED)
+    trained = sum(trial_epochs(t) or 0 for t in trials if t.state in finished)
     return StudyResult(
         study=spec.name,
         sweep=spec.sweep,
@@ -260,6 +296,8 @@ def _result(spec: StudySpec, trials: list[FrozenTrial], gpus: int | None) -> Stu
         gpus_per_task=gpus,
         best_params=dict(best.params) if best else {},
         per_class=_per_class(attrs),
+        epochs_trained=trained,
+        epochs_saved=epochs_saved(trials, spec.training.max_epochs),
     )
 
 

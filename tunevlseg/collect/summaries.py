@@ -56,20 +56,35 @@ def _storage(results: Sequence[StudyResult]) -> list[StudyResult]:
 
 
 def trial_states(results: Sequence[StudyResult]) -> Summary:
-    """Per study: budget and trials by state, with a total row."""
-    keys = ("n_trials", "complete", "pruned", "failed", "running", "waiting", "remaining")
+    """Per study: budget, trials by state and the epochs they trained, with a total row."""
+    keys = (
+        "n_trials", "complete", "pruned", "failed", "running", "waiting", "remaining",
+        "epochs_trained", "epochs_saved",
+    )
     records = []
     for r in _storage(results):
-        counts = [r.n_trials, r.complete, r.pruned, r.failed, r.running, r.waiting, r.remaining]
+        counts = [
+            r.n_trials, r.complete, r.pruned, r.failed, r.running, r.waiting, r.remaining,
+            r.epochs_trained, r.epochs_saved,
+        ]
         records.append(
             {"study": r.study, "model": r.model, "learner": r.learner, "dataset": r.dataset,
              "grid": r.grid, **dict(zip(keys, counts, strict=True))}
         )
     rows = [[rec["study"], *(str(rec[k]) for k in keys)] for rec in records]
     rows.append(["Total", *(str(sum(rec[k] for rec in records)) for k in keys)])
-    header = ["Study", "Budget", "Complete", "Pruned", "Failed", "Running", "Waiting", "Remaining"]
-    text = TextTable("trial_states", "Trials by state", header, rows, frozenset(range(1, 8)),
-                     ["Remaining: budget − complete − pruned (running and waiting ones included)."])
+    header = [
+        "Study", "Budget", "Complete", "Pruned", "Failed", "Running", "Waiting", "Remaining",
+        "Epochs", "Saved by pruning",
+    ]
+    text = TextTable(
+        "trial_states", "Trials by state", header, rows, frozenset(range(1, len(header))),
+        [
+            "Remaining: budget − complete − pruned (running and waiting ones included).",
+            "Epochs: trained by the complete and pruned trials. Saved by pruning: per pruned "
+            "trial, the complete trials' mean epochs (max_epochs before any) minus its own.",
+        ],
+    )
     return Summary(records, text)
 
 

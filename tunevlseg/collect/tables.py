@@ -6,6 +6,8 @@ sample-mean Dice; ``metric="mdice"`` shows the class-mean Dice instead, see
 :func:`tunevlseg.collect.results.class_mean`). The last
 column is the mean and population standard deviation (ddof = 0) over the row's data sets, the
 last row the mean and population std of the row means. Missing cells are left out of the means.
+A mean over a single value (one data set, or one row) is shown without its std: "± 0.00" would
+read as a spread measured at zero.
 
 The numbers live in :class:`MainTable`; the renderers (Markdown, LaTeX, HTML, tidy CSV rows) only
 format them, so every format shows the same values. LaTeX and HTML mark the best value of each
@@ -54,17 +56,33 @@ class MainTable:
     cells: dict[tuple[str, str], dict[str, float | None]]
     footnotes: list[str] = field(default_factory=list)
 
+    def row_values(self, row: tuple[str, str]) -> list[float]:
+        """The row's values present (missing cells left out)."""
+        return [v for v in self.cells[row].values() if v is not None]
+
     def row_stats(self, row: tuple[str, str]) -> tuple[float, float] | None:
-        values = [v for v in self.cells[row].values() if v is not None]
+        values = self.row_values(row)
         if not values:
             return None
         return statistics.fmean(values), statistics.pstdev(values)
 
+    def row_means(self) -> list[float]:
+        """The mean of every row with a value."""
+        return [stats[0] for row in self.rows if (stats := self.row_stats(row)) is not None]
+
     def average_across_methods(self) -> tuple[float, float] | None:
-        means = [stats[0] for row in self.rows if (stats := self.row_stats(row)) is not None]
+        means = self.row_means()
         if not means:
             return None
         return statistics.fmean(means), statistics.pstdev(means)
+
+    def row_text(self, row: tuple[str, str]) -> str:
+        """The row's "Mean ± Std" cell as plain text (see :func:`mean_text`)."""
+        return mean_text(self.row_stats(row), len(self.row_values(row)))
+
+    def average_text(self) -> str:
+        """The "Average across methods" cell as plain text (see :func:`mean_text`)."""
+        return mean_text(self.average_across_methods(), len(self.row_means()))
 
     def best_rows(self, column: str | None) -> set[tuple[str, str]]:
         """Rows holding the best shown value of a data set column (None: the mean column).
@@ -147,8 +165,12 @@ def build_main_table(results: Sequence[StudyResult], metric: str = "dice") -> Ma
     return table
 
 
-def _pm(stats: tuple[float, float] | None) -> str:
-    return MISSING if stats is None else f"{stats[0]:.2f} ± {stats[1]:.2f}"
+def mean_text(stats: tuple[float, float] | None, n: int) -> str:
+    """``mean ± std`` over ``n`` values; the mean alone when ``n`` is 1 (a std of one value is
+    no spread), – when there is nothing."""
+    if stats is None:
+        return MISSING
+    return f"{stats[0]:.2f}" if n == 1 else f"{stats[0]:.2f} ± {stats[1]:.2f}"
 
 
 def _cell(value: float | None) -> str:
@@ -166,11 +188,11 @@ def to_markdown(table: MainTable) -> str:
         previous_model = model
         values = [_cell(table.cells[(model, learner)][name]) for _, name in table.datasets]
         lines.append(
-            "| " + " | ".join([shown_model, learner, *values, _pm(table.row_stats((model, learner)))]) + " |"
+            "| " + " | ".join([shown_model, learner, *values, table.row_text((model, learner))]) + " |"
         )
     blanks = [""] * len(table.datasets)
     lines.append(
-        "| " + " | ".join([AVERAGE, "", *blanks, _pm(table.average_across_methods())]) + " |"
+        "| " + " | ".join([AVERAGE, "", *blanks, table.average_text()]) + " |"
     )
     notes = [f"\n{note}" for note in table.footnotes]
     return "\n".join(lines) + "".join(notes) + "\n"
@@ -187,8 +209,9 @@ def _category_spans(table: MainTable) -> list[tuple[str, int]]:
     return spans
 
 
-def _latex_pm(stats: tuple[float, float] | None) -> str:
-    return "--" if stats is None else f"{stats[0]:.2f} $\\pm$ {stats[1]:.2f}"
+def _latex_mean(text: str) -> str:
+    """A "Mean ± Std" cell's text in LaTeX."""
+    return "--" if text == MISSING else text.replace("±", "$\\pm$")
 
 
 def _bold_latex(text: str, bold: bool) -> str:
@@ -233,11 +256,11 @@ def to_latex(table: MainTable, caption: str | None = None, label: str | None = N
             _bold_latex(_cell(table.cells[row][name]).replace(MISSING, "--"), row in best[name])
             for _, name in table.datasets
         ]
-        mean = _bold_latex(_latex_pm(table.row_stats(row)), row in best_mean)
+        mean = _bold_latex(_latex_mean(table.row_text(row)), row in best_mean)
         lines.append(" & ".join([shown_model, latex_escape(learner), *values, mean]) + " \\\\")
     lines.append("\\midrule")
     lines.append(
-        " & ".join([f"\\multicolumn{{2}}{{l}}{{{AVERAGE}}}", *[""] * n, _latex_pm(table.average_across_methods())])
+        " & ".join([f"\\multicolumn{{2}}{{l}}{{{AVERAGE}}}", *[""] * n, _latex_mean(table.average_text())])
         + " \\\\"
     )
     lines.append("\\bottomrule")
@@ -270,18 +293,25 @@ def to_html(table: MainTable) -> str:
         for _, name in table.datasets:
             text = esc(_cell(table.cells[row][name]))
             cells.append(f"<td>{'<b>' + text + '</b>' if row in best[name] else text}</td>")
-        mean = esc(_pm(table.row_stats(row)))
+        mean = esc(table.row_text(row))
         cells.append(f"<td>{'<b>' + mean + '</b>' if row in best_mean else mean}</td>")
         parts.append(f"<tr{group}><td>{shown_model}</td><td>{esc(learner)}</td>{''.join(cells)}</tr>")
     blanks = "<td></td>" * len(table.datasets)
     parts.append(
         f'<tr class="average"><td colspan="2">{esc(AVERAGE)}</td>{blanks}'
-        f"<td>{esc(_pm(table.average_across_methods()))}</td></tr>"
+        f"<td>{esc(table.average_text())}</td></tr>"
     )
     parts.append("</tbody></table>")
     for note in table.footnotes:
         parts.append(f'<p class="note">{esc(note)}</p>')
     return "\n".join(parts) + "\n"
+
+
+MAIN_TABLE_COLUMNS = (
+    "grid", "model", "learner", "learner_title", "category", "dataset", "test_dice", "test_mdice",
+    "test_iou", "val_dice", "best_trial", "source", "study",
+)
+"""The columns of ``main_table.csv`` (the keys of :func:`main_table_rows`), also with no rows."""
 
 
 def main_table_rows(results: Sequence[StudyResult]) -> list[dict[str, Any]]:

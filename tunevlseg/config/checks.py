@@ -45,6 +45,7 @@ def check_experiment(spec: ExperimentSpec) -> Iterator[Finding]:
     yield from _check_patience(spec)
     yield from _check_viable(spec)
     yield from _check_learner_datasets(spec)
+    yield from _check_pruner(spec)
     if spec.storage is not None:
         try:
             parse_storage_url(spec.storage)
@@ -351,3 +352,43 @@ def _check_learner_datasets(spec: ExperimentSpec) -> Iterator[Finding]:
                 )
             elif name in entry.datasets[:position]:
                 yield ("learners", index, "datasets", position), f"{name!r} is listed twice"
+
+
+def _check_pruner(spec: ExperimentSpec) -> Iterator[Finding]:
+    """A pruner that could never act, or one that cannot judge the objective, is refused.
+
+    Epochs are the pruners' resource: a first rung (or warm-up) at or beyond ``max_epochs`` of
+    some study would let every trial of it run to the end while the file says it prunes, and
+    the Wilcoxon test pairs per-image scores, which only the overlap objectives have.
+    """
+    pruner = spec.search.pruner
+    where = ("search", "pruner")
+    axis = spec.grid.get("training.max_epochs")
+    max_epochs = min(
+        [v for v in axis if isinstance(v, int)] if axis else [spec.training.max_epochs],
+        default=spec.training.max_epochs,
+    )
+    first = {
+        "asha": lambda: ("min_resource", getattr(pruner, "min_resource", 0)),
+        "hyperband": lambda: ("min_resource", getattr(pruner, "min_resource", 0)),
+        "median": lambda: ("n_warmup_steps", getattr(pruner, "n_warmup_steps", 0)),
+        "wilcoxon": lambda: ("n_warmup_epochs", getattr(pruner, "n_warmup_epochs", 0)),
+    }.get(pruner.name)
+    if first is not None:
+        key, epochs = first()
+        if epochs >= max_epochs:
+            yield where + (key,), (
+                f"{epochs} epochs is not below training.max_epochs ({max_epochs}), so this "
+                f"pruner would never stop a trial; lower {key} or set `pruner: none`"
+            )
+    max_resource = getattr(pruner, "max_resource", None)
+    if max_resource is not None and max_resource > max_epochs:
+        yield where + ("max_resource",), (
+            f"{max_resource} epochs is more than training.max_epochs ({max_epochs}); leave it "
+            "out to use max_epochs"
+        )
+    if pruner.name == "wilcoxon" and spec.search.objective == "val_loss":
+        yield where + ("name",), (
+            "the Wilcoxon pruner compares per-image validation Dice or IoU, and "
+            "search.objective is val_loss; use val_dice or val_iou, or another pruner"
+        )

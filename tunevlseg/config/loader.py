@@ -139,23 +139,59 @@ def _pydantic_problems(error: ValidationError, data: Any) -> list[Problem]:
     problems = []
     for item in error.errors():
         loc = tuple(p for p in item["loc"] if not isinstance(p, str) or not p.startswith("function-"))
+        loc, model = _file_loc(loc)
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
-            message = _unknown_key_message(loc, data)
+            message = _unknown_key_message(loc, model)
         elif item["type"] == "missing":
             message = "required key is missing"
+        elif item["type"] == "union_tag_invalid":
+            context = item.get("ctx", {})
+            message = (
+                f"unknown {context.get('discriminator', 'name').strip(chr(39))} "
+                f"{context.get('tag')!r}; expected one of {context.get('expected_tags')}"
+            )
         problems.append(Problem(loc, message))
     return problems
 
 
-def _unknown_key_message(loc: Loc, data: Any) -> str:
-    """'unknown key', the close matches, and every valid key with its default."""
+def _file_loc(loc: Loc) -> tuple[Loc, type[BaseModel] | None]:
+    """The error's key path as written in the file, and the block model that holds its last key.
+
+    pydantic puts the chosen member's tag into the path of an error inside a discriminated
+    union (``search.pruner.asha.reduction_factor``); the file has no such key, so the tag is
+    dropped, and the member it names is the block whose keys an unknown key is checked against.
+    """
+    kept: list[str | int] = []
     model: type[BaseModel] | None = ExperimentSpec
-    for part in loc[:-1]:
-        if model is None or isinstance(part, int):
+    parts = list(loc)
+    position = 0
+    while position < len(parts):
+        part = parts[position]
+        kept.append(part)
+        position += 1
+        if position == len(parts) or model is None or isinstance(part, int):
             continue
         field = model.model_fields.get(str(part))
-        model = _model_of(field.annotation) if field else None
+        members = _models_of(field.annotation) if field else []
+        tagged = {_tag_of(m): m for m in members}
+        if parts[position] in tagged and len(members) > 1:
+            model = tagged[parts[position]]
+            position += 1  # the tag: not a key of the file
+        else:
+            model = members[0] if members else None
+    return tuple(kept), model
+
+
+def _tag_of(model: type[BaseModel]) -> str | None:
+    """The ``name`` literal that tags a member of a discriminated union, if any."""
+    field = model.model_fields.get("name")
+    values = getattr(field.annotation, "__args__", ()) if field else ()
+    return values[0] if len(values) == 1 and isinstance(values[0], str) else None
+
+
+def _unknown_key_message(loc: Loc, model: type[BaseModel] | None) -> str:
+    """'unknown key', the close matches, and every valid key with its default."""
     key = str(loc[-1])
     if model is None:
         return f"unknown key {key!r}"
@@ -176,14 +212,14 @@ def _default_text(field: Any) -> str:
     return repr(default) if not isinstance(default, (dict, list)) or default else str(default)
 
 
-def _model_of(annotation: Any) -> type[BaseModel] | None:
+def _models_of(annotation: Any) -> list[type[BaseModel]]:
+    """The block models an annotation may hold (several for a union), in order."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
+        return [annotation]
+    found: list[type[BaseModel]] = []
     for arg in getattr(annotation, "__args__", ()):
-        found = _model_of(arg)
-        if found is not None:
-            return found
-    return None
+        found += _models_of(arg)
+    return found
 
 
 def parse_experiment(text: str, path: Path | str = "<experiment>") -> Experiment:

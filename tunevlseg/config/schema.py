@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -296,6 +296,89 @@ class TrainingSettings(Strict):
         return self
 
 
+class _PrunerBase(Strict):
+    """Settings shared by every pruner."""
+
+    @property
+    def prunes(self) -> bool:
+        return True
+
+
+class NoPruner(_PrunerBase):
+    """Every trial runs until early stopping or ``max_epochs`` (the paper's protocol)."""
+
+    name: Literal["none"] = "none"
+
+    @property
+    def prunes(self) -> bool:
+        return False
+
+
+class AshaPruner(_PrunerBase):
+    """Asynchronous successive halving (Li et al., MLSys 2020; Optuna's
+    ``SuccessiveHalvingPruner``): at epochs ``min_resource * reduction_factor**k`` a trial goes on
+    only if it is in the top ``1 / reduction_factor`` of the trials that reached that epoch."""
+
+    name: Literal["asha"]
+    min_resource: int = Field(default=1, ge=1, description="epochs before the first rung")
+    reduction_factor: int = Field(default=3, ge=2, description="keep the top 1/reduction_factor")
+    min_early_stopping_rate: int = Field(default=0, ge=0, description="skip this many rungs")
+    bootstrap_count: int = Field(
+        default=0,
+        ge=0,
+        description="trials that must reach a rung before any goes past it; the first ones are "
+        "pruned there (a task cannot wait for others), so keep 0 unless the budget is large",
+    )
+
+
+class HyperbandPruner(_PrunerBase):
+    """Hyperband (Li et al., JMLR 2018): several successive-halving brackets of different
+    aggressiveness; each trial is assigned to one bracket by its number."""
+
+    name: Literal["hyperband"]
+    min_resource: int = Field(default=1, ge=1, description="epochs before the first rung")
+    max_resource: int | None = Field(
+        default=None, ge=1, description="epochs of a full trial; null = training.max_epochs"
+    )
+    reduction_factor: int = Field(default=3, ge=2)
+    bootstrap_count: int = Field(default=0, ge=0)
+
+
+class MedianPruner(_PrunerBase):
+    """Stop a trial whose best value so far is worse than the median of the other trials'
+    values at the same epoch."""
+
+    name: Literal["median"]
+    n_startup_trials: int = Field(
+        default=5, ge=0, description="finished trials before anything is pruned"
+    )
+    n_warmup_steps: int = Field(default=0, ge=0, description="epochs of a trial never pruned")
+    interval_steps: int = Field(default=1, ge=1, description="check every this many epochs")
+    n_min_trials: int = Field(
+        default=1, ge=1, description="trials that must have reached the epoch to compare with"
+    )
+
+
+class WilcoxonPruner(_PrunerBase):
+    """Stop a trial whose per-image validation scores are significantly worse than the best
+    trial's (a one-sided Wilcoxon signed-rank test over the validation images, paired by image;
+    Optuna's ``WilcoxonPruner``)."""
+
+    name: Literal["wilcoxon"]
+    p_threshold: float = Field(default=0.1, gt=0, lt=1, description="prune below this p-value")
+    n_startup_steps: int = Field(
+        default=2, ge=0, description="validation images compared before a test is trusted"
+    )
+    n_warmup_epochs: int = Field(default=1, ge=0, description="epochs of a trial never pruned")
+
+
+PrunerSettings = Annotated[
+    NoPruner | AshaPruner | HyperbandPruner | MedianPruner | WilcoxonPruner,
+    Field(discriminator="name"),
+]
+PRUNER_NAMES = ("none", "asha", "hyperband", "median", "wilcoxon")
+
+
 class SearchSettings(Strict):
     """How each study is searched."""
 
@@ -319,6 +402,21 @@ class SearchSettings(Strict):
     space: dict[str, Any] = Field(
         default_factory=dict, description="overrides for every learner that has the parameter"
     )
+    pruner: PrunerSettings = Field(
+        default_factory=NoPruner,
+        description="stop bad trials early: none | asha | hyperband | median | wilcoxon, "
+        "e.g. {name: asha, min_resource: 1, reduction_factor: 3}",
+    )
+
+    @field_validator("pruner", mode="before")
+    @classmethod
+    def _pruner_name_alone(cls, pruner: Any) -> Any:
+        """``pruner: asha`` is short for ``pruner: {name: asha}``."""
+        if isinstance(pruner, str):
+            return {"name": pruner}
+        if isinstance(pruner, dict) and "name" not in pruner:
+            raise ValueError(f"a pruner needs a `name:` ({', '.join(PRUNER_NAMES)})")
+        return pruner
 
     @property
     def direction(self) -> str:

@@ -56,6 +56,7 @@ from tunevlseg.train.run_folder import (
 from tunevlseg.train.settings import FitSettings, monitor_mode
 
 __all__ = [
+    "EpochEnd",
     "EpochEndHook",
     "FitResult",
     "RunFolderWarning",
@@ -66,7 +67,37 @@ __all__ = [
     "write_json_atomic",
 ]
 
-EpochEndHook = Callable[[int, dict[str, float]], None]
+
+
+@dataclass(frozen=True)
+class EpochEnd:
+    """One finished training epoch, as :func:`fit`'s ``on_epoch_end`` hook sees it.
+
+    Attributes:
+        epoch: 0-based epoch.
+        metrics: The logged metrics (``val_dice``, ``val_loss``, ...).
+        val_images: Per-image validation ``{"dice": [...], "iou": [...]}`` in validation-set
+            order; empty for a replayed epoch.
+        replayed: ``True`` for an epoch of an earlier attempt, passed again (with its
+            validation metrics, from the checkpoint) when a resumed run starts, so a hook that
+            records every epoch misses none, even one whose hook call a kill interrupted.
+        last: ``True`` when training ends after this epoch anyway (``max_epochs`` reached, or
+            early stopping decided so past ``min_epochs``).
+    """
+
+    epoch: int
+    metrics: dict[str, float]
+    val_images: dict[str, list[float]] = field(default_factory=dict, hash=False)
+    replayed: bool = False
+    last: bool = False
+
+    @property
+    def completed(self) -> int:
+        """Epochs completed, counting this one (the step a learning curve is reported at)."""
+        return self.epoch + 1
+
+
+EpochEndHook = Callable[[EpochEnd], None]
 
 
 @dataclass(frozen=True)
@@ -88,6 +119,9 @@ class FitResult:
         test_per_class: Test scores of the best checkpoint per class name,
             ``{class: {"dice", "iou", "n"}}`` (see ``metrics.PerClassScores``); empty in results
             written before it was kept, and when the test batches name no classes.
+        val_images: Per-image validation scores of the best checkpoint in validation-set order,
+            ``{"dice": [...], "iou": [...]}`` (what a paired per-image comparison of two trials
+            needs); empty in results written before it was kept.
     """
 
     val_dice: float
@@ -101,6 +135,7 @@ class FitResult:
     val_loss: float | None = None
     # hash=False: a dict is unhashable, and the frozen dataclass would otherwise hash it.
     test_per_class: dict[str, dict[str, float | int]] = field(default_factory=dict, hash=False)
+    val_images: dict[str, list[float]] = field(default_factory=dict, hash=False)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -127,9 +162,11 @@ def fit(
         settings: The training settings. ``batch_size``/``num_workers`` are the data module's
             business; they are recorded here so that a run is described by one record.
         run_dir: The run's folder (created if needed); see :class:`RunPaths`.
-        on_epoch_end: Called after each training epoch's validation (and after ``last.ckpt`` is
-            written) with the 0-based epoch and the logged metrics, e.g. to report to an Optuna
-            trial. Exceptions propagate and stop training; the run can be resumed later.
+        on_epoch_end: Called with an :class:`EpochEnd` after each training epoch's validation
+            (and after ``last.ckpt`` is written), e.g. to report to an Optuna trial; after a
+            resume, first once per epoch of the earlier attempts (``replayed``). Calls must be
+            idempotent: a kill between the checkpoint and the call, or inside the call, replays
+            that epoch. Exceptions propagate and stop training; the run can be resumed later.
         identity: What this run is (study, trial lineage, params, resolved settings; JSON
             values), recorded in every file it writes. Files of the folder are then reused only
             if they record the same identity; others are moved to ``foreign-<UTC time>/`` with
@@ -143,6 +180,7 @@ def fit(
     expected = Identity.of(identity)
     finished = finished_result(paths, expected, "finishing the run from its other files")
     if finished is not None:
+        _replay_epochs(paths, on_epoch_end)
         return FitResult.from_dict(finished)
     loader_batch = getattr(datamodule, "batch_size", settings.batch_size)
     if loader_batch != settings.batch_size:
@@ -167,6 +205,7 @@ def fit(
     with _quiet_lightning():
         if plan.trained is not None:
             trained = plan.trained
+            _replay_epochs(paths, on_epoch_end)
             trainer = _make_trainer(settings, paths, [])
         else:
             callbacks: list[Callback] = [
@@ -228,6 +267,7 @@ def fit(
         test_dice=float(test["test_dice"]),
         test_iou=float(test["test_iou"]),
         test_per_class=module.test_per_class,
+        val_images=module.val_images,
         best_epoch=_checkpoint_epoch(paths.best_checkpoint),
         epochs_run=int(trained["epochs_run"]),
         wall_time_s=float(trained["train_time_s"]) + time.monotonic() - eval_start,
@@ -273,6 +313,7 @@ def evaluate(
         test_dice=float(test["test_dice"]),
         test_iou=float(test["test_iou"]),
         test_per_class=module.test_per_class,
+        val_images=module.val_images,
         best_epoch=-1,
         epochs_run=0,
         wall_time_s=time.monotonic() - start,
@@ -320,6 +361,29 @@ def _uses_cuda(accelerator: str) -> bool:
     if accelerator in ("gpu", "cuda"):
         return True
     return accelerator == "auto" and torch.cuda.is_available()
+
+
+def _replay_epochs(paths: RunPaths, hook: EpochEndHook | None) -> None:
+    """Pass a run's recorded epochs to ``hook`` when training is already over.
+
+    A run that finished training (or evaluation) in an earlier attempt trains no epoch now, so
+    the replay that a resumed fit does at its start happens here, from ``last.ckpt``'s record:
+    a caller that lost the earlier attempt's reports (a re-queued trial is a new Optuna
+    trial) still gets every epoch. Nothing is replayed without a readable ``last.ckpt``.
+    """
+    if hook is None or not paths.last_checkpoint.is_file():
+        return
+    try:
+        state = torch.load(paths.last_checkpoint, map_location="cpu", weights_only=False)
+        stored = next(
+            (v for k, v in state.get("callbacks", {}).items() if k.startswith(_EpochEndCallback.__qualname__)),
+            None,
+        )
+    except Exception:  # unreadable: the run's result does not depend on it
+        return
+    replay = _EpochEndCallback(hook)
+    replay.load_state_dict(stored or {})
+    replay.replay()
 
 
 def _checkpoint_epoch(checkpoint: Path) -> int:
@@ -413,18 +477,50 @@ class _WallClock(Callback):
 
 
 class _EpochEndCallback(Callback):
-    """Calls the user's hook once the epoch's validation and ``last.ckpt`` are done."""
+    """Calls the user's hook once the epoch's validation and ``last.ckpt`` are done.
+
+    Each epoch's validation metrics are kept in the callback's state, which the epoch's
+    ``last.ckpt`` carries (this plain callback's ``on_validation_end`` runs before the
+    checkpoint callbacks'), so a resumed run can replay the earlier attempts' epochs.
+    """
 
     def __init__(self, hook: EpochEndHook) -> None:
         self.hook = hook
+        self.history: dict[int, dict[str, float]] = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": {str(epoch): metrics for epoch, metrics in self.history.items()}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        stored = state_dict.get("history", {})
+        self.history = {int(epoch): dict(metrics) for epoch, metrics in stored.items()}
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+            return
+        self.history[trainer.current_epoch] = {
+            k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")
+        }
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.replay()  # the history was restored from last.ckpt: earlier attempts' epochs
+
+    def replay(self) -> None:
+        for epoch in sorted(self.history):
+            self.hook(EpochEnd(epoch, dict(self.history[epoch]), replayed=True))
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # A resume from an epoch-end checkpoint replays that epoch's end hooks; the hook has
-        # already seen that epoch (it runs after the checkpoint is written), so skip it.
+        # A resume from an epoch-end checkpoint replays that epoch's end hooks; on_train_start
+        # has already passed that epoch on, so skip it.
         if trainer.sanity_checking or trainer.fit_loop.restarting:
             return
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-        self.hook(trainer.current_epoch, metrics)
+        images = getattr(pl_module, "val_images", {})
+        completed = trainer.current_epoch + 1
+        last = completed >= (trainer.max_epochs or completed) or (
+            trainer.should_stop and completed >= (trainer.min_epochs or 0)
+        )
+        self.hook(EpochEnd(trainer.current_epoch, metrics, val_images=dict(images), last=last))
 
 
 _NOISE = (

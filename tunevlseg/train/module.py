@@ -25,7 +25,12 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from tunevlseg.train.loss import dice_bce_loss
-from tunevlseg.train.metrics import ClassScores, PerClassScores, SegmentationScores
+from tunevlseg.train.metrics import (
+    ClassScores,
+    PerClassScores,
+    SegmentationScores,
+    per_image_scores,
+)
 from tunevlseg.train.settings import monitor_mode
 
 __all__ = ["PLATEAU_KEY", "PromptedSegmenter", "SegmentationModule"]
@@ -50,7 +55,9 @@ class SegmentationModule(L.LightningModule):
     and ``test_iou`` (epoch means; Dice/IoU are per-image means, see ``metrics``). After a test
     run, :attr:`test_per_class` holds the test Dice, IoU and sample count per class name, when
     the batches carry ``class_names`` (the data module's do); it is not logged, because a logged
-    value must be a number and the class names are only known from the data.
+    value must be a number and the class names are only known from the data. After each
+    validation, :attr:`val_images` holds every validation image's Dice and IoU in loader order
+    (what a paired, per-image comparison of two runs needs, e.g. the Wilcoxon pruner).
 
     Args:
         model: The model (an ``nn.Module`` following :class:`PromptedSegmenter`).
@@ -89,6 +96,8 @@ class SegmentationModule(L.LightningModule):
         self.test_loss = MeanMetric()
         self.test_class_scores = PerClassScores()
         self.test_per_class: dict[str, ClassScores] = {}
+        self.val_images: dict[str, list[float]] = {}
+        self._val_batches: list[tuple[Tensor, Tensor]] = []
         self._plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
         self._plateau_state: dict[str, Any] | None = None
 
@@ -114,7 +123,13 @@ class SegmentationModule(L.LightningModule):
         return loss
 
     def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, self.val_scores, self.val_loss)
+        logits = self._evaluate(batch, self.val_scores, self.val_loss)
+        # Computed again beside the metric's sums: torchmetrics' update returns nothing.
+        dice, iou = per_image_scores(logits.detach(), batch["masks"])
+        self._val_batches.append((dice, iou))
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_batches = []
 
     def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         logits = self._evaluate(batch, self.test_scores, self.test_loss)
@@ -124,6 +139,10 @@ class SegmentationModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         values = self._log_scores("val", self.val_scores, self.val_loss)
+        if self._val_batches:
+            dice, iou = (torch.cat(parts).tolist() for parts in zip(*self._val_batches, strict=True))
+            self.val_images = {"dice": dice, "iou": iou}
+        self._val_batches = []
         fitting = self.trainer.state.fn == "fit" and not self.trainer.sanity_checking
         if self._plateau is not None and fitting:
             # Stepped here rather than by Lightning (which steps after the epoch-end hooks): this

@@ -39,7 +39,8 @@ class RunPaths:
     (best validation objective, for testing); ``logs/version_N/metrics.csv`` (one folder per
     attempt, because Lightning's CSV writer truncates an existing file); ``trained.json`` once
     training has ended (so an interrupted evaluation does not train again); ``result.json`` at
-    the end. Files set aside (see the prefixes and suffixes above) are never read again.
+    the end, or ``pruned.json`` instead when a pruner stopped the run (its learning curve; the
+    checkpoints are then deleted). Files set aside (see the prefixes and suffixes above) are never read again.
     """
 
     run_dir: Path
@@ -72,9 +73,13 @@ class RunPaths:
     def result(self) -> Path:
         return self.run_dir / "result.json"
 
+    @property
+    def pruned(self) -> Path:
+        return self.run_dir / "pruned.json"
+
     def owned(self) -> tuple[Path, ...]:
-        """What ``fit``/``evaluate`` write (and may set aside); other files are the caller's."""
-        return (self.result, self.trained, self.checkpoints_dir, self.logs_dir)
+        """What a run writes (and may set aside); other files are the caller's."""
+        return (self.result, self.trained, self.pruned, self.checkpoints_dir, self.logs_dir)
 
     def aside_dir(self, prefix: str, stamp: str) -> Path:
         """Folder for set-aside files, e.g. ``aside_dir(FOREIGN_PREFIX, "20240101T000000Z")``."""

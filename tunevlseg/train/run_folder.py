@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -42,11 +43,13 @@ __all__ = [
     "Plan",
     "RunFolderWarning",
     "compare_identity",
+    "finished_pruned",
     "finished_result",
     "fsync_dir",
     "identity_digest",
     "identity_fields",
     "plan_training",
+    "record_pruned",
     "write_json_atomic",
 ]
 
@@ -200,16 +203,43 @@ def _dotted(identity: Mapping[str, Any], key: str) -> str:
 
 def finished_result(paths: RunPaths, expected: Identity | None, then_torn: str) -> dict[str, Any] | None:
     """This run's ``result.json``; else ``None`` (an unusable or foreign file set aside)."""
-    data = _read_json(paths.result, then_torn)
+    return _own_json(paths, paths.result, expected, then_torn)
+
+
+def _own_json(paths: RunPaths, path: Path, expected: Identity | None, then_torn: str) -> dict[str, Any] | None:
+    """The JSON object in ``path`` if it is this run's; a torn or foreign file is set aside."""
+    data = _read_json(path, then_torn)
     if data is None:
         return None
     try:
-        _check_owner(paths.result, data, expected, checkpoint=False)
+        _check_owner(path, data, expected, checkpoint=False)
     except _ForeignRun as foreign:
         assert expected is not None
         _set_aside_foreign(paths, foreign, expected, "running it afresh")
         return None
     return data
+
+
+def finished_pruned(paths: RunPaths, expected: Identity | None) -> dict[int, float] | None:
+    """The learning curve (epochs completed -> objective) of this run if a pruner stopped it.
+
+    ``pruned.json`` is written once a pruner has stopped the run; a task killed before it
+    could tell the study finds it here and ends the trial the same way, instead of training
+    again. A torn or foreign file is set aside like any other.
+    """
+    data = _own_json(paths, paths.pruned, expected, "the run goes on from its checkpoint")
+    if data is None:
+        return None
+    return {int(step): float(value) for step, value in data.get("curve", {}).items()}
+
+
+def record_pruned(paths: RunPaths, expected: Identity | None, curve: Mapping[int, float]) -> None:
+    """Mark the run as stopped by a pruner, then delete its checkpoints (a pruned run is never
+    resumed or tested, so they would only take space), in that order: a kill in between
+    leaves a marked run with checkpoints, never an unmarked run without them."""
+    record = {"curve": {str(step): value for step, value in sorted(curve.items())}}
+    write_json_atomic(paths.pruned, {**record, **identity_fields(expected)})
+    shutil.rmtree(paths.checkpoints_dir, ignore_errors=True)
 
 
 # What a resume needs from a checkpoint; a file without it is as unusable as a torn one.

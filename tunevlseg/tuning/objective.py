@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunevlseg.catalog import LEARNERS, MODELS, load_object
 from tunevlseg.config.grid import StudySpec
 from tunevlseg.config.spaces import TRAINING_PARAMS
+
+if TYPE_CHECKING:
+    from tunevlseg.train.fit import EpochEndHook
 
 
 def learner_params(spec: StudySpec, params: dict[str, Any]) -> dict[str, Any]:
@@ -120,25 +123,46 @@ def run_trial(
     run_dir: Path,
     seed: int,
     identity: dict[str, Any] | None = None,
+    on_epoch_end: EpochEndHook | None = None,
 ) -> dict[str, Any]:
     """Train (or, for zero-shot, only evaluate) one configuration; resumable from ``run_dir``.
 
     ``identity`` (see :mod:`tunevlseg.tuning.identity`) binds the folder's files to this trial:
     a result or checkpoint written for anything else is set aside, never reused.
+    ``on_epoch_end`` is the fit's epoch hook (:class:`tunevlseg.tuning.pruning.EpochReporter`).
+
+    Raises:
+        TrialPrunedAt: the hook's pruner stopped the run, now or in an earlier attempt (the
+            folder's ``pruned.json``); the folder is marked and its checkpoints are gone.
     """
     import lightning
 
     from tunevlseg.failpoints import failpoint
     from tunevlseg.train.fit import evaluate, fit
+    from tunevlseg.train.paths import RunPaths
+    from tunevlseg.train.run_folder import Identity, finished_pruned, record_pruned
+    from tunevlseg.tuning.pruning import TrialPrunedAt
 
+    paths, expected = RunPaths(run_dir), Identity.of(identity)
+    curve = finished_pruned(paths, expected)
+    if curve is not None:
+        raise TrialPrunedAt(curve)
     lightning.seed_everything(seed, workers=True, verbose=False)
     model = build_model(spec, params)
     datamodule = build_datamodule(spec, model, seed)
     settings = fit_settings(spec, params, seed)
     failpoint("model-built")
     run_dir.mkdir(parents=True, exist_ok=True)
-    run = fit if LEARNERS[spec.learner].trains else evaluate
-    result = run(model, datamodule, settings, run_dir, identity=identity).to_dict()
+    if LEARNERS[spec.learner].trains:
+        try:
+            fitted = fit(model, datamodule, settings, run_dir, identity=identity, on_epoch_end=on_epoch_end)
+        except TrialPrunedAt as pruned:
+            record_pruned(paths, expected, pruned.curve)
+            failpoint("pruned-marked")
+            raise
+    else:
+        fitted = evaluate(model, datamodule, settings, run_dir, identity=identity)
+    result = fitted.to_dict()
     (run_dir / "params.json").write_text(json.dumps({"params": params, "seed": seed}, indent=2))
     trainable, total = model.count_parameters()
     result.update(trainable_params=trainable, total_params=total)

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from tunevlseg.config.grid import StudySpec
+from tunevlseg.tuning.trial_attrs import trial_attrs
 
 if TYPE_CHECKING:
     import optuna
@@ -37,11 +38,12 @@ Liveness = Callable[[str, "FrozenTrial"], "bool | None"]
 
 def local_liveness(study: str, trial: FrozenTrial) -> bool | None:
     """Owner liveness for trials run by local processes on this host."""
-    if trial.user_attrs.get(SLURM_JOB_ATTR):
+    owner = trial_attrs(trial)
+    if owner.get(SLURM_JOB_ATTR):
         return None
-    if trial.user_attrs.get(HOST_ATTR) != socket.gethostname():
+    if owner.get(HOST_ATTR) != socket.gethostname():
         return None
-    pid = trial.user_attrs.get(PID_ATTR)
+    pid = owner.get(PID_ATTR)
     if not isinstance(pid, int):
         return None
     try:
@@ -54,7 +56,7 @@ def local_liveness(study: str, trial: FrozenTrial) -> bool | None:
 
 
 def default_reason(study: str, trial: FrozenTrial) -> str:
-    owner = trial.user_attrs
+    owner = trial_attrs(trial)
     return f"owner process {owner.get(PID_ATTR)} on {owner.get(HOST_ATTR)} is gone"
 
 
@@ -123,7 +125,7 @@ def enqueue_rerun(study: optuna.Study, trial: FrozenTrial, attempt: int) -> int:
         state=TrialState.WAITING,
         system_attrs={"fixed_params": trial.params},
         user_attrs={
-            LINEAGE_ATTR: trial.user_attrs.get(LINEAGE_ATTR, trial.number),
+            LINEAGE_ATTR: trial_attrs(trial).get(LINEAGE_ATTR, trial.number),
             ATTEMPT_ATTR: attempt,
             RETRY_OF_ATTR: trial.number,
         },

@@ -6,6 +6,8 @@
   experiment file. The default for every sweep: a shared file system is all a cluster needs.
   Large journals are opened from a snapshot beside them, and a line torn by a writer killed
   mid-append is repaired when met (:mod:`tunevlseg.tuning.journal_snapshot`).
+  The plain path of an existing journal file (``runs/demo/optuna.journal``, as Optuna's CLI and
+  optuna-dashboard take it) is read as ``journal://`` + its absolute path.
 * ``sqlite:///rel.db`` / ``sqlite:////abs.db`` (SQLAlchemy's convention): local runs only,
   because SQLite has no row locks and its file locking breaks on NFS.
 * ``postgresql://user@host:port/db``: for large sweeps. The password never goes in the URL (it
@@ -59,8 +61,40 @@ class StorageURL:
         return self.url
 
 
-def parse_storage_url(url: str) -> StorageURL:
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def _existing_journal(text: str, base_dir: Path | None) -> StorageURL | None:
+    """``journal://<absolute path>`` when ``text`` is the path of an existing file, else None.
+
+    What Optuna's CLI and optuna-dashboard accept: ``runs/demo/optuna.journal`` for the journal
+    itself. Only an existing file qualifies (a new storage still needs a URL), and an SQLite file
+    is refused rather than read as a journal.
+    """
+    if not text.strip():
+        return None
+    path = Path(text).expanduser()
+    if not path.is_absolute():
+        path = (base_dir if base_dir is not None else Path.cwd()) / path
+    try:
+        if not path.is_file():
+            return None
+        with path.open("rb") as handle:
+            head = handle.read(len(_SQLITE_MAGIC))
+    except OSError:
+        return None
+    path = path.resolve()
+    if head == _SQLITE_MAGIC:
+        raise StorageURLError(f"{text!r} is an SQLite database, not a journal: write sqlite:///{path}")
+    return StorageURL("journal", f"journal://{path}", path)
+
+
+def parse_storage_url(url: str, base_dir: Path | None = None) -> StorageURL:
     """Check a storage URL's form without touching the storage.
+
+    A plain path of an existing file (no ``scheme://``) is taken as that journal file, made
+    absolute against ``base_dir`` (default: the working directory): ``runs/demo/optuna.journal``
+    reads as ``journal:///<abs>/runs/demo/optuna.journal``.
 
     Raises:
         StorageURLError: naming what is wrong and the accepted forms.
@@ -68,6 +102,9 @@ def parse_storage_url(url: str) -> StorageURL:
     forms = "journal:///abs/path.log, journal://rel/path.log, sqlite:///rel.db, postgresql://user@host/db"
     scheme, sep, rest = url.partition("://")
     if not sep:
+        journal = _existing_journal(url, base_dir)
+        if journal is not None:
+            return journal
         raise StorageURLError(f"{url!r} is not a storage URL (accepted: {forms})")
     if scheme == "journal":
         if not rest or rest.endswith("/"):
