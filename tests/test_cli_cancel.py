@@ -313,6 +313,6 @@ def test_a_running_local_launch_is_interrupted_and_resumes(tmp_path: Path) -> No
     assert again.returncode == 0, again.stderr[-2000:]
     final = _trials(experiment)
     complete = [t for t in final if t.state == TrialState.COMPLETE]
-    assert len(complete) == 2
+    assert len(complete) == 2, ([(t.number, t.state) for t in final], again.stderr[-2000:])
     assert not [t for t in final if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     assert len({trial_attrs(t)["tvls.lineage"] for t in complete}) == 2

@@ -106,6 +106,9 @@ BAD_FILES = [
     ("grid-space-unknown-param", VALID + "grid:\n  search.space.n_heads: [16, 20]\n", "grid.search.space.n_heads", 14, "'n_heads' is not a parameter of any learner in this file"),
     ("grid-space-learner-without-it", VALID.replace("  - name: vpt", "  - name: e2e") + "grid:\n  search.space.prompt_depth: [1, 2]\n", "grid.search.space.prompt_depth", 14, "learner(s) e2e have no prompt_depth"),
     ("grid-space-bad-value", VALID + "grid:\n  search.space.prompt_depth: [1, 2.5]\n", "grid.search.space.prompt_depth[1]", 14, "whole number"),
+    # cluster.allow_journal_on_network_fs (tests/test_storage_safety.py: what it allows)
+    ("allow-journal-not-a-bool", VALID + "cluster: {allow_journal_on_network_fs: maybe}\n", "cluster.allow_journal_on_network_fs", 13, "valid boolean"),
+    ("allow-journal-misspelt", VALID + "cluster:\n  allow_journal_on_nfs: true\n", "cluster.allow_journal_on_nfs", 14, "did you mean 'allow_journal_on_network_fs'"),
 ]
 
 

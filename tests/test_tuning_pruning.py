@@ -352,3 +352,37 @@ def test_an_epoch_checkpointed_but_not_reported_is_reported_on_resume(tmp_path: 
     assert attrs["resumed_from_epoch"] == 1  # epoch 0 was not trained again...
     assert sorted(rerun.intermediate_values) == [1, 2, 3]  # ...but it is on the curve
     assert_curves([rerun])
+
+
+def test_tpe_learns_from_pruned_trials(tmp_path: Path) -> None:
+    """A study whose trials were all pruned still steers the sampler: TPE ranks pruned trials
+    by how far they got and their last value, so the region that survived longer is sampled
+    more. (Had they been ignored, TPE would still sample at random.)"""
+    from optuna.distributions import FloatDistribution
+
+    from tunevlseg.tuning.studies import make_sampler
+
+    spec = expand(parse_experiment(
+        "name: t\noutput_dir: out\nmodels: [clipseg]\nlearners: [coop]\ndatasets: [{name: d, root: d}]\n"
+        "search: {n_trials: 60, n_startup_trials: 5}\n", tmp_path / "t.yaml",
+    )).studies[0]
+    study = optuna.create_study(direction="maximize")
+    x = FloatDistribution(0.0, 1.0)
+    rng = random.Random(0)
+    for _ in range(30):
+        value = rng.random()
+        good = 0.8 <= value <= 0.9  # survived 5 epochs with a good curve; the rest stopped at 1
+        steps = {step: 0.8 for step in range(1, 6)} if good else {1: 0.1}
+        study.add_trial(optuna.trial.create_trial(
+            state=TrialState.PRUNED, value=steps[max(steps)], params={"x": value},
+            distributions={"x": x}, intermediate_values=steps,
+        ))
+    assert not [t for t in study.trials if t.state == TrialState.COMPLETE]
+    samples = []
+    for number in range(40):
+        study.sampler = make_sampler(spec, number)
+        trial = study.ask({"x": x})
+        samples.append(trial.params["x"])
+        study.tell(trial, state=TrialState.FAIL)
+    near = sum(0.7 <= s <= 1.0 for s in samples) / len(samples)
+    assert near > 0.6, near  # uniform sampling would put 30 % there

@@ -289,7 +289,8 @@ def stop_local_launch(pid: int, lock: Path) -> bool:
     is not enough: submitit's local cancel signals the shell, which does not pass the signal
     on, so the trials would train to their end. Each trial process then stops, leaving its
     trial RUNNING with its checkpoint, and the launch exits as after Ctrl-C. A second pass
-    catches a task started while the first was sent.
+    catches a task started while the first was sent. Returns once the lock is free and every
+    signalled process has exited.
     """
     signalled: set[int] = set()
     for _ in range(2):
@@ -303,11 +304,22 @@ def stop_local_launch(pid: int, lock: Path) -> bool:
                 pass
         time.sleep(1.0)
     deadline = time.monotonic() + LOCAL_STOP_S
-    while lock_holder(lock) is not None:
+    # The trial processes too: one still dying after the launch let go would look alive to the
+    # next launch, which would then leave its trial RUNNING instead of resuming it.
+    while lock_holder(lock) is not None or any(_alive(process) for process in signalled):
         if time.monotonic() >= deadline:
             return False
         time.sleep(POLL_S)
     return True
+
+
+def _alive(pid: int) -> bool:
+    """The process exists and has not exited (a zombie, exited but not yet reaped, has)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 # --------------------------------------------------------------------------- the command

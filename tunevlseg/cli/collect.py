@@ -204,7 +204,7 @@ def _selection_report(
 ) -> tuple[Report, Selection]:
     """The tables over the studies ``--only`` selects, by default in their own folder below the
     sweep's results (the collector job's whole-sweep tables stay as they are)."""
-    from tunevlseg.cluster.preflight import sweep_storage
+    from tunevlseg.tuning.storage import sweep_storage
     from tunevlseg.collect.report import build_report
     from tunevlseg.collect.results import collect_studies
     from tunevlseg.config.grid import expand

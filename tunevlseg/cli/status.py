@@ -120,7 +120,7 @@ def open_existing_storage(experiment: Experiment) -> BaseStorage | None:
 
     Opened once for both the counts and the failures: replaying a big journal takes seconds.
     """
-    from tunevlseg.cluster.launch import sweep_storage
+    from tunevlseg.tuning.storage import sweep_storage
     from tunevlseg.tuning.storage import open_storage
 
     url = sweep_storage(experiment)

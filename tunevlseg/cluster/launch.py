@@ -20,13 +20,13 @@ from tunevlseg.cluster.liveness import SweepLiveness, running_job_ids, slurm_liv
 from tunevlseg.cluster.lock import SweepBusyError, sweep_lock
 from tunevlseg.cluster.manifest import Manifest, read_manifest, write_manifest
 from tunevlseg.cluster.plan import Plan, make_plan
-from tunevlseg.cluster.preflight import Preflight, run_preflight, sweep_storage
+from tunevlseg.cluster.preflight import Preflight, run_preflight
 from tunevlseg.cluster.worker import TrialTask
 from tunevlseg.config.grid import Expansion, expand
 from tunevlseg.config.loader import Experiment
 from tunevlseg.config.select import Selection, select
 from tunevlseg.paths import SweepPaths
-from tunevlseg.tuning.storage import StorageURL
+from tunevlseg.tuning.storage import StorageURL, sweep_storage
 
 if TYPE_CHECKING:
     from optuna.storages import BaseStorage

@@ -14,21 +14,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tunevlseg.assets import preflight as asset_problems
+from tunevlseg.cluster.storage_safety import (
+    connection_problems,
+    journal_problems,
+    max_array_size,
+    server_connections,
+    sweep_concurrency,
+)
 from tunevlseg.config.grid import Expansion, expand
 from tunevlseg.config.loader import Experiment
 from tunevlseg.config.select import Selection, select
 from tunevlseg.paths import SweepPaths
-from tunevlseg.tuning.storage import StorageURL, default_storage, parse_storage_url
+from tunevlseg.tuning.storage import StorageURL, sweep_storage
 
 if TYPE_CHECKING:
     from optuna.storages import BaseStorage
-
-
-def sweep_storage(experiment: Experiment) -> StorageURL:
-    """The sweep's storage, resolved against the experiment file's folder."""
-    if experiment.spec.storage is None:
-        return default_storage(experiment.output_dir)
-    return parse_storage_url(experiment.spec.storage).resolved(experiment.base_dir)
 
 
 @dataclass
@@ -148,19 +148,33 @@ def run_preflight(
     if storage_url.path is not None:
         problems += writable_problems(storage_url.path.parent, "storage folder")
     problems += asset_problems(expansion.studies)
+    slurm_answers = not local and slurm.available()
     storage = None
     try:
+        # The server's connection counts first, before this process holds any connection.
+        server = server_connections(storage_url) if storage_url.scheme == "postgresql" else None
         storage = open_existing_storage(storage_url)
         if storage is not None:
             storage.get_all_studies()
     except Exception as error:  # any driver error: its message is what the user needs
-        storage = None
+        storage, server = None, None
         problems.append(f"cannot open the study storage {storage_url}: {error}".strip())
     if storage is not None and not force:
         conflict = study_conflicts(storage, whole.studies)
         if conflict:
             problems.append(conflict)
-    if not local and not slurm.available():
+    if server is not None:
+        cluster = experiment.spec.cluster
+        concurrency = sweep_concurrency(
+            expansion,
+            local=local,
+            parallelism=(parallelism or cluster.parallelism) if local else cluster.parallelism,
+            max_array_size=1 if local else max_array_size(experiment, slurm_answers),
+        )
+        problems += connection_problems(storage_url, concurrency, server)
+    if slurm_answers:
+        problems += journal_problems(experiment, storage_url, local=local)
+    if not local and not slurm_answers:
         problems.append(
             "SLURM does not answer (sbatch/scontrol missing or slurmctld down); use --local to "
             "run on this machine"

@@ -1,4 +1,4 @@
-"""What SLURM knows: configuration, queued array tasks, and ended jobs.
+"""What SLURM knows: configuration, queued array tasks, ended jobs, and a partition's nodes.
 
 ``squeue`` and ``scontrol`` work on every cluster; ``sacct`` needs accounting (slurmdbd), which
 some clusters lack, so it is only ever used as an extra source, never required.
@@ -168,3 +168,29 @@ def ended_states(job_ids: Iterable[str]) -> dict[str, str]:
         if match:
             states[task_key(match.group(1), match.group(2))] = state.split()[0] if state else ""
     return states
+
+
+def partition_nodes(partition: str | None) -> dict[str, frozenset[str]]:
+    """The nodes a job of ``partition`` may run on, each with its features (``--constraint``).
+
+    ``partition`` is what ``sbatch --partition`` takes, a comma-separated list included; None
+    means the cluster's default partition (``sinfo`` marks it with ``*``). One ``sinfo`` call:
+    ``-p`` for named partitions, else ``--all`` so that a hidden default partition is listed
+    too (sinfo refuses both at once); a partition SLURM does not know has no nodes.
+    """
+    command = ["sinfo", "-h", "-N", "-o", "%N|%P|%f"]
+    command += ["--all"] if partition is None else ["-p", partition]
+    nodes: dict[str, frozenset[str]] = {}
+    for line in _run(command, timeout=30).splitlines():
+        name, _, rest = line.strip().partition("|")
+        part, _, features = rest.partition("|")
+        if not name or (partition is None and not part.endswith("*")):
+            continue
+        listed = frozenset(f for f in features.split(",") if f and f != "(null)")
+        nodes[name] = nodes.get(name, frozenset()) | listed
+    return nodes
+
+
+def hostnames(expression: str) -> list[str]:
+    """A SLURM host list (``node[01-04],gpu7``) expanded by ``scontrol show hostnames``."""
+    return _run(["scontrol", "show", "hostnames", expression], timeout=30).split()

@@ -34,7 +34,7 @@ from tunevlseg.collect.page import Section, image_section, render_page
 from tunevlseg.collect.results import StudyData, StudyResult, collect_studies
 from tunevlseg.config.loader import Experiment
 from tunevlseg.paths import SweepPaths
-from tunevlseg.tuning.storage import StorageURL, parse_storage_url
+from tunevlseg.tuning.storage import StorageURL, parse_storage_url, sweep_storage
 
 FORMATS = ("md", "latex", "csv", "html")
 T = TypeVar("T")
@@ -328,7 +328,6 @@ def write_reports(
     main_metric: str = "dice",
 ) -> Report:
     """The sweep's report; GPUs per task default to the experiment file's ``cluster.slurm.gpus``."""
-    from tunevlseg.cluster.launch import sweep_storage
 
     folder = out_dir or SweepPaths.of(experiment).results
     gpus = gpus_per_task if gpus_per_task is not None else experiment.spec.cluster.slurm.gpus

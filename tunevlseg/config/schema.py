@@ -511,6 +511,13 @@ class ClusterSettings(Strict):
     hf_home: Path | None = Field(
         default=None, description="shared Hugging Face cache (default: $HF_HOME at launch)"
     )
+    allow_journal_on_network_fs: bool = Field(
+        default=False,
+        description="launch on SLURM with a journal:// storage on a network file system (NFS, "
+        "Lustre, GPFS, BeeGFS, CephFS, SMB) although the tasks can land on several nodes, "
+        "where Optuna's journal file lock is not reliable (docs/storage.md); by default such "
+        "a launch is refused and postgresql:// is the safe choice",
+    )
     slurm: SlurmSettings = SlurmSettings()
     container: ContainerSettings = ContainerSettings()
 

@@ -27,9 +27,15 @@ from urllib.parse import parse_qs, urlsplit
 if TYPE_CHECKING:
     from optuna.storages import BaseStorage
 
+    from tunevlseg.config.loader import Experiment
+
 Scheme = Literal["journal", "sqlite", "postgresql"]
 CONNECT_TIMEOUT_S = 10
 """Seconds a PostgreSQL connection attempt may take (``?connect_timeout=`` in the URL wins)."""
+POSTGRES_CONNECTIONS_PER_PROCESS = 2
+"""The most PostgreSQL connections one opened storage holds: one in use, plus the one Optuna
+nests while it sets up a new schema (``_init_alembic``). Preflight multiplies it by the tasks
+that can run at once (:mod:`tunevlseg.cluster.storage_safety`)."""
 
 
 class StorageURLError(ValueError):
@@ -147,11 +153,11 @@ def open_storage(storage: StorageURL) -> BaseStorage:
     if storage.scheme == "sqlite":
         assert storage.path is not None
         storage.path.parent.mkdir(parents=True, exist_ok=True)
-    # Bounded connections per process: one in use, plus the one Optuna nests while it sets
-    # up a new schema (_init_alembic); 1,000 array tasks must not open 5 + 10 each.
+    # Bounded connections per process (POSTGRES_CONNECTIONS_PER_PROCESS): 1,000 array tasks
+    # must not open SQLAlchemy's default 5 + 10 each.
     # pool_pre_ping replaces a pooled connection the server dropped (a restart) before use.
     engine_kwargs: dict[str, Any] = (
-        {"pool_size": 1, "max_overflow": 1, "pool_pre_ping": True}
+        {"pool_size": 1, "max_overflow": POSTGRES_CONNECTIONS_PER_PROCESS - 1, "pool_pre_ping": True}
         if storage.scheme == "postgresql"
         else {}
     )
@@ -160,3 +166,14 @@ def open_storage(storage: StorageURL) -> BaseStorage:
         # hangs for TCP's ~2 minutes, a task's whole retry budget (tunevlseg.tuning.retry).
         engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
     return optuna.storages.RDBStorage(storage.url, engine_kwargs=engine_kwargs)
+
+
+def sweep_storage(experiment: Experiment) -> StorageURL:
+    """The sweep's storage, resolved against the experiment file's folder.
+
+    Here, below the cluster and collect layers, so that both (launch, status, the collector)
+    find a sweep's storage without importing each other.
+    """
+    if experiment.spec.storage is None:
+        return default_storage(experiment.output_dir)
+    return parse_storage_url(experiment.spec.storage).resolved(experiment.base_dir)
