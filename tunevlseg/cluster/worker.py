@@ -63,6 +63,10 @@ class InterruptionWatch:
         self.received = signal.Signals(signum).name
         if callable(previous):
             previous(signum, frame)
+        elif signum == signal.SIGINT:
+            # SIGINT ignored when the task started (a process started in the background by a
+            # non-interactive shell inherits that): Ctrl-C and tvls-cancel must still stop it.
+            raise KeyboardInterrupt
         elif previous == signal.SIG_DFL:
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
