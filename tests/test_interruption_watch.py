@@ -20,8 +20,8 @@ signal.signal(signal.SIGINT, signal.SIG_IGN if sys.argv[1] == "ignored" else sig
 from tunevlseg.cluster.worker import InterruptionWatch
 watch = InterruptionWatch()
 watch.install()
-print("ready", flush=True)
 try:
+    print("ready", flush=True)
     time.sleep(60)
 except KeyboardInterrupt:
     print("interrupted", watch.received, flush=True)
