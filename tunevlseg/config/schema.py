@@ -296,25 +296,13 @@ class TrainingSettings(Strict):
         return self
 
 
-class _PrunerBase(Strict):
-    """Settings shared by every pruner."""
-
-    @property
-    def prunes(self) -> bool:
-        return True
-
-
-class NoPruner(_PrunerBase):
+class NoPruner(Strict):
     """Every trial runs until early stopping or ``max_epochs`` (the paper's protocol)."""
 
     name: Literal["none"] = "none"
 
-    @property
-    def prunes(self) -> bool:
-        return False
 
-
-class AshaPruner(_PrunerBase):
+class AshaPruner(Strict):
     """Asynchronous successive halving (Li et al., MLSys 2020; Optuna's
     ``SuccessiveHalvingPruner``): at epochs ``min_resource * reduction_factor**k`` a trial goes on
     only if it is in the top ``1 / reduction_factor`` of the trials that reached that epoch."""
@@ -331,7 +319,7 @@ class AshaPruner(_PrunerBase):
     )
 
 
-class HyperbandPruner(_PrunerBase):
+class HyperbandPruner(Strict):
     """Hyperband (Li et al., JMLR 2018): several successive-halving brackets of different
     aggressiveness; each trial is assigned to one bracket by its number."""
 
@@ -344,7 +332,7 @@ class HyperbandPruner(_PrunerBase):
     bootstrap_count: int = Field(default=0, ge=0)
 
 
-class MedianPruner(_PrunerBase):
+class MedianPruner(Strict):
     """Stop a trial whose best value so far is worse than the median of the other trials'
     values at the same epoch."""
 
@@ -359,7 +347,7 @@ class MedianPruner(_PrunerBase):
     )
 
 
-class WilcoxonPruner(_PrunerBase):
+class WilcoxonPruner(Strict):
     """Stop a trial whose per-image validation scores are significantly worse than the best
     trial's (a one-sided Wilcoxon signed-rank test over the validation images, paired by image;
     Optuna's ``WilcoxonPruner``)."""

@@ -10,8 +10,7 @@ kill interrupted is reported on resume; a step already stored is never reported 
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import optuna
 
@@ -58,6 +57,8 @@ class EpochReporter:
         self.trial = trial
         self.objective = objective
         self.per_image = per_image
+        # The trial's stored steps: Optuna keeps them on the Trial (it checks them itself before
+        # a report, with a warning); read here so a replayed step is skipped without one.
         self.curve: dict[int, float] = dict(trial._cached_frozen_trial.intermediate_values)
 
     def __call__(self, end: EpochEnd) -> None:
@@ -115,11 +116,3 @@ def per_image_metric(pruner_name: str, objective: str) -> str | None:
     if pruner_name != "wilcoxon":
         return None
     return "iou" if objective == "val_iou" else "dice"
-
-
-def run_folder_curve(run_dir: Path, identity: dict[str, Any] | None) -> dict[int, float] | None:
-    """The curve of a run the pruner already stopped (its ``pruned.json``), or ``None``."""
-    from tunevlseg.train.paths import RunPaths
-    from tunevlseg.train.run_folder import Identity, finished_pruned
-
-    return finished_pruned(RunPaths(run_dir), Identity.of(identity))
