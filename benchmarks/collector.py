@@ -97,7 +97,13 @@ def make_trials(spec: StudySpec, n_trials: int, rng: random.Random, partial: boo
     for number in range(n_trials):
         params = {name: _sample(space, rng) for name, space in spaces.items()}
         roll = rng.random()
-        state = TrialState.FAIL if roll < 0.05 else TrialState.PRUNED if roll < 0.07 else TrialState.COMPLETE
+        state = (
+            TrialState.FAIL
+            if roll < 0.05
+            else TrialState.PRUNED
+            if roll < 0.07
+            else TrialState.COMPLETE
+        )
         if partial and number >= n_trials - 2:
             state = TrialState.RUNNING if number == n_trials - 2 else TrialState.WAITING
         depth = params.get("prompt_depth", 6)
@@ -186,7 +192,11 @@ def write_like_workers(
         if trial.state == TrialState.WAITING:
             continue
         storage.set_trial_state_values(trial_id, TrialState.RUNNING)
-        owner = {k: v for k, v in trial.user_attrs.items() if k.startswith("tvls.") and k != "tvls.task_seconds"}
+        owner = {
+            k: v
+            for k, v in trial.user_attrs.items()
+            if k.startswith("tvls.") and k != "tvls.task_seconds"
+        }
         result = {k: v for k, v in trial.user_attrs.items() if k not in owner}
         if layout == "flat":
             for key, value in owner.items():
@@ -195,7 +205,9 @@ def write_like_workers(
             storage.set_trial_user_attr(trial_id, CLAIM_ATTR, owner)
         for name, value in trial.params.items():
             distribution = trial.distributions[name]
-            storage.set_trial_param(trial_id, name, distribution.to_internal_repr(value), distribution)
+            storage.set_trial_param(
+                trial_id, name, distribution.to_internal_repr(value), distribution
+            )
         if layout == "flat":
             for key, value in result.items():
                 storage.set_trial_user_attr(trial_id, key, value)
@@ -226,6 +238,7 @@ def build_journal(
 ) -> int:
     """Write the benchmark sweep into a new journal file; returns the number of trials."""
     import optuna
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     buffer = BufferedBackend()
     storage = optuna.storages.JournalStorage(buffer)
@@ -258,7 +271,12 @@ def time_collector(
         plots=plots,
         importance=importance,
     )
-    return time.perf_counter() - started, time.process_time() - cpu, report.timings, report.n_studies
+    return (
+        time.perf_counter() - started,
+        time.process_time() - cpu,
+        report.timings,
+        report.n_studies,
+    )
 
 
 def main() -> None:
@@ -305,7 +323,9 @@ def main() -> None:
                 profiler.disable()
                 pstats.Stats(profiler).sort_stats("cumulative").print_stats(25)
             detail = ", ".join(f"{stage} {value:.2f}" for stage, value in stages.items())
-            print(f"collect {label}: {studies} studies in {wall:.2f} s wall, {cpu:.2f} s CPU ({detail})")
+            print(
+                f"collect {label}: {studies} studies in {wall:.2f} s wall, {cpu:.2f} s CPU ({detail})"
+            )
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -132,11 +132,15 @@ def main() -> None:
         for _ in range(repeats):
             cached.normalize(batch)
         per_image = (time.perf_counter() - started) / (repeats * len(batch["pixel_values"]))
-        print(f"normalise    {1 / per_image:8.1f} images/s  (uint8 -> float32 on the batch's device, "
-              f"here the CPU; not in the figures above)")
+        print(
+            f"normalise    {1 / per_image:8.1f} images/s  (uint8 -> float32 on the batch's device, "
+            f"here the CPU; not in the figures above)"
+        )
         with_cpu = [1 / (1 / rate + per_image) for rate in (decode, warm)]
-        print(f"with normalisation on this CPU: decode {with_cpu[0]:.1f}, cached {with_cpu[1]:.1f} "
-              f"images/s, {with_cpu[1] / with_cpu[0]:.2f}x (CPU-only training)")
+        print(
+            f"with normalisation on this CPU: decode {with_cpu[0]:.1f}, cached {with_cpu[1]:.1f} "
+            f"images/s, {with_cpu[1] / with_cpu[0]:.2f}x (CPU-only training)"
+        )
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)

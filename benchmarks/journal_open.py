@@ -96,19 +96,27 @@ def measure(workdir: Path, layout: str, args: argparse.Namespace) -> None:
             curve += b'"intermediate_value"' in line
     size = journal.stat().st_size / 1e6
     per = 1000 / n
-    print(f"[{layout}] journal: {args.studies} studies, {n} trials, {lines} lines, {size:.1f} MB"
-          f"  (per 1,000 trials: {lines * per:,.0f} lines, {curve * per:,.0f} of them learning"
-          f" curves, {size * per:.2f} MB)")
+    print(
+        f"[{layout}] journal: {args.studies} studies, {n} trials, {lines} lines, {size:.1f} MB"
+        f"  (per 1,000 trials: {lines * per:,.0f} lines, {curve * per:,.0f} of them learning"
+        f" curves, {size * per:.2f} MB)"
+    )
     seconds, trials = timed_open(journal, "replay")
-    print(f"[{layout}] replay            {seconds:6.2f} s  ({trials} trials; {seconds * per:.3f} s per 1,000)")
+    print(
+        f"[{layout}] replay            {seconds:6.2f} s  ({trials} trials; {seconds * per:.3f} s per 1,000)"
+    )
     seconds, trials = timed_open(journal, "open")
     snap = snapshot_path(journal).stat().st_size / 1e6
     print(f"[{layout}] first open        {seconds:6.2f} s  (replay + a {snap:.1f} MB snapshot)")
     seconds, trials = timed_open(journal, "open")
-    print(f"[{layout}] snapshot          {seconds:6.2f} s  ({trials} trials; {seconds * per:.3f} s per 1,000)")
+    print(
+        f"[{layout}] snapshot          {seconds:6.2f} s  ({trials} trials; {seconds * per:.3f} s per 1,000)"
+    )
     append_tail(journal, args.tail, layout)
     seconds, trials = timed_open(journal, "open")
-    print(f"[{layout}] snapshot + tail   {seconds:6.2f} s  ({trials} trials, {args.tail} written after it)")
+    print(
+        f"[{layout}] snapshot + tail   {seconds:6.2f} s  ({trials} trials, {args.tail} written after it)"
+    )
 
 
 def main() -> None:

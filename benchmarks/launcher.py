@@ -102,8 +102,10 @@ def submit(n: int, work: Path) -> None:
     max_array = slurm.max_array_size()
     params = dict(setup.arrays)
     params["additional_parameters"] = {**params["additional_parameters"], "hold": True}
-    tasks = [TrialTask("journal:///nonexistent/bench.journal", expansion.studies[i % 400].name, i // 400)
-             for i in range(n)]
+    tasks = [
+        TrialTask("journal:///nonexistent/bench.journal", expansion.studies[i % 400].name, i // 400)
+        for i in range(n)
+    ]
     launcher = SlurmLauncher(work / "jobs", setup.python, max_array)
     t0 = time.perf_counter()
     arrays = launcher.submit_arrays(tasks, params)
@@ -114,9 +116,11 @@ def submit(n: int, work: Path) -> None:
         queued = slurm.queued_tasks(ids)
         squeue_s = time.perf_counter() - t1
         pickles = len(list((work / "jobs").rglob("*_submitted.pkl")))
-        print(f"submit {n} tasks (MaxArraySize {max_array}): {len(arrays)} array(s) {ids}, "
-              f"{elapsed:.2f} s = {elapsed / n * 1e3:.2f} ms/task; {pickles} task pickles written; "
-              f"squeue sees {len(queued)} tasks ({squeue_s:.2f} s)")
+        print(
+            f"submit {n} tasks (MaxArraySize {max_array}): {len(arrays)} array(s) {ids}, "
+            f"{elapsed:.2f} s = {elapsed / n * 1e3:.2f} ms/task; {pickles} task pickles written; "
+            f"squeue sees {len(queued)} tasks ({squeue_s:.2f} s)"
+        )
     finally:
         slurm.cancel(ids)
         time.sleep(2)
@@ -139,8 +143,10 @@ def main() -> None:
         print(f"python -c pass: {floor:.3f} s; import tunevlseg.cli.launch: {imports:.3f} s")
         for path in (ROOT / "experiments" / "paper.yaml", grid_yaml(work / "grid")):
             seconds, studies, tasks = time_plan(path, args.repeat)
-            print(f"{path.name}: {studies} studies, {tasks} tasks; plan in-process {seconds:.3f} s "
-                  f"({seconds / tasks * 1e6:.0f} us/trial)")
+            print(
+                f"{path.name}: {studies} studies, {tasks} tasks; plan in-process {seconds:.3f} s "
+                f"({seconds / tasks * 1e6:.0f} us/trial)"
+            )
             local = time_process([launch, str(path), "--dry-run", "--local"], args.repeat)
             print(f"  tvls-launch --dry-run --local: {local:.3f} s")
             if args.slurm:

@@ -153,7 +153,9 @@ def grid_optimum(max_epochs: int) -> tuple[float, dict[str, Any]]:
 
 def trial_seed(seed: int, number: int) -> int:
     """Per-trial sampler seed, as ``tunevlseg.tuning.studies.trial_seed`` (minus the study name)."""
-    return int.from_bytes(hashlib.sha256(f"{seed}:pruning-bench:{number}".encode()).digest()[:4], "little")
+    return int.from_bytes(
+        hashlib.sha256(f"{seed}:pruning-bench:{number}".encode()).digest()[:4], "little"
+    )
 
 
 def pruner_settings(arg: str) -> Any:
@@ -170,7 +172,10 @@ def pruner_settings(arg: str) -> Any:
 
 # --- part a: one worker process --------------------------------------------------------------
 
-def _worker(url: str, study_name: str, cfg: dict[str, Any], counter: Any, barrier: Any, out: Any) -> None:
+
+def _worker(
+    url: str, study_name: str, cfg: dict[str, Any], counter: Any, barrier: Any, out: Any
+) -> None:
     import random
 
     import optuna
@@ -196,10 +201,14 @@ def _worker(url: str, study_name: str, cfg: dict[str, Any], counter: Any, barrie
             # the claim.
             pruner = build_pruner(settings, cfg["max_epochs"])
             sampler = optuna.samplers.TPESampler(
-                seed=trial_seed(cfg["seed"], number), n_startup_trials=cfg["startup"],
-                constant_liar=True, multivariate=True,
+                seed=trial_seed(cfg["seed"], number),
+                n_startup_trials=cfg["startup"],
+                constant_liar=True,
+                multivariate=True,
             )
-            study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner)
+            study = optuna.load_study(
+                study_name=study_name, storage=storage, sampler=sampler, pruner=pruner
+            )
             trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
             if not storage.set_trial_state_values(trial_id, TrialState.RUNNING):
                 errors.append(f"trial {number}: claimed by another worker")
@@ -207,7 +216,9 @@ def _worker(url: str, study_name: str, cfg: dict[str, Any], counter: Any, barrie
             trial = optuna.Trial(study, trial_id)
             params = {
                 "lr": trial.suggest_float("lr", *SPACE["lr"], log=True),
-                "weight_decay": trial.suggest_float("weight_decay", *SPACE["weight_decay"], log=True),
+                "weight_decay": trial.suggest_float(
+                    "weight_decay", *SPACE["weight_decay"], log=True
+                ),
                 "prompt_depth": trial.suggest_int("prompt_depth", *SPACE["prompt_depth"]),
             }
             noise = random.Random(f"{cfg['seed']}:{number}")
@@ -222,7 +233,9 @@ def _worker(url: str, study_name: str, cfg: dict[str, Any], counter: Any, barrie
                 else:
                     since_best += 1
                 # The last epoch: fully trained, or early stopping ends the trial (COMPLETE).
-                last = epoch == cfg["max_epochs"] or bool(cfg["patience"] and since_best >= cfg["patience"])
+                last = epoch == cfg["max_epochs"] or bool(
+                    cfg["patience"] and since_best >= cfg["patience"]
+                )
                 if (not last or cfg["prune_last"]) and trial.should_prune():
                     state = TrialState.PRUNED
                     break
@@ -263,8 +276,13 @@ def run_study(work: Path, pruner: str, seed: int, args: argparse.Namespace) -> S
     for _ in range(args.trials):
         study.enqueue_trial({}, skip_if_exists=False)
     cfg = {
-        "pruner": pruner, "max_epochs": args.max_epochs, "trials": args.trials, "seed": seed,
-        "startup": args.startup, "epoch_seconds": args.epoch_seconds, "patience": args.patience,
+        "pruner": pruner,
+        "max_epochs": args.max_epochs,
+        "trials": args.trials,
+        "seed": seed,
+        "startup": args.startup,
+        "epoch_seconds": args.epoch_seconds,
+        "patience": args.patience,
         "prune_last": args.prune_last_epoch,
     }
     ctx = multiprocessing.get_context("spawn")
@@ -286,13 +304,22 @@ def run_study(work: Path, pruner: str, seed: int, args: argparse.Namespace) -> S
     trials = optuna.load_study(study_name=name, storage=open_storage(parse_storage_url(url))).trials
     epochs = sum(max(t.intermediate_values, default=0) for t in trials)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    best = max((clean_dice(t.params, max(t.intermediate_values)) for t in complete), default=math.nan)
+    best = max(
+        (clean_dice(t.params, max(t.intermediate_values)) for t in complete), default=math.nan
+    )
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
     # Pruned once fully trained: the trial spent every epoch and is not credited.
     last = sum(1 for t in pruned if max(t.intermediate_values) == args.max_epochs)
-    return StudyResult(epochs, wall, best, len(complete), len(pruned),
-                       len(trials) - len(complete) - len(pruned), last,
-                       [e for _, errs in ends for e in errs])
+    return StudyResult(
+        epochs,
+        wall,
+        best,
+        len(complete),
+        len(pruned),
+        len(trials) - len(complete) - len(pruned),
+        last,
+        [e for _, errs in ends for e in errs],
+    )
 
 
 def _ms(values: list[float], fmt: str) -> str:
@@ -302,13 +329,17 @@ def _ms(values: list[float], fmt: str) -> str:
 
 def part_a(args: argparse.Namespace) -> None:
     opt_value, opt_params = grid_optimum(args.max_epochs)
-    print(f"part a: {args.trials} trials x {args.max_epochs} epochs max, {args.workers} worker processes, "
-          f"{args.epoch_seconds * 1000:.0f} ms per epoch, TPE startup {args.startup}, "
-          f"patience {args.patience or 'off'}, "
-          f"seeds {args.first_seed}..{args.first_seed + args.seeds - 1}"
-          + (", pruner asked after the last epoch too" if args.prune_last_epoch else ""))
-    print(f"  known optimum (grid): {opt_value:.4f} at lr {opt_params['lr']:.2e}, depth "
-          f"{opt_params['prompt_depth']}, weight decay {opt_params['weight_decay']:.1e}")
+    print(
+        f"part a: {args.trials} trials x {args.max_epochs} epochs max, {args.workers} worker processes, "
+        f"{args.epoch_seconds * 1000:.0f} ms per epoch, TPE startup {args.startup}, "
+        f"patience {args.patience or 'off'}, "
+        f"seeds {args.first_seed}..{args.first_seed + args.seeds - 1}"
+        + (", pruner asked after the last epoch too" if args.prune_last_epoch else "")
+    )
+    print(
+        f"  known optimum (grid): {opt_value:.4f} at lr {opt_params['lr']:.2e}, depth "
+        f"{opt_params['prompt_depth']}, weight decay {opt_params['weight_decay']:.1e}"
+    )
     work = Path(tempfile.mkdtemp(prefix="tvls-pruning-a-"))
     results: dict[str, list[StudyResult]] = {p: [] for p in args.pruner}
     try:
@@ -317,34 +348,47 @@ def part_a(args: argparse.Namespace) -> None:
             for pruner in args.pruner:
                 r = run_study(work, pruner, seed, args)
                 results[pruner].append(r)
-                print(f"  seed {seed} {pruner:40s} epochs {r.epochs:5d}  wall {r.wall_s:6.1f} s  best "
-                      f"{r.best:.4f}  complete {r.complete:3d}  pruned {r.pruned:3d}"
-                      + (f"  other {r.other}" if r.other else "")
-                      + (f"  pruned at epoch {args.max_epochs}: {r.pruned_last}" if r.pruned_last else "")
-                      + (f"  ERRORS {len(r.errors)}: {r.errors[0]}" if r.errors else ""), flush=True)
+                print(
+                    f"  seed {seed} {pruner:40s} epochs {r.epochs:5d}  wall {r.wall_s:6.1f} s  best "
+                    f"{r.best:.4f}  complete {r.complete:3d}  pruned {r.pruned:3d}"
+                    + (f"  other {r.other}" if r.other else "")
+                    + (
+                        f"  pruned at epoch {args.max_epochs}: {r.pruned_last}"
+                        if r.pruned_last
+                        else ""
+                    )
+                    + (f"  ERRORS {len(r.errors)}: {r.errors[0]}" if r.errors else ""),
+                    flush=True,
+                )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     base = args.pruner[0]
     base_epochs = statistics.mean(r.epochs for r in results[base])
     base_best = statistics.mean(r.best for r in results[base])
     print(f"\npart a, mean ± std over {args.seeds} seeds (ratio and gap against {base!r}):")
-    print(f"{'pruner':40s} {'epochs':>15s} {'fewer':>6s} {'wall s':>13s} {'best (complete)':>17s} "
-          f"{'gap':>7s} {'gap per seed':>16s} {'complete':>11s} {'pruned':>11s}")
+    print(
+        f"{'pruner':40s} {'epochs':>15s} {'fewer':>6s} {'wall s':>13s} {'best (complete)':>17s} "
+        f"{'gap':>7s} {'gap per seed':>16s} {'complete':>11s} {'pruned':>11s}"
+    )
     for pruner, rs in results.items():
         mean_epochs = statistics.mean(r.epochs for r in rs)
         gap = (statistics.mean(r.best for r in rs) - base_best) / base_best * 100
         paired = [(r.best - b.best) / b.best * 100 for r, b in zip(rs, results[base], strict=True)]
-        print(f"{pruner:40s} {_ms([r.epochs for r in rs], '.0f'):>15s} {base_epochs / mean_epochs:5.2f}x "
-              f"{_ms([r.wall_s for r in rs], '.1f'):>13s} {_ms([r.best for r in rs], '.4f'):>17s} "
-              f"{gap:+6.2f}% {_ms(paired, '+.2f') + '%':>16s} {_ms([r.complete for r in rs], '.1f'):>11s} "
-              f"{_ms([r.pruned for r in rs], '.1f'):>11s}")
+        print(
+            f"{pruner:40s} {_ms([r.epochs for r in rs], '.0f'):>15s} {base_epochs / mean_epochs:5.2f}x "
+            f"{_ms([r.wall_s for r in rs], '.1f'):>13s} {_ms([r.best for r in rs], '.4f'):>17s} "
+            f"{gap:+6.2f}% {_ms(paired, '+.2f') + '%':>16s} {_ms([r.complete for r in rs], '.1f'):>11s} "
+            f"{_ms([r.pruned for r in rs], '.1f'):>11s}"
+        )
     for pruner in args.pruner:
         if pruner.split(":")[0] == "asha":
             fewer = base_epochs / statistics.mean(r.epochs for r in results[pruner])
             gap = (statistics.mean(r.best for r in results[pruner]) - base_best) / base_best * 100
             met = fewer >= 2.5 and gap >= -1.0
-            print(f"target ({pruner}): >= 2.5x fewer epochs ({fewer:.2f}x) with best within 1 % "
-                  f"({gap:+.2f} %): {'met' if met else 'NOT met'}")
+            print(
+                f"target ({pruner}): >= 2.5x fewer epochs ({fewer:.2f}x) with best within 1 % "
+                f"({gap:+.2f} %): {'met' if met else 'NOT met'}"
+            )
 
 
 # --- part b: tiny-model sweeps through tvls-launch ---------------------------------------------
@@ -389,17 +433,27 @@ def run_sweep(work: Path, pruner: str, seed: int, args: argparse.Namespace) -> d
     tag = hashlib.sha256(pruner.encode()).hexdigest()[:8]
     out = work / f"b-{seed}-{tag}"
     path = work / f"b-{seed}-{tag}.yaml"
-    path.write_text(EXPERIMENT_B.format(
-        name=f"prune-{settings.name}-{seed}", out=out, assets=work / "assets",
-        max_epochs=args.b_max_epochs, patience=args.b_patience, trials=args.b_trials,
-        startup=args.b_startup, seed=seed, parallelism=args.workers,
-        pruner=json.dumps(settings.model_dump(mode="json")),
-    ))
+    path.write_text(
+        EXPERIMENT_B.format(
+            name=f"prune-{settings.name}-{seed}",
+            out=out,
+            assets=work / "assets",
+            max_epochs=args.b_max_epochs,
+            patience=args.b_patience,
+            trials=args.b_trials,
+            startup=args.b_startup,
+            seed=seed,
+            parallelism=args.workers,
+            pruner=json.dumps(settings.model_dump(mode="json")),
+        )
+    )
     spec = expand(load_experiment(path)).studies[0]
     launch = [str(Path(sys.executable).with_name("tvls-launch")), str(path), "--local"]
     began, cpu_before = time.time(), _children_cpu()
     with open(work / f"b-{seed}-{tag}.log", "w") as log:
-        done = subprocess.run(launch, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=work)
+        done = subprocess.run(
+            launch, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=work
+        )
     wall, cpu = time.time() - began, _children_cpu() - cpu_before
     if done.returncode != 0:
         tail = (work / f"b-{seed}-{tag}.log").read_text()[-2000:]
@@ -432,11 +486,15 @@ def run_sweep(work: Path, pruner: str, seed: int, args: argparse.Namespace) -> d
 def part_b(args: argparse.Namespace) -> None:
     worker = (ROOT / "tunevlseg" / "cluster" / "worker.py").read_text()
     if "make_pruner" not in worker:
-        print("part b: tunevlseg/cluster/worker.py does not call make_pruner yet: trials report no "
-              "epochs and are never pruned; the figures below would all be no pruning's")
-    print(f"part b: tvls-launch --local, tiny CLIPSeg + CoOp on synthetic polyps, {args.b_trials} "
-          f"trials x {args.b_max_epochs} epochs max (patience {args.b_patience}), parallelism "
-          f"{args.workers}, seeds {args.first_seed}..{args.first_seed + args.b_seeds - 1}")
+        print(
+            "part b: tunevlseg/cluster/worker.py does not call make_pruner yet: trials report no "
+            "epochs and are never pruned; the figures below would all be no pruning's"
+        )
+    print(
+        f"part b: tvls-launch --local, tiny CLIPSeg + CoOp on synthetic polyps, {args.b_trials} "
+        f"trials x {args.b_max_epochs} epochs max (patience {args.b_patience}), parallelism "
+        f"{args.workers}, seeds {args.first_seed}..{args.first_seed + args.b_seeds - 1}"
+    )
     work = Path(tempfile.mkdtemp(prefix="tvls-pruning-b-"))
     results: dict[str, list[dict[str, Any]]] = {p: [] for p in args.pruner}
     try:
@@ -444,10 +502,13 @@ def part_b(args: argparse.Namespace) -> None:
             for pruner in args.pruner:
                 r = run_sweep(work, pruner, seed, args)
                 results[pruner].append(r)
-                print(f"  seed {seed} {pruner:40s} epochs {r['epochs']:4d}  wall {r['wall_s']:6.1f} s  "
-                      f"cpu {r['cpu_s']:6.1f} s  best {r['objective']} {r['best']:.4f}  "
-                      f"complete {r['complete']:2d}  pruned {r['pruned']:2d}"
-                      f"  failed {r['failed']}  trials with epoch reports {r['with_steps']}", flush=True)
+                print(
+                    f"  seed {seed} {pruner:40s} epochs {r['epochs']:4d}  wall {r['wall_s']:6.1f} s  "
+                    f"cpu {r['cpu_s']:6.1f} s  best {r['objective']} {r['best']:.4f}  "
+                    f"complete {r['complete']:2d}  pruned {r['pruned']:2d}"
+                    f"  failed {r['failed']}  trials with epoch reports {r['with_steps']}",
+                    flush=True,
+                )
     finally:
         if args.keep:
             print(f"kept {work}")
@@ -456,23 +517,30 @@ def part_b(args: argparse.Namespace) -> None:
     base = args.pruner[0]
     base_epochs = statistics.mean(r["epochs"] for r in results[base])
     print(f"\npart b, mean ± std over {args.b_seeds} seed(s) (ratio against {base!r}):")
-    print(f"{'pruner':40s} {'epochs':>13s} {'fewer':>6s} {'wall s':>14s} {'cpu s':>14s} "
-          f"{'best (complete)':>17s} {'pruned':>11s} {'failed':>7s}")
+    print(
+        f"{'pruner':40s} {'epochs':>13s} {'fewer':>6s} {'wall s':>14s} {'cpu s':>14s} "
+        f"{'best (complete)':>17s} {'pruned':>11s} {'failed':>7s}"
+    )
     for pruner, rs in results.items():
         mean_epochs = statistics.mean(r["epochs"] for r in rs)
-        print(f"{pruner:40s} {_ms([r['epochs'] for r in rs], '.1f'):>13s} "
-              f"{base_epochs / mean_epochs if mean_epochs else math.nan:5.2f}x "
-              f"{_ms([r['wall_s'] for r in rs], '.1f'):>14s} {_ms([r['cpu_s'] for r in rs], '.1f'):>14s} "
-              f"{_ms([r['best'] for r in rs], '.4f'):>17s} "
-              f"{_ms([r['pruned'] for r in rs], '.1f'):>11s} {sum(r['failed'] for r in rs):7d}")
+        print(
+            f"{pruner:40s} {_ms([r['epochs'] for r in rs], '.1f'):>13s} "
+            f"{base_epochs / mean_epochs if mean_epochs else math.nan:5.2f}x "
+            f"{_ms([r['wall_s'] for r in rs], '.1f'):>14s} {_ms([r['cpu_s'] for r in rs], '.1f'):>14s} "
+            f"{_ms([r['best'] for r in rs], '.4f'):>17s} "
+            f"{_ms([r['pruned'] for r in rs], '.1f'):>11s} {sum(r['failed'] for r in rs):7d}"
+        )
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--part", choices=("a", "b", "both"), default="both")
-    p.add_argument("--pruner", action="append",
-                   help="NAME[:key=value,...] as in search.pruner; repeatable; the first is the "
-                   f"baseline (default: {' '.join(DEFAULT_PRUNERS)})")
+    p.add_argument(
+        "--pruner",
+        action="append",
+        help="NAME[:key=value,...] as in search.pruner; repeatable; the first is the "
+        f"baseline (default: {' '.join(DEFAULT_PRUNERS)})",
+    )
     p.add_argument("--workers", type=int, default=2, help="worker processes (a) / parallelism (b)")
     p.add_argument("--seeds", type=int, default=5, help="part a")
     p.add_argument("--trials", type=int, default=80, help="part a: trial budget per study")
@@ -480,15 +548,24 @@ def main() -> None:
     p.add_argument("--epoch-seconds", type=float, default=0.01, help="part a: sleep per epoch")
     p.add_argument("--startup", type=int, default=5, help="part a: TPE n_startup_trials")
     p.add_argument("--patience", type=int, default=0, help="part a: early stopping, 0 = off")
-    p.add_argument("--first-seed", type=int, default=0, help="seeds first-seed, first-seed + 1, ...")
-    p.add_argument("--prune-last-epoch", action="store_true",
-                   help="part a: also ask the pruner after the last epoch (a fully trained or "
-                   "early-stopped trial may then end PRUNED)")
+    p.add_argument(
+        "--first-seed", type=int, default=0, help="seeds first-seed, first-seed + 1, ..."
+    )
+    p.add_argument(
+        "--prune-last-epoch",
+        action="store_true",
+        help="part a: also ask the pruner after the last epoch (a fully trained or "
+        "early-stopped trial may then end PRUNED)",
+    )
     p.add_argument("--b-seeds", type=int, default=1)
     p.add_argument("--b-trials", type=int, default=10)
     p.add_argument("--b-max-epochs", type=int, default=8)
-    p.add_argument("--b-patience", type=int, help="part b: early-stopping patience (default: "
-                   "--b-max-epochs, i.e. off, so that only the pruner ends trials early)")
+    p.add_argument(
+        "--b-patience",
+        type=int,
+        help="part b: early-stopping patience (default: "
+        "--b-max-epochs, i.e. off, so that only the pruner ends trials early)",
+    )
     p.add_argument("--b-startup", type=int, default=3)
     p.add_argument("--keep", action="store_true", help="part b: keep the temporary folder")
     args = p.parse_args()

@@ -89,7 +89,9 @@ def _study(work: Path, storage: str, n_trials: int) -> tuple[Any, str]:
     return url, spec.name
 
 
-def run_one(kind: str, storage: str, workers: int, n_trials: int, mode: str, work: Path) -> dict[str, Any]:
+def run_one(
+    kind: str, storage: str, workers: int, n_trials: int, mode: str, work: Path
+) -> dict[str, Any]:
     import optuna
     from optuna.trial import TrialState
 
@@ -107,7 +109,10 @@ def run_one(kind: str, storage: str, workers: int, n_trials: int, mode: str, wor
             numbers = list(range(n_trials))
             random.Random(seed).shuffle(numbers)
             shares.append(numbers)
-    procs = [ctx.Process(target=_worker, args=(url.url, study, shares[i], barrier, out)) for i in range(workers)]
+    procs = [
+        ctx.Process(target=_worker, args=(url.url, study, shares[i], barrier, out))
+        for i in range(workers)
+    ]
     for proc in procs:
         proc.start()
     barrier.wait()
@@ -120,7 +125,11 @@ def run_one(kind: str, storage: str, workers: int, n_trials: int, mode: str, wor
     errors = [e for *_, errs in results for e in errs]
     trials = optuna.load_study(study_name=study, storage=open_storage(url)).trials
     row = {
-        "storage": kind, "workers": workers, "mode": mode, "trials": n_trials, "wall_s": wall,
+        "storage": kind,
+        "workers": workers,
+        "mode": mode,
+        "trials": n_trials,
+        "wall_s": wall,
         "trials_per_s": n_trials / wall,
         "lost": sum(1 for n in range(n_trials) if n not in finished),
         "duplicated": sum(1 for c in finished.values() if c > 1),
@@ -140,7 +149,10 @@ def main() -> None:
     p.add_argument("--workers", default="4,8,16")
     p.add_argument("--modes", default="tasks,race")
     p.add_argument("--kinds", default="journal,sqlite,postgresql")
-    p.add_argument("--postgres", default=os.environ.get("TVLS_TEST_POSTGRES", "postgresql://tvls@127.0.0.1:5432/tvls"))
+    p.add_argument(
+        "--postgres",
+        default=os.environ.get("TVLS_TEST_POSTGRES", "postgresql://tvls@127.0.0.1:5432/tvls"),
+    )
     p.add_argument("--no-postgres", action="store_true")
     args = p.parse_args()
     import optuna
@@ -149,8 +161,10 @@ def main() -> None:
     print(f"nproc {os.cpu_count()}, load {os.getloadavg()}")
     work = Path(tempfile.mkdtemp(prefix="tvls-storage-"))
     kinds = [k for k in args.kinds.split(",") if not (k == "postgresql" and args.no_postgres)]
-    print(f"{'storage':10s} {'mode':5s} {'W':>3s} {'trials':>6s} {'wall s':>7s} {'trials/s':>8s} "
-          f"{'lost':>4s} {'dup':>4s} {'over':>4s} {'!done':>5s} {'errs':>4s} {'winners':>7s}")
+    print(
+        f"{'storage':10s} {'mode':5s} {'W':>3s} {'trials':>6s} {'wall s':>7s} {'trials/s':>8s} "
+        f"{'lost':>4s} {'dup':>4s} {'over':>4s} {'!done':>5s} {'errs':>4s} {'winners':>7s}"
+    )
     try:
         for mode in args.modes.split(","):
             counts = [int(w) for w in args.workers.split(",")]
@@ -162,11 +176,14 @@ def main() -> None:
                         "postgresql": args.postgres,
                     }[kind]
                     r = run_one(kind, storage, workers, args.trials, mode, work)
-                    print(f"{r['storage']:10s} {mode:5s} {workers:3d} {r['trials']:6d} {r['wall_s']:7.2f} "
-                          f"{r['trials_per_s']:8.1f} {r['lost']:4d} {r['duplicated']:4d} "
-                          f"{r['over_budget']:4d} {r['not_complete']:5d} {r['errors']:4d} "
-                          f"{r['workers_that_won']:7d}" + (f"  first error: {r['first_error']}" if r["errors"] else ""),
-                          flush=True)
+                    print(
+                        f"{r['storage']:10s} {mode:5s} {workers:3d} {r['trials']:6d} {r['wall_s']:7.2f} "
+                        f"{r['trials_per_s']:8.1f} {r['lost']:4d} {r['duplicated']:4d} "
+                        f"{r['over_budget']:4d} {r['not_complete']:5d} {r['errors']:4d} "
+                        f"{r['workers_that_won']:7d}"
+                        + (f"  first error: {r['first_error']}" if r["errors"] else ""),
+                        flush=True,
+                    )
         print(f"load after: {os.getloadavg()}")
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -73,8 +73,15 @@ def trial_task(storage: str, study: str, number: int, seconds: float) -> dict[st
     time.sleep(seconds)
     ended = time.time()
     claim.study.tell(claim.trial, -abs(claim.params["lr"] - 1e-3))
-    return {"number": number, "process_start": _process_start(), "entered": entered,
-            "began": began, "ended": ended, "exit": time.time(), "node_pid": os.getpid()}
+    return {
+        "number": number,
+        "process_start": _process_start(),
+        "entered": entered,
+        "began": began,
+        "ended": ended,
+        "exit": time.time(),
+        "node_pid": os.getpid(),
+    }
 
 
 EXPERIMENT = """name: util
@@ -120,7 +127,9 @@ def run_pull(work: Path, ds: list[float], slots: int) -> tuple[float, list[dict[
     storage, study, params = make_study(work, len(ds), slots, "pull")
     ex = executor(work / "pull-jobs", params, slots)
     t0 = time.time()
-    jobs = ex.map_array(trial_task, [storage] * len(ds), [study] * len(ds), list(range(len(ds))), ds)
+    jobs = ex.map_array(
+        trial_task, [storage] * len(ds), [study] * len(ds), list(range(len(ds))), ds
+    )
     records = [job.result() for job in jobs]
     return t0, records
 
@@ -132,8 +141,13 @@ def run_batch_sync(work: Path, ds: list[float], slots: int) -> tuple[float, list
     records: list[dict[str, Any]] = []
     for first in range(0, len(ds), slots):
         numbers = list(range(first, min(first + slots, len(ds))))
-        jobs = ex.map_array(trial_task, [storage] * len(numbers), [study] * len(numbers), numbers,
-                            [ds[i] for i in numbers])
+        jobs = ex.map_array(
+            trial_task,
+            [storage] * len(numbers),
+            [study] * len(numbers),
+            numbers,
+            [ds[i] for i in numbers],
+        )
         records += [job.result() for job in jobs]  # wait for the whole batch, then the next
     return t0, records
 
@@ -144,12 +158,20 @@ def report(name: str, t0: float, records: list[dict[str, Any]], slots: int) -> d
     held = sum(r["exit"] - r["process_start"] for r in records)
     first_start = min(r["process_start"] for r in records) - t0
     startup = sorted(r["began"] - r["process_start"] for r in records)[len(records) // 2]
-    row = {"makespan": makespan, "work_util": work / (slots * makespan),
-           "occupancy": held / (slots * makespan), "first_start": first_start, "startup": startup,
-           "ideal": work / slots}
-    print(f"  {name:12s} makespan {makespan:7.1f} s  work utilisation {row['work_util']:6.1%}  "
-          f"slot occupancy {row['occupancy']:6.1%}  (submit -> first task start {first_start:.1f} s, "
-          f"median task start-up before training {startup:.1f} s)", flush=True)
+    row = {
+        "makespan": makespan,
+        "work_util": work / (slots * makespan),
+        "occupancy": held / (slots * makespan),
+        "first_start": first_start,
+        "startup": startup,
+        "ideal": work / slots,
+    }
+    print(
+        f"  {name:12s} makespan {makespan:7.1f} s  work utilisation {row['work_util']:6.1%}  "
+        f"slot occupancy {row['occupancy']:6.1%}  (submit -> first task start {first_start:.1f} s, "
+        f"median task start-up before training {startup:.1f} s)",
+        flush=True,
+    )
     return row
 
 
@@ -163,9 +185,11 @@ def main() -> None:
     args = p.parse_args()
     ds = durations(args.trials, args.median, args.seed)
     print(f"nproc {os.cpu_count()}, load {os.getloadavg()}")
-    print(f"{args.trials} trials, durations {', '.join(f'{d:.1f}' for d in ds)} s; sum {sum(ds):.1f} s; "
-          f"lower bound on {args.slots} slots {sum(ds) / args.slots:.1f} s")
-    rounds = [max(ds[i:i + args.slots]) for i in range(0, len(ds), args.slots)]
+    print(
+        f"{args.trials} trials, durations {', '.join(f'{d:.1f}' for d in ds)} s; sum {sum(ds):.1f} s; "
+        f"lower bound on {args.slots} slots {sum(ds) / args.slots:.1f} s"
+    )
+    rounds = [max(ds[i : i + args.slots]) for i in range(0, len(ds), args.slots)]
     print(f"batch-sync lower bound (sum of each batch's longest trial) {sum(rounds):.1f} s")
     base = Path(os.environ.get("TVLS_BENCH_DIR", tempfile.gettempdir()))
     results: dict[str, list[dict[str, float]]] = {"pull arrays": [], "batch-sync": []}

@@ -31,6 +31,7 @@ Reproduce::
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import shutil
 import statistics
@@ -104,7 +105,9 @@ def bare_steps(
         logits = model(batch["pixel_values"], batch["input_ids"], batch["attention_mask"])
         masks = batch["masks"]
         if logits.shape[-2:] != masks.shape[-2:]:
-            logits = F.interpolate(logits, size=masks.shape[-2:], mode="bilinear", align_corners=False)
+            logits = F.interpolate(
+                logits, size=masks.shape[-2:], mode="bilinear", align_corners=False
+            )
         loss = dice_bce_loss(logits, masks)
         loss.backward()
         optimizer.step()
@@ -112,15 +115,28 @@ def bare_steps(
     # close the last step like the hook does: time to the would-be next forward
     stamps.append(time.perf_counter())
     cpu.append(time.process_time())
-    return ([b - a for a, b in zip(stamps, stamps[1:], strict=False)],
-            [b - a for a, b in zip(cpu, cpu[1:], strict=False)])
+    return (
+        [b - a for a, b in itertools.pairwise(stamps)],
+        [b - a for a, b in itertools.pairwise(cpu)],
+    )
 
 
-def measure(label: str, folder: Path, image_size: int, learner_params: dict[str, Any], *,
-            batch: int, warmup: int, steps: int, rounds: int, work: Path) -> dict[str, float]:
+def measure(
+    label: str,
+    folder: Path,
+    image_size: int,
+    learner_params: dict[str, Any],
+    *,
+    batch: int,
+    warmup: int,
+    steps: int,
+    rounds: int,
+    work: Path,
+) -> dict[str, float]:
     n = warmup + steps
-    data = write_synthetic_medvlsm(work / f"data-{label}", n_train=n * batch, n_val=batch,
-                                   n_test=batch, image_size=image_size)
+    data = write_synthetic_medvlsm(
+        work / f"data-{label}", n_train=n * batch, n_val=batch, n_test=batch, image_size=image_size
+    )
     t0 = time.perf_counter()
     model = build_prompted_clipseg(str(folder), "vpt", learner_params)
     build_s = time.perf_counter() - t0
@@ -132,12 +148,28 @@ def measure(label: str, folder: Path, image_size: int, learner_params: dict[str,
 
     def datamodule() -> SegmentationDataModule:
         return SegmentationDataModule(
-            root=data, format="medvlsm", prompt_key="p1", image_size=image_size,
-            mean=IMAGENET_MEAN, std=IMAGENET_STD, tokenize=model.tokenize, batch_size=batch,
-            num_workers=0, seed=0)
+            root=data,
+            format="medvlsm",
+            prompt_key="p1",
+            image_size=image_size,
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+            tokenize=model.tokenize,
+            batch_size=batch,
+            num_workers=0,
+            seed=0,
+        )
 
-    settings = FitSettings(max_epochs=1, patience=3, batch_size=batch, effective_batch_size=batch,
-                           lr=1e-3, weight_decay=1e-4, precision="32", accelerator="cpu")
+    settings = FitSettings(
+        max_epochs=1,
+        patience=3,
+        batch_size=batch,
+        effective_batch_size=batch,
+        lr=1e-3,
+        weight_decay=1e-4,
+        precision="32",
+        accelerator="cpu",
+    )
     clock = StepClock(model)
     fixed_dm = datamodule()
     fixed_dm.setup("fit")
@@ -151,8 +183,8 @@ def measure(label: str, folder: Path, image_size: int, learner_params: dict[str,
         clock.stamps, clock.cpu, clock.active = [], [], True
         fit(model, datamodule(), settings, run_dir)
         clock.active = False
-        results["stack"] += clock.intervals()[warmup:steps + warmup - 1]
-        cpu["stack"] += clock.cpu_intervals()[warmup:steps + warmup - 1]
+        results["stack"] += clock.intervals()[warmup : steps + warmup - 1]
+        cpu["stack"] += clock.cpu_intervals()[warmup : steps + warmup - 1]
         shutil.rmtree(run_dir, ignore_errors=True)
         # bare over the same loader
         restore_modes()
@@ -161,31 +193,43 @@ def measure(label: str, folder: Path, image_size: int, learner_params: dict[str,
         times, cpus = bare_steps(
             model, dm.train_dataloader(), n, settings.lr, settings.weight_decay, dm.normalize
         )
-        results["bare-loader"] += times[warmup:n - 1]
-        cpu["bare-loader"] += cpus[warmup:n - 1]
+        results["bare-loader"] += times[warmup : n - 1]
+        cpu["bare-loader"] += cpus[warmup : n - 1]
         # bare on one fixed batch
         restore_modes()
         times, cpus = bare_steps(
             model, iter(lambda: fixed, None), n, settings.lr, settings.weight_decay, lambda b: b
         )
-        results["bare-fixed"] += times[warmup:n - 1]
-        cpu["bare-fixed"] += cpus[warmup:n - 1]
-        print(f"  [{label}] round {r + 1}/{rounds}: "
-              + ", ".join(f"{k} {statistics.median(v[-(steps - 1):]) * 1e3:.1f} ms" for k, v in results.items()),
-              flush=True)
+        results["bare-fixed"] += times[warmup : n - 1]
+        cpu["bare-fixed"] += cpus[warmup : n - 1]
+        print(
+            f"  [{label}] round {r + 1}/{rounds}: "
+            + ", ".join(
+                f"{k} {statistics.median(v[-(steps - 1) :]) * 1e3:.1f} ms"
+                for k, v in results.items()
+            ),
+            flush=True,
+        )
     med = {k: statistics.median(v) for k, v in results.items()}
     cmed = {k: statistics.median(v) for k, v in cpu.items()}
     trainable, total = model.count_parameters()
-    print(f"{label}: batch {batch}, {image_size} px, VPT depth {learner_params['prompt_depth']}, "
-          f"{trainable:,} trainable of {total:,} params, model build {build_s:.2f} s, "
-          f"{len(results['stack'])} timed steps per variant")
+    print(
+        f"{label}: batch {batch}, {image_size} px, VPT depth {learner_params['prompt_depth']}, "
+        f"{trainable:,} trainable of {total:,} params, model build {build_s:.2f} s, "
+        f"{len(results['stack'])} timed steps per variant"
+    )
     for k, v in results.items():
-        print(f"  {k:12s} median {med[k] * 1e3:9.1f} ms/step wall (min {min(v) * 1e3:.1f}, "
-              f"max {max(v) * 1e3:.1f});  median {cmed[k] * 1e3:9.1f} ms/step CPU")
+        print(
+            f"  {k:12s} median {med[k] * 1e3:9.1f} ms/step wall (min {min(v) * 1e3:.1f}, "
+            f"max {max(v) * 1e3:.1f});  median {cmed[k] * 1e3:9.1f} ms/step CPU"
+        )
     for name, m in (("wall", med), ("CPU", cmed)):
-        print(f"  {name:4s} ratio stack/bare-loader = {m['stack'] / m['bare-loader']:.3f}   "
-              f"stack/bare-fixed = {m['stack'] / m['bare-fixed']:.3f}   "
-              f"bare-loader/bare-fixed = {m['bare-loader'] / m['bare-fixed']:.3f}", flush=True)
+        print(
+            f"  {name:4s} ratio stack/bare-loader = {m['stack'] / m['bare-loader']:.3f}   "
+            f"stack/bare-fixed = {m['stack'] / m['bare-fixed']:.3f}   "
+            f"bare-loader/bare-fixed = {m['bare-loader'] / m['bare-fixed']:.3f}",
+            flush=True,
+        )
     return med
 
 
@@ -197,23 +241,47 @@ def main() -> None:
     p.add_argument("--real-steps", type=int, default=3)
     p.add_argument("--real-warmup", type=int, default=1)
     p.add_argument("--real-batch", type=int, default=1)
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads (1 = a task's share at parallelism 2 on 2 cores, as "
-                        "TVLS_THREADS sets it; also the steadiest on a shared machine)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (1 = a task's share at parallelism 2 on 2 cores, as "
+        "TVLS_THREADS sets it; also the steadiest on a shared machine)",
+    )
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"nproc {os.cpu_count()}, load {os.getloadavg()}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"nproc {os.cpu_count()}, load {os.getloadavg()}"
+    )
     work = Path(tempfile.mkdtemp(prefix="tvls-overhead-"))
     try:
         if args.only in (None, "tiny"):
             folder = write_tiny_clipseg(work / "clipseg-tiny")
-            measure("tiny", folder, 96, {"prompt_depth": 3}, batch=8, warmup=5,
-                    steps=args.tiny_steps, rounds=args.rounds, work=work)
+            measure(
+                "tiny",
+                folder,
+                96,
+                {"prompt_depth": 3},
+                batch=8,
+                warmup=5,
+                steps=args.tiny_steps,
+                rounds=args.rounds,
+                work=work,
+            )
         if args.only in (None, "real"):
             folder = write_real_size(work / "clipseg-real")
-            measure("real-size", folder, 352, {"prompt_depth": 11}, batch=args.real_batch,
-                    warmup=args.real_warmup, steps=args.real_steps, rounds=args.rounds, work=work)
+            measure(
+                "real-size",
+                folder,
+                352,
+                {"prompt_depth": 11},
+                batch=args.real_batch,
+                warmup=args.real_warmup,
+                steps=args.real_steps,
+                rounds=args.rounds,
+                work=work,
+            )
         print(f"load after: {os.getloadavg()}")
     finally:
         shutil.rmtree(work, ignore_errors=True)

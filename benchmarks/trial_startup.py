@@ -38,6 +38,7 @@ import time
 _T_START = time.time()
 
 import argparse  # noqa: E402
+import itertools  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
@@ -45,20 +46,30 @@ import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
+from contextlib import suppress  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
 IMPORT_GROUPS = [
     ("import torch", ["torch"]),
-    ("import transformers+CLIPSeg", ["transformers", "transformers.models.clipseg.modeling_clipseg"]),
+    (
+        "import transformers+CLIPSeg",
+        ["transformers", "transformers.models.clipseg.modeling_clipseg"],
+    ),
     ("import lightning", ["lightning"]),
     ("import optuna", ["optuna"]),
     ("import submitit", ["submitit"]),
-    ("import tunevlseg modules", [
-        "tunevlseg.cluster.worker", "tunevlseg.tuning.objective", "tunevlseg.train.fit",
-        "tunevlseg.models.clipseg", "tunevlseg.data.datamodule",
-    ]),
+    (
+        "import tunevlseg modules",
+        [
+            "tunevlseg.cluster.worker",
+            "tunevlseg.tuning.objective",
+            "tunevlseg.train.fit",
+            "tunevlseg.models.clipseg",
+            "tunevlseg.data.datamodule",
+        ],
+    ),
 ]
 
 EXPERIMENT = """name: startup
@@ -87,8 +98,12 @@ def child(storage: str, study: str, number: int, t0: float, src: str | None) -> 
     stamps: dict[str, float] = {"interpreter": _T_START - t0}
     if src:
         # Load tunevlseg from the given copy, not the editable install (its finder goes first).
-        sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in type(f).__name__.lower()
-                            and "editable" not in getattr(f, "__name__", "").lower()]
+        sys.meta_path[:] = [
+            f
+            for f in sys.meta_path
+            if "editable" not in type(f).__name__.lower()
+            and "editable" not in getattr(f, "__name__", "").lower()
+        ]
         sys.path.insert(0, src)
     os.environ.setdefault("TVLS_THREADS", "1")  # what the local launcher sets at parallelism 2
     import importlib
@@ -101,14 +116,16 @@ def child(storage: str, study: str, number: int, t0: float, src: str | None) -> 
         stamps[label] = now - last
         last = now
 
-    import tunevlseg
-    from tunevlseg.cluster import worker
-    from tunevlseg.train import fit as fitmod
-    from tunevlseg.train import module as modmod
-    from tunevlseg.tuning import objective
     import transformers
 
-    assert not src or str(Path(tunevlseg.__file__).resolve()).startswith(str(Path(src).resolve())), tunevlseg.__file__
+    import tunevlseg
+    from tunevlseg.cluster import worker
+    from tunevlseg.train import fit as fitmod, module as modmod
+    from tunevlseg.tuning import objective
+
+    assert not src or str(Path(tunevlseg.__file__).resolve()).startswith(
+        str(Path(src).resolve())
+    ), tunevlseg.__file__
     marks: list[tuple[str, float]] = []
     counts = {"from_pretrained": 0}
 
@@ -146,16 +163,15 @@ def child(storage: str, study: str, number: int, t0: float, src: str | None) -> 
         return original_step(self, batch, batch_idx)
 
     modmod.SegmentationModule.training_step = training_step
+
     def one_trial(trial_number: int, prefix: str) -> float:
         marks.clear()
         marks.append(("", time.time()))
-        try:
+        with suppress(FirstStep):
             worker.run_task(worker.TrialTask(storage, study, trial_number))
-        except FirstStep:
-            pass
         # The gap between phases goes to the phase that ends (e.g. lightning.seed_everything
         # to "model build"): phases are consecutive, so they add up to the total.
-        for (_, a), (label, b) in zip(marks, marks[1:], strict=False):
+        for (_, a), (label, b) in itertools.pairwise(marks):
             stamps[prefix + label] = stamps.get(prefix + label, 0.0) + (b - a)
         return marks[-1][1]
 
@@ -169,12 +185,13 @@ def child(storage: str, study: str, number: int, t0: float, src: str | None) -> 
 
 
 def setup_sweep(work: Path, n_trials: int) -> tuple[str, str]:
+    import optuna
+
     from tunevlseg.assets import prepare_synthetic
     from tunevlseg.config.grid import expand
     from tunevlseg.config.loader import parse_experiment
     from tunevlseg.tuning.storage import open_storage
     from tunevlseg.tuning.studies import enqueue_missing, ensure_studies
-    import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     text = EXPERIMENT.format(out=work / "out", assets=work / "assets", n_trials=n_trials)
@@ -193,20 +210,39 @@ def setup_sweep(work: Path, n_trials: int) -> tuple[str, str]:
 
 def importtime(top: int) -> None:
     code = "; ".join(f"import {m}" for _, mods in IMPORT_GROUPS for m in mods)
-    done = subprocess.run([sys.executable, "-X", "importtime", "-c", code],
-                          capture_output=True, text=True, cwd=tempfile.gettempdir())
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=tempfile.gettempdir(),
+    )
     rows = []
     for line in done.stderr.splitlines():
         if not line.startswith("import time:") or "cumulative" in line:
             continue
-        self_us, cum_us, name = line[len("import time:"):].split("|")
+        self_us, cum_us, name = line[len("import time:") :].split("|")
         rows.append((int(cum_us), int(self_us), name[1:]))  # name keeps its depth indentation
     total = sum(c for c, _, n in rows if not n.startswith(" "))
     print(f"-X importtime: {total / 1e6:.2f} s for the worker's imports (top level sum)")
-    for pkg in ("torchmetrics", "torchmetrics.functional.text", "torchmetrics.functional.audio",
-                "torch._dynamo", "scipy.signal", "scipy.stats", "sympy", "torch._meta_registrations",
-                "transformers.models.clipseg.modeling_clipseg", "optuna", "sqlalchemy", "alembic",
-                "albumentations", "pydantic", "matplotlib", "pandas", "submitit"):
+    for pkg in (
+        "torchmetrics",
+        "torchmetrics.functional.text",
+        "torchmetrics.functional.audio",
+        "torch._dynamo",
+        "scipy.signal",
+        "scipy.stats",
+        "sympy",
+        "torch._meta_registrations",
+        "transformers.models.clipseg.modeling_clipseg",
+        "optuna",
+        "sqlalchemy",
+        "alembic",
+        "albumentations",
+        "pydantic",
+        "matplotlib",
+        "pandas",
+        "submitit",
+    ):
         firsts = [c for c, _, n in rows if n.strip() == pkg]
         if firsts:
             print(f"  {pkg:45s} {max(firsts) / 1e6:6.2f} s cumulative (where first imported)")
@@ -217,8 +253,12 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--src", type=Path, help="a copy of the package's parent folder to compare")
     p.add_argument("--importtime", action="store_true")
-    p.add_argument("--child", nargs=5, metavar=("STORAGE", "STUDY", "NUMBER", "T0", "SRC"),
-                   help=argparse.SUPPRESS)
+    p.add_argument(
+        "--child",
+        nargs=5,
+        metavar=("STORAGE", "STUDY", "NUMBER", "T0", "SRC"),
+        help=argparse.SUPPRESS,
+    )
     args = p.parse_args()
     if args.child:
         storage, study, number, t0, src = args.child
@@ -237,14 +277,26 @@ def main() -> None:
         for number, (name, src) in enumerate(order):
             t0 = time.time()
             done = subprocess.run(
-                [sys.executable, __file__, "--child", storage, study, str(2 * number), repr(t0), src],
-                capture_output=True, text=True, cwd=tempfile.gettempdir())
+                [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    storage,
+                    study,
+                    str(2 * number),
+                    repr(t0),
+                    src,
+                ],
+                capture_output=True,
+                text=True,
+                cwd=tempfile.gettempdir(),
+            )
             line = next((x for x in done.stdout.splitlines() if x.startswith("STAMPS ")), None)
             if line is None:
                 raise RuntimeError(f"child failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
             if number == 0:
                 continue
-            results[name].append(json.loads(line[len("STAMPS "):]))
+            results[name].append(json.loads(line[len("STAMPS ") :]))
             print(f"  run {number} ({name}): {results[name][-1]['total']:.2f} s", flush=True)
         keys = list(results[variants[0][0]][0])
         header = "phase".ljust(28) + "".join(f"{n:>12s}" for n, _ in variants)

@@ -26,7 +26,11 @@ def assert_curves(trials: Sequence[FrozenTrial], direction: str = "maximize") ->
         curve = trial.intermediate_values
         steps = sorted(curve)
         if trial.state == TrialState.COMPLETE and attrs.get("epochs_run"):
-            assert steps == list(range(1, attrs["epochs_run"] + 1)), (trial.number, steps, attrs["epochs_run"])
+            assert steps == list(range(1, attrs["epochs_run"] + 1)), (
+                trial.number,
+                steps,
+                attrs["epochs_run"],
+            )
             best = max(curve.values()) if direction == "maximize" else min(curve.values())
             assert trial.value == pytest.approx(best, abs=1e-5), (trial.number, trial.value, curve)
         elif trial.state == TrialState.PRUNED:
@@ -48,7 +52,8 @@ def assert_pruned_by_other_tasks(trials: Sequence[FrozenTrial]) -> int:
         rung = max(rungs, key=lambda k: int(k.rsplit("_", 1)[1]))
         owner = trial_attrs(trial)
         better = [
-            other for other in trials
+            other
+            for other in trials
             if other.number != trial.number
             and other.system_attrs.get(rung, -math.inf) > trial.system_attrs[rung]
         ]

@@ -5,8 +5,12 @@ from __future__ import annotations
 import re
 
 DEMO_ROWS = [
-    "| clipseg | CoOp |", "|  | CoCoOp |", "|  | VPT |", "|  | Shared Attention |",
-    "| cris | CoOp |", "|  | CoCoOp |",
+    "| clipseg | CoOp |",
+    "|  | CoCoOp |",
+    "|  | VPT |",
+    "|  | Shared Attention |",
+    "| cris | CoOp |",
+    "|  | CoCoOp |",
 ]
 
 

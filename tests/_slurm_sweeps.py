@@ -39,15 +39,32 @@ cluster:
 """
 
 
-def write_sweep(folder: Path, *, name: str = "sl", learners: str = "[coop]", n_trials: int = 2,
-                output_dir: str = "../runs/sl", hf_home: str = "../hf", extra: str = "{}",
-                max_epochs: int = 1, image_size: int = 32) -> Path:
+def write_sweep(
+    folder: Path,
+    *,
+    name: str = "sl",
+    learners: str = "[coop]",
+    n_trials: int = 2,
+    output_dir: str = "../runs/sl",
+    hf_home: str = "../hf",
+    extra: str = "{}",
+    max_epochs: int = 1,
+    image_size: int = 32,
+) -> Path:
     """A tiny sweep (synthetic model and data) whose tasks fit the 2-core test node."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.yaml"
     path.write_text(
-        SWEEP.format(name=name, learners=learners, n_trials=n_trials, output_dir=output_dir,
-                     hf_home=hf_home, extra=extra, max_epochs=max_epochs, image_size=image_size)
+        SWEEP.format(
+            name=name,
+            learners=learners,
+            n_trials=n_trials,
+            output_dir=output_dir,
+            hf_home=hf_home,
+            extra=extra,
+            max_epochs=max_epochs,
+            image_size=image_size,
+        )
     )
     return path
 

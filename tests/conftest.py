@@ -64,7 +64,9 @@ def restart_slurmctld(
         "KEEP_STATE": "1",
         "MIN_JOB_AGE": str(min_job_age),
     }
-    subprocess.run(["bash", str(ROOT / "slurm" / "up.sh")], env=env, check=True, capture_output=True)
+    subprocess.run(
+        ["bash", str(ROOT / "slurm" / "up.sh")], env=env, check=True, capture_output=True
+    )
 
 
 @pytest.fixture
@@ -109,7 +111,7 @@ def postgres_url() -> str:
 
         psycopg2.connect(POSTGRES_URL.replace("+psycopg2", ""), connect_timeout=5).close()
         ok = True
-    except Exception:
+    except Exception:  # noqa: BLE001 - any failure to connect means: no usable server
         ok = False
     _need("PostgreSQL", ok)
     return POSTGRES_URL

@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 
 from tunevlseg.cluster import slurm
 from tunevlseg.cluster.launch import sweep_storage
-from tunevlseg.cluster.manifest import Manifest, read_manifest, write_manifest
+from tunevlseg.cluster.manifest import Manifest, write_manifest
 from tunevlseg.config.grid import expand
 from tunevlseg.config.loader import load_experiment
 from tunevlseg.paths import SweepPaths
@@ -37,17 +37,31 @@ def _cancel(
     """``tvls-cancel`` as a user runs it; stdin is no terminal unless a test gives one."""
     return subprocess.run(
         [sys.executable, "-m", "tunevlseg.cli.cancel", *args],
-        cwd=cwd, capture_output=True, text=True, timeout=600, stdin=stdin,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        stdin=stdin,
     )
 
 
-def _record(experiment: Path, mode: str, arrays: list[tuple[str, list[tuple[str, int]]]],
-            collector: str | None = None, local: list[tuple[str, int]] | None = None) -> Manifest:
+def _record(
+    experiment: Path,
+    mode: str,
+    arrays: list[tuple[str, list[tuple[str, int]]]],
+    collector: str | None = None,
+    local: list[tuple[str, int]] | None = None,
+) -> Manifest:
     """The manifest a launch of ``experiment`` would write for these jobs."""
     loaded = load_experiment(experiment)
     manifest = Manifest(
-        experiment=str(loaded.path), experiment_sha256=loaded.text_sha256, sweep=loaded.spec.name,
-        storage=sweep_storage(loaded).url, plan_sha256="0" * 64, studies=1, trials=2,
+        experiment=str(loaded.path),
+        experiment_sha256=loaded.text_sha256,
+        sweep=loaded.spec.name,
+        storage=sweep_storage(loaded).url,
+        plan_sha256="0" * 64,
+        studies=1,
+        trials=2,
     )
     manifest.record_launch(mode, arrays, collector_job_id=collector, local_tasks=local)
     write_manifest(SweepPaths.of(loaded).manifest, manifest)
@@ -57,7 +71,10 @@ def _record(experiment: Path, mode: str, arrays: list[tuple[str, list[tuple[str,
 def _sbatch(*args: str, cwd: Path) -> str:
     done = subprocess.run(
         ["sbatch", "--parsable", "-o", "/dev/null", *args],
-        capture_output=True, text=True, cwd=cwd, check=True,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        check=True,
     )
     return done.stdout.strip().split(";")[0]
 
@@ -91,7 +108,9 @@ def test_a_local_sweep_without_a_running_launch_says_how_local_sweeps_stop(tmp_p
 def test_help_shows_an_example() -> None:
     shown = subprocess.run(
         [sys.executable, "-m", "tunevlseg.cli.cancel", "--help"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert shown.returncode == 0
     assert "examples:" in shown.stdout and "tvls-cancel experiments/" in shown.stdout
@@ -112,7 +131,11 @@ def held_jobs(tmp_path: Path, slurm_cluster: None) -> Iterator[Held]:
     marker = tmp_path / "collector-ran"
     array = _sbatch("--hold", "--array=0-2", "-J", "tvls-held", "--wrap", "sleep 600", cwd=tmp_path)
     collector = _sbatch(
-        "-J", "tvls-held-collect", f"--dependency=afterany:{array}", "--wrap", f"touch {marker}",
+        "-J",
+        "tvls-held-collect",
+        f"--dependency=afterany:{array}",
+        "--wrap",
+        f"touch {marker}",
         cwd=tmp_path,
     )
     foreign = _sbatch("--hold", "-J", "someone-elses-job", "--wrap", "sleep 600", cwd=tmp_path)
@@ -125,7 +148,9 @@ def held_jobs(tmp_path: Path, slurm_cluster: None) -> Iterator[Held]:
         _scancel([array, collector, foreign])
 
 
-def test_without_a_terminal_and_without_yes_nothing_is_cancelled(held_jobs: Held, tmp_path: Path) -> None:
+def test_without_a_terminal_and_without_yes_nothing_is_cancelled(
+    held_jobs: Held, tmp_path: Path
+) -> None:
     experiment, array, collector, foreign, _ = held_jobs
     done = _cancel(str(experiment), cwd=tmp_path)
     assert done.returncode == 2
@@ -135,7 +160,9 @@ def test_without_a_terminal_and_without_yes_nothing_is_cancelled(held_jobs: Held
     assert _queued([array, collector, foreign]) == {array, collector, foreign}
 
 
-def test_the_question_on_a_terminal_is_answered_no_then_yes(held_jobs: Held, tmp_path: Path) -> None:
+def test_the_question_on_a_terminal_is_answered_no_then_yes(
+    held_jobs: Held, tmp_path: Path
+) -> None:
     experiment, array, collector, foreign, _ = held_jobs
     for answer, code in ((b"n\n", 1), (b"y\n", 0)):
         primary, secondary = os.openpty()
@@ -175,7 +202,9 @@ def test_yes_cancels_the_sweeps_jobs_by_id_and_leaves_other_jobs_alone(
 
     again = _cancel(str(experiment), "--yes", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
-    assert "Nothing to cancel: none of the sweep's 3 SLURM job(s) is queued or running" in again.stderr
+    assert (
+        "Nothing to cancel: none of the sweep's 3 SLURM job(s) is queued or running" in again.stderr
+    )
     assert _queued([foreign]) == {foreign}
 
 
@@ -189,7 +218,9 @@ def _trials(experiment: Path) -> list[optuna.trial.FrozenTrial]:
     if not sweep_storage(loaded).exists:  # opening it would create it under the launch
         return []
     try:
-        return optuna.load_study(study_name=spec.name, storage=open_storage(sweep_storage(loaded))).trials
+        return optuna.load_study(
+            study_name=spec.name, storage=open_storage(sweep_storage(loaded))
+        ).trials
     except KeyError:
         return []
 
@@ -207,6 +238,15 @@ def _wait_for_a_checkpoint(experiment: Path, timeout: float = 900) -> optuna.tri
     raise AssertionError(f"no trial wrote a checkpoint within {timeout} s")
 
 
+def _no_retries(experiment: Path) -> None:
+    """``search.max_retries: 0``: a re-run that used a retry would fail its trial for good."""
+    text = experiment.read_text()
+    assert "n_startup_trials: 1," in text
+    experiment.write_text(
+        text.replace("n_startup_trials: 1,", "n_startup_trials: 1, max_retries: 0,")
+    )
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures("slurm_cluster")
 def test_a_sweep_cancelled_while_it_trains_resumes_to_exactly_its_budget(tmp_path: Path) -> None:
@@ -214,6 +254,7 @@ def test_a_sweep_cancelled_while_it_trains_resumes_to_exactly_its_budget(tmp_pat
     experiment = write_sweep(
         tmp_path / "exp", name="cn", output_dir="../runs/cn", n_trials=n_trials, max_epochs=150
     )
+    _no_retries(experiment)  # a cancel and a resume must not need one
     launched = cli("tunevlseg.cli.launch", str(experiment), cwd=tmp_path)
     assert launched.returncode == 0, launched.stderr
     loaded = load_experiment(experiment)
@@ -226,6 +267,7 @@ def test_a_sweep_cancelled_while_it_trains_resumes_to_exactly_its_budget(tmp_pat
         report = json.loads(done.stdout)
         assert {job["job_id"] for job in report["cancelled"]} == set(first_jobs)
         assert sum(job["running"] for job in report["cancelled"] if job["kind"] == "array") >= 1
+        assert report["marked_stopped"] >= 1
         assert f"tvls-launch {experiment}" in done.stderr
         assert _queued(first_jobs) == set()  # nothing of the sweep is left in the queue
 
@@ -236,7 +278,9 @@ def test_a_sweep_cancelled_while_it_trains_resumes_to_exactly_its_budget(tmp_pat
         assert set(states.values()) <= {TrialState.RUNNING, TrialState.WAITING, TrialState.COMPLETE}
 
         # the cancelled trial's log is there, and says it was cancelled
-        log = cli("tunevlseg.cli.logs", str(experiment), f"{study.name}#{running.number}", cwd=tmp_path)
+        log = cli(
+            "tunevlseg.cli.logs", str(experiment), f"{study.name}#{running.number}", cwd=tmp_path
+        )
         assert log.returncode == 0, log.stderr
         assert "CANCELLED" in log.stdout
 
@@ -257,6 +301,7 @@ def test_a_sweep_cancelled_while_it_trains_resumes_to_exactly_its_budget(tmp_pat
     assert len(complete) == n_trials and len(set(lineages)) == n_trials
     for failed in (t for t in final if t.state == TrialState.FAIL):  # only the cancelled ones,
         assert "no longer queued" in trial_attrs(failed)["tvls.failure"]  # each re-run once
+        assert "stopped by tvls-cancel" in trial_attrs(failed)["tvls.failure"]
         assert lineages.count(trial_attrs(failed)["tvls.lineage"]) == 1
     study_dir = SweepPaths.of(loaded).study_dir(study.folder)
     folders = sorted(p.name for p in study_dir.iterdir() if p.is_dir())
@@ -266,12 +311,18 @@ def test_a_sweep_cancelled_while_it_trains_resumes_to_exactly_its_budget(tmp_pat
     assert trial_attrs(resumed)["resumed_from_epoch"] >= 1  # continued from its checkpoint
 
     # its log now: the re-run by default, the cancelled run as attempt 1 with its reason
-    latest = cli("tunevlseg.cli.logs", str(experiment), f"{study.name}#{running.number}", cwd=tmp_path)
+    latest = cli(
+        "tunevlseg.cli.logs", str(experiment), f"{study.name}#{running.number}", cwd=tmp_path
+    )
     assert latest.returncode == 0, latest.stderr
     shown = f"attempt 2 of 2, trial #{resumed.number} (COMPLETE, re-run of #{running.number})"
     assert shown in latest.stderr
     first = cli(
-        "tunevlseg.cli.logs", str(experiment), f"{study.name}#{running.number}", "--attempt", "1",
+        "tunevlseg.cli.logs",
+        str(experiment),
+        f"{study.name}#{running.number}",
+        "--attempt",
+        "1",
         cwd=tmp_path,
     )
     assert first.returncode == 0, first.stderr
@@ -286,11 +337,14 @@ def test_a_running_local_launch_is_interrupted_and_resumes(tmp_path: Path) -> No
     experiment = write_sweep(
         tmp_path / "exp", name="lc", output_dir="../runs/lc", n_trials=2, max_epochs=150
     )
+    _no_retries(experiment)  # a cancel and a resume must not need one
     messages = tmp_path / "launch.err"
     with messages.open("w") as stderr:
         launch = subprocess.Popen(
             [sys.executable, "-m", "tunevlseg.cli.launch", str(experiment), "--local"],
-            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=stderr,
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
         )
     try:
         running = _wait_for_a_checkpoint(experiment, timeout=600)
@@ -298,6 +352,7 @@ def test_a_running_local_launch_is_interrupted_and_resumes(tmp_path: Path) -> No
         assert done.returncode == 0, done.stderr
         report = json.loads(done.stdout)
         assert report["local_launch"]["pid"] == launch.pid and report["local_launch"]["stopped"]
+        assert report["marked_stopped"] >= 1
         assert report["resume"] == f"tvls-launch {experiment} --local"
         # the launch ended as after Ctrl-C in its terminal
         assert launch.wait(timeout=60) == 130, messages.read_text()

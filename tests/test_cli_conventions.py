@@ -73,7 +73,9 @@ def test_every_data_action_has_examples(action: str, capsys: pytest.CaptureFixtu
     assert examples and all(line.startswith(f"tvls-data {action} ") for line in examples), examples
 
 
-def test_descriptions_stay_wrapped_under_the_raw_formatter(capsys: pytest.CaptureFixture[str]) -> None:
+def test_descriptions_stay_wrapped_under_the_raw_formatter(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     """The raw-description formatter keeps the examples' lines; descriptions are filled first."""
     for target in SCRIPTS.values():
         _exit(_entry_point(target), ["--help"])
@@ -110,7 +112,9 @@ clipseg,e2e,kvasir,Non-Radiology,0.8125
 """
 
 
-def test_collect_json_has_the_documented_keys(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_collect_json_has_the_documented_keys(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from tunevlseg.cli.collect import JSON_KEYS, main
 
     results = tmp_path / "paper.csv"

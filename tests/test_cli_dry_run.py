@@ -64,7 +64,7 @@ def test_a_changed_study_definition_is_found_without_writing(
     ensure_studies(storage, expand(load_experiment(path)).studies)
     path.write_text(path.read_text().replace("n_trials: 2", "n_trials: 5"))
     before = (tmp_path / "out" / "optuna.journal").read_bytes()
-    code, out, err = _run(path, capsys, "--dry-run", "--local")
+    code, _, err = _run(path, capsys, "--dry-run", "--local")
     assert code == 1
     assert "changed the definition of studies" in err and "search.n_trials: 2 -> 5" in err
     assert (tmp_path / "out" / "optuna.journal").read_bytes() == before
@@ -72,14 +72,17 @@ def test_a_changed_study_definition_is_found_without_writing(
     assert code == 0
 
 
-def test_the_plan_and_its_problems_as_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_plan_and_its_problems_as_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = _write(tmp_path, extra="storage: sqlite:///out/s.db\n")
     path.write_text(path.read_text().replace("parallelism: 1", "parallelism: 2"))
     code, out, _ = _run(path, capsys, "--dry-run", "--local", "--json")
     report = json.loads(out)
     assert code == 1
     assert report["studies"] and {s["name"] for s in report["studies"]} == {
-        "dry/clipseg-coop/synth", "dry/clipseg-vpt/synth"
+        "dry/clipseg-coop/synth",
+        "dry/clipseg-vpt/synth",
     }
     assert report["tasks"] == 4 and report["trials"] == 4
     (problem,) = report["problems"]
@@ -92,7 +95,10 @@ def test_an_output_dir_that_cannot_be_written_is_a_problem(
     path = _write(tmp_path)
     (tmp_path / "out").write_text("a file where the output folder should be")
     code, _, err = _run(path, capsys, "--dry-run", "--local")
-    assert code == 1 and f"output_dir {tmp_path / 'out'}: {tmp_path / 'out'} is a file, not a folder" in err
+    assert (
+        code == 1
+        and f"output_dir {tmp_path / 'out'}: {tmp_path / 'out'} is a file, not a folder" in err
+    )
 
 
 def test_a_big_sweep_gets_the_learner_by_dataset_matrix(
@@ -102,13 +108,15 @@ def test_a_big_sweep_gets_the_learner_by_dataset_matrix(
     code, out, _ = _run(_write(tmp_path, datasets), capsys, "--dry-run", "--local")
     assert code == 0
     assert "Trials to run / in the budget" in out  # 14 studies
-    matrix = out[out.index("Trials to run"):]
+    matrix = out[out.index("Trials to run") :]
     assert "clipseg-vpt" in matrix and "d6" in matrix and "2/2" in matrix
     code, out, _ = _run(_write(tmp_path), capsys, "--dry-run", "--local")
     assert "Trials to run / in the budget" not in out  # 2 studies: the plan table is enough
 
 
-@pytest.mark.parametrize("args", [["--parallelism", "0"], ["--parallelism", "-3"], ["--parallelism", "two"], ["--json"]])
+@pytest.mark.parametrize(
+    "args", [["--parallelism", "0"], ["--parallelism", "-3"], ["--parallelism", "two"], ["--json"]]
+)
 def test_bad_options_exit_2_without_a_traceback(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str]
 ) -> None:
@@ -119,5 +127,9 @@ def test_bad_options_exit_2_without_a_traceback(
         code = int(exit_.code or 0)
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
-    assert ("must be at least 1" in err or "not a whole number" in err or "--json goes with --dry-run" in err)
+    assert (
+        "must be at least 1" in err
+        or "not a whole number" in err
+        or "--json goes with --dry-run" in err
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dry.yaml"]

@@ -44,7 +44,7 @@ datasets: [{name: kvasir, root: ../data}, {name: busi, root: ../data}]
 search: {n_trials: 2}
 """
 
-HEADER = re.compile(r"^==> (.+?)( \(empty\))? <==$", re.M)
+HEADER = re.compile(r"^==> (.+?)( \(empty\))? <==$", re.MULTILINE)
 
 
 @pytest.fixture
@@ -112,7 +112,9 @@ def test_a_trial_without_a_log_and_bad_trials_say_what_exists(
 def test_help_shows_an_example() -> None:
     shown = subprocess.run(
         [sys.executable, "-m", "tunevlseg.cli.logs", "--help"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert shown.returncode == 0
     assert "examples:" in shown.stdout and "tvls-logs experiments/" in shown.stdout
@@ -134,7 +136,7 @@ def _per_file(stdout: str) -> dict[Path, str]:
     """What the output shows of each file: the text after each of its headers, joined."""
     shown: dict[Path, str] = {}
     headers = list(HEADER.finditer(stdout))
-    for header, following in zip(headers, [*headers[1:], None]):
+    for header, following in zip(headers, [*headers[1:], None], strict=True):
         end = following.start() if following else len(stdout)
         path = Path(header.group(1))
         shown[path] = shown.get(path, "") + stdout[header.end() + 1 : end]
@@ -165,7 +167,9 @@ def _trials(experiment: Path) -> list[optuna.trial.FrozenTrial]:
     if not sweep_storage(loaded).exists:  # opening it would create it under the launch
         return []
     try:
-        return optuna.load_study(study_name=spec.name, storage=open_storage(sweep_storage(loaded))).trials
+        return optuna.load_study(
+            study_name=spec.name, storage=open_storage(sweep_storage(loaded))
+        ).trials
     except KeyError:
         return []
 
@@ -176,7 +180,10 @@ def test_local_trial_killed_after_its_claim_then_rerun_has_two_attempts(tmp_path
     study = expand(load_experiment(experiment)).studies[0].name
     killed = subprocess.run(
         [sys.executable, "-m", "tunevlseg.cli.launch", str(experiment), "--local"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
         env={**os.environ, "TVLS_FAILPOINT": "sampled"},  # SIGKILL right after the claim
     )
     assert "1 trial(s) failed" in killed.stderr, killed.stderr[-2000:]
@@ -195,7 +202,10 @@ def test_local_trial_killed_after_its_claim_then_rerun_has_two_attempts(tmp_path
     # -f ends by itself: the task is gone, the trial can only wait for the next launch
     followed = subprocess.run(
         [sys.executable, "-m", "tunevlseg.cli.logs", str(experiment), f"{study}#0", "-f"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert followed.returncode == 0, followed.stderr
     assert "has ended but trial #0 is still RUNNING" in followed.stderr
@@ -263,10 +273,15 @@ def test_slurm_trial_is_followed_to_its_end_and_ctrl_c_stops_quietly(tmp_path: P
         running = _wait_running(experiment)
         target = f"{study}#{running.number}"
         command = [sys.executable, "-m", "tunevlseg.cli.logs", str(experiment), target, "-f"]
-        outputs = {name: (tmp_path / f"{name}.out", tmp_path / f"{name}.err") for name in ("follow", "stop")}
+        outputs = {
+            name: (tmp_path / f"{name}.out", tmp_path / f"{name}.err")
+            for name in ("follow", "stop")
+        }
         handles = {name: (out.open("w"), err.open("w")) for name, (out, err) in outputs.items()}
         follow, stop = (
-            subprocess.Popen(command, cwd=tmp_path, stdout=handles[name][0], stderr=handles[name][1])
+            subprocess.Popen(
+                command, cwd=tmp_path, stdout=handles[name][0], stderr=handles[name][1]
+            )
             for name in ("follow", "stop")
         )
 

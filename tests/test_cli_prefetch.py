@@ -58,7 +58,10 @@ def test_without_network_each_missing_model_fails_with_a_reason(tmp_path: Path) 
     env.update(HF_HOME=str(tmp_path / "hf"), HF_ENDPOINT=CLOSED_PORT)
     run = subprocess.run(
         [sys.executable, "-m", "tunevlseg.cli.prefetch", str(experiment)],
-        capture_output=True, text=True, env=env, timeout=120,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert run.returncode == 1, run.stderr
     assert "Traceback" not in run.stderr + run.stdout
@@ -135,17 +138,30 @@ def test_dry_run_lists_what_it_would_fetch(
 
 
 def test_only_the_files_loading_needs_safetensors_first() -> None:
-    repo = ["config.json", "pytorch_model.bin", "model.safetensors", "tf_model.h5",
-            "tokenizer.json", "vocab.json", "merges.txt", "preprocessor_config.json",
-            "README.md", "onnx/model.onnx"]
+    repo = [
+        "config.json",
+        "pytorch_model.bin",
+        "model.safetensors",
+        "tf_model.h5",
+        "tokenizer.json",
+        "vocab.json",
+        "merges.txt",
+        "preprocessor_config.json",
+        "README.md",
+        "onnx/model.onnx",
+    ]
     chosen = select_files(repo)
     assert "model.safetensors" in chosen and "pytorch_model.bin" not in chosen
     assert {"tokenizer.json", "vocab.json", "merges.txt", "preprocessor_config.json"} <= set(chosen)
     assert not {"tf_model.h5", "README.md", "onnx/model.onnx"} & set(chosen)
     assert select_files(["config.json", "pytorch_model.bin"])[-1] == "pytorch_model.bin"
     sharded = select_files(
-        ["config.json", "model.safetensors.index.json", "model-00001-of-00002.safetensors",
-         "model-00002-of-00002.safetensors"]
+        [
+            "config.json",
+            "model.safetensors.index.json",
+            "model-00001-of-00002.safetensors",
+            "model-00002-of-00002.safetensors",
+        ]
     )
     assert len(sharded) == 4
     with pytest.raises(ValueError, match="weights"):

@@ -77,7 +77,9 @@ def sweep(tmp_path: Path) -> tuple[Path, list[str]]:
 
 
 def test_one_line_reason_keeps_the_exception_line() -> None:
-    assert one_line_reason(TRACEBACK) == "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
+    assert (
+        one_line_reason(TRACEBACK) == "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
+    )
     assert one_line_reason("OSError: a\n   b\tc\n") == "OSError: a b c"
     assert one_line_reason(None) == one_line_reason("  \n") == "no reason recorded"
     long = one_line_reason("E: " + "y" * 1000)

@@ -43,8 +43,11 @@ def test_default_point_rule() -> None:
     chosen = choose_params(PAPER_SPACES["cocoop"], {"use_lora": "false", "prompt_depth": "3"})
     assert chosen.values["use_lora"] is False and chosen.values["prompt_depth"] == 3
     assert chosen.sources == {
-        "lr": "default", "weight_decay": "default", "prompt_depth": "given",
-        "intermediate_dim": "default", "use_lora": "given",
+        "lr": "default",
+        "weight_decay": "default",
+        "prompt_depth": "given",
+        "intermediate_dim": "default",
+        "use_lora": "given",
     }
 
 
@@ -118,7 +121,10 @@ def test_describe_counts_every_learner(demo: Path, capsys: pytest.CaptureFixture
     assert main([str(demo), "--describe", "--json"]) == 0
     rows = {(row["model"], row["learner"]): row for row in json.loads(capsys.readouterr().out)}
     assert set(rows) == {
-        *(("clipseg", x) for x in ("coop", "cocoop", "vpt", "maple", "shared_attention", "zeroshot")),
+        *(
+            ("clipseg", x)
+            for x in ("coop", "cocoop", "vpt", "maple", "shared_attention", "zeroshot")
+        ),
         *(("cris", x) for x in ("coop", "cocoop", "zeroshot")),
     }
     for (_, learner), row in rows.items():

@@ -14,15 +14,15 @@ import time
 from pathlib import Path
 
 import pytest
+from _running_sweeps import Sweep, busy_sweep, make_sweep
 from optuna.trial import TrialState
 from rich.console import Console
 
-from _running_sweeps import Sweep, busy_sweep, make_sweep
 from tunevlseg.cli.status import build_parser, main
 from tunevlseg.cli.watch import SweepWatch, render, studies_table, watch
+from tunevlseg.cluster.launch import sweep_storage
 from tunevlseg.cluster.running import clock_text, short_study
 from tunevlseg.tuning.storage import open_storage
-from tunevlseg.cluster.launch import sweep_storage
 
 NOW = 1_800_000_000.0
 """The fake clock's time (seconds since the epoch); the busy sweep's claims are before it."""
@@ -85,7 +85,9 @@ def test_json_of_a_sweep_without_storage_has_no_running_trials(
 ) -> None:
     sweep = make_sweep(tmp_path)
     path = sweep.path.with_name("other.yaml")
-    path.write_text(sweep.path.read_text().replace("name: wt", "name: fresh").replace("runs/wt", "runs/fresh"))
+    path.write_text(
+        sweep.path.read_text().replace("name: wt", "name: fresh").replace("runs/wt", "runs/fresh")
+    )
     assert main([str(path), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["running_trials"] == []
 
@@ -132,7 +134,9 @@ def test_the_running_table_has_one_row_per_running_trial(busy: Sweep) -> None:
     view = SweepWatch(busy.experiment, clock=lambda: NOW).read()
     first, second = (short_study(spec.name) for spec in busy.specs)
     assert [(t.study, t.trial) for t in view.running] == [
-        (busy.specs[0].name, 0), (busy.specs[0].name, 1), (busy.specs[1].name, 1)
+        (busy.specs[0].name, 0),
+        (busy.specs[0].name, 1),
+        (busy.specs[1].name, 1),
     ]
     text = _text(render(view, NOW, interval=10))
     studies, _, running = text.partition("Running trials (3)")
@@ -158,8 +162,14 @@ def test_at_80_columns_the_numbers_stay_whole(tmp_path: Path) -> None:
     assert all(len(line.rstrip()) <= 80 for line in text.splitlines()), text
     studies, _, running = text.partition("Running trials (3)")
     for row in view.rows:
-        cells = _cells(_row(studies, f" {row['n_trials']} ", f" {row['remaining']} ",
-                            short_study(row["name"]).split("/")[0] + "/"))
+        cells = _cells(
+            _row(
+                studies,
+                f" {row['n_trials']} ",
+                f" {row['remaining']} ",
+                short_study(row["name"]).split("/")[0] + "/",
+            )
+        )
         assert cells[1:8] == [str(row[key]) for key in ("n_trials", *view.columns)]
     for trial in view.running:
         learner = short_study(trial.study).split("/")[0] + "/"  # the model and learner stay whole
@@ -170,7 +180,9 @@ def test_at_80_columns_the_numbers_stay_whole(tmp_path: Path) -> None:
         assert line.split()[0].endswith(short_study(trial.study)[-6:])
 
 
-def test_the_studies_table_counts_like_status(busy: Sweep, capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_studies_table_counts_like_status(
+    busy: Sweep, capsys: pytest.CaptureFixture[str]
+) -> None:
     view = SweepWatch(busy.experiment).read()
     assert main([str(busy.path), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
@@ -234,11 +246,13 @@ class FakeTime:
 
 
 def test_watch_ends_by_itself_when_the_sweep_is_done(busy: Sweep) -> None:
-    first, second = busy.specs
+    first, _ = busy.specs
     steps = [
         lambda: busy.report(first, 0, 3, 0.5),  # still running after one refresh
-        lambda: (busy.finish(first, 0, TrialState.COMPLETE, 0.6),
-                 busy.finish(first, 1, TrialState.PRUNED, 0.3)),
+        lambda: (
+            busy.finish(first, 0, TrialState.COMPLETE, 0.6),
+            busy.finish(first, 1, TrialState.PRUNED, 0.3),
+        ),
         busy.finish_everything,
     ]
     fake = FakeTime(steps)
@@ -250,8 +264,13 @@ def test_watch_ends_by_itself_when_the_sweep_is_done(busy: Sweep) -> None:
     assert fake.sleeps == [5, 5, 5]  # it stopped once the sweep was done, far before 50 reads
     final = console.export_text()
     assert "no trial running" in final and "Ctrl-C" not in final
-    totals = dict(zip(["trials", "complete", "running", "waiting", "failed", "pruned", "remaining"],
-                      _cells(_row(final, "total"))[1:8], strict=True))
+    totals = dict(
+        zip(
+            ["trials", "complete", "running", "waiting", "failed", "pruned", "remaining"],
+            _cells(_row(final, "total"))[1:8],
+            strict=True,
+        )
+    )
     assert totals["running"] == totals["waiting"] == totals["remaining"] == "0"
     assert int(totals["complete"]) + int(totals["pruned"]) == int(totals["trials"])
 
@@ -259,14 +278,21 @@ def test_watch_ends_by_itself_when_the_sweep_is_done(busy: Sweep) -> None:
 def test_watch_keeps_refreshing_while_trials_run(busy: Sweep) -> None:
     fake = FakeTime()
     console = _console()
-    assert watch(busy.experiment, 7, console=console, clock=fake.clock, sleep=fake.sleep, max_refreshes=4) == 0
+    assert (
+        watch(
+            busy.experiment, 7, console=console, clock=fake.clock, sleep=fake.sleep, max_refreshes=4
+        )
+        == 0
+    )
     assert fake.sleeps == [7, 7, 7]
     final = console.export_text()
     # The elapsed times moved on with the clock: three intervals since the first read.
     assert clock_text(125 + 21) in _row(final, short_study(busy.specs[0].name), "#0")
 
 
-def test_ctrl_c_leaves_the_last_frame_and_exits_0(busy: Sweep, capsys: pytest.CaptureFixture[str]) -> None:
+def test_ctrl_c_leaves_the_last_frame_and_exits_0(
+    busy: Sweep, capsys: pytest.CaptureFixture[str]
+) -> None:
     def interrupted(seconds: float) -> None:
         raise KeyboardInterrupt
 
@@ -287,6 +313,16 @@ def test_a_sweep_not_launched_yet_is_watched_until_its_storage_appears(tmp_path:
     journal.rename(moved)  # as if no launch had created it yet
     fake = FakeTime([lambda: moved.rename(journal), sweep.finish_everything])
     console = _console()
-    assert watch(sweep.experiment, 1, console=console, clock=fake.clock, sleep=fake.sleep, max_refreshes=10) == 0
+    assert (
+        watch(
+            sweep.experiment,
+            1,
+            console=console,
+            clock=fake.clock,
+            sleep=fake.sleep,
+            max_refreshes=10,
+        )
+        == 0
+    )
     assert fake.sleeps == [1, 1]
     assert "no trial running" in console.export_text()

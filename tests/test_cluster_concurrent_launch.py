@@ -30,13 +30,20 @@ def test_simultaneous_launches_submit_each_trial_once(tmp_path: Path, launches: 
     name = f"together{launches}"
     # Held jobs never start: the test looks at what was submitted, not at training.
     experiment = write_sweep(
-        tmp_path / "exp", name=name, output_dir=f"../runs/{name}", learners="[coop, vpt]",
-        n_trials=3, extra="{hold: true}",
+        tmp_path / "exp",
+        name=name,
+        output_dir=f"../runs/{name}",
+        learners="[coop, vpt]",
+        n_trials=3,
+        extra="{hold: true}",
     )
     processes = [
         subprocess.Popen(
             [sys.executable, "-m", "tunevlseg.cli.launch", str(experiment)],
-            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for _ in range(launches)
     ]
@@ -50,11 +57,19 @@ def test_simultaneous_launches_submit_each_trial_once(tmp_path: Path, launches: 
             assert "changed the definition" not in stderr
         submitted = sum(("Submitted" in err for _, err in outputs))
         assert submitted == 1, [err for _, err in outputs]
-        assert sum("Nothing to submit: the 6 remaining trial(s) are queued" in err for _, err in outputs) == launches - 1
+        assert (
+            sum(
+                "Nothing to submit: the 6 remaining trial(s) are queued" in err
+                for _, err in outputs
+            )
+            == launches - 1
+        )
 
         tasks = Counter(manifest.task_index().values())
         assert len(tasks) == 6 and set(tasks.values()) == {1}, tasks  # every trial in one task
-        collectors = [launch["collector_job_id"] for launch in manifest.launches if launch["collector_job_id"]]
+        collectors = [
+            launch["collector_job_id"] for launch in manifest.launches if launch["collector_job_id"]
+        ]
         assert len(collectors) == 1
         queued = slurm.queued_tasks(manifest.array_job_ids())
         assert len(queued) == 6

@@ -43,7 +43,9 @@ def test_tasks_get_the_storage_retry_budget() -> None:
 def test_container_command_is_exactly_this() -> None:
     container = ContainerSettings(image=Path("/shared/img/tunevlseg.sif"), binds=["/scratch"])
     environment = task_environment(Path("/shared/hf"))
-    binds = bind_paths([Path("/shared/runs/med"), Path("/shared/hf"), Path("/data/kvasir")], container.binds)
+    binds = bind_paths(
+        [Path("/shared/runs/med"), Path("/shared/hf"), Path("/data/kvasir")], container.binds
+    )
     command = python_command(container, environment, binds)
     assert command == (
         "apptainer exec --nv --bind /data/kvasir --bind /shared/hf --bind /shared/runs/med "
@@ -64,8 +66,15 @@ def test_array_parameters_carry_the_site_settings() -> None:
         parallelism=6,
         timeout_min=90,
         slurm=SlurmSettings(
-            partition="gpu", account="lab", qos="normal", gpus=2, gpu_type="a100",
-            cpus_per_task=4, mem_gb=12.5, constraint="ampere", signal_delay_s=300,
+            partition="gpu",
+            account="lab",
+            qos="normal",
+            gpus=2,
+            gpu_type="a100",
+            cpus_per_task=4,
+            mem_gb=12.5,
+            constraint="ampere",
+            signal_delay_s=300,
             extra={"reservation": "week", "exclusive": True},
         ),
     )
@@ -94,7 +103,9 @@ def test_job_script_quotes_hostile_values(tmp_path: Path) -> None:
     """Run the rendered script with a stand-in srun: nothing from the values may execute."""
     marker = tmp_path / "injected"
     evil = f"a b;$(touch {marker})`touch {marker}`'\"q"
-    cluster = ClusterSettings(slurm=SlurmSettings(partition=evil, account=evil, extra={"comment": evil}))
+    cluster = ClusterSettings(
+        slurm=SlurmSettings(partition=evil, account=evil, extra={"comment": evil})
+    )
     environment = task_environment(tmp_path / evil)
     parameters = array_parameters(cluster, "tvls-x", setup_lines(ContainerSettings(), environment))
     folder = tmp_path / evil / "jobs" / "%j"
@@ -118,12 +129,18 @@ def test_job_script_quotes_hostile_values(tmp_path: Path) -> None:
     [
         ("slurm: {extra: {'x; rm -rf /': 1}}", "cluster.slurm.extra", "not an sbatch option name"),
         ("slurm: {extra: {array: '0-3'}}", "cluster.slurm.extra", "set by tunevlseg"),
-        ("slurm: {partition: \"gpu\\nhostname\"}", "cluster.slurm.partition", "should match pattern"),
+        ('slurm: {partition: "gpu\\nhostname"}', "cluster.slurm.partition", "should match pattern"),
         ("container: {binds: ['/a,/b']}", "cluster.container.binds", "without ','"),
-        ("container: {apptainer: 'apptainer; id'}", "cluster.container.apptainer", "should match pattern"),
+        (
+            "container: {apptainer: 'apptainer; id'}",
+            "cluster.container.apptainer",
+            "should match pattern",
+        ),
     ],
 )
-def test_unsafe_cluster_values_are_refused(tmp_path: Path, cluster_yaml: str, key: str, fragment: str) -> None:
+def test_unsafe_cluster_values_are_refused(
+    tmp_path: Path, cluster_yaml: str, key: str, fragment: str
+) -> None:
     text = (
         "name: t\noutput_dir: o\nmodels: [clipseg]\nlearners: [coop]\n"
         "datasets: [{name: d, root: d}]\ncluster:\n  " + cluster_yaml + "\n"
@@ -154,9 +171,16 @@ def test_apptainer_definition() -> None:
     assert header["Bootstrap"].strip() == "docker"
     assert re.search(r"pytorch/pytorch:[\d.]+-cuda[\d.]+", header["From"])
     assert {"arguments", "files", "post", "environment", "runscript", "test"} <= set(sections)
-    for source in ("pyproject.toml", "tunevlseg"):
-        assert (ROOT / source).exists() and re.search(rf"^\s+{source} /opt/tunevlseg", sections["files"], re.M)
-    assert 'pip install "/opt/tunevlseg[postgres]" "submitit=={{ SUBMITIT_VERSION }}"' in sections["post"]
+    for source in ("pyproject.toml", "tunevlseg", "scripts/constraints.txt"):
+        assert (ROOT / source).exists() and re.search(
+            rf"^\s+{source} /opt/tunevlseg", sections["files"], re.MULTILINE
+        )
+    install = " ".join(sections["post"].replace("\\\n", " ").split())
+    # the tested versions of every package, as in the test environment (scripts/setup-venv.sh)
+    assert (
+        'pip install --constraint /opt/tunevlseg/constraints.txt "/opt/tunevlseg[postgres]" '
+        '"submitit=={{ SUBMITIT_VERSION }}"'
+    ) in install
     assert "export PYTHONNOUSERSITE=1" in sections["environment"]
     assert "--cleanenv" not in (ROOT / "Apptainer.def").read_text()
     assert "slurm" not in sections["post"].lower()  # requeued from the host (requeue.py)
@@ -167,12 +191,18 @@ def test_build_script_pins_the_host_submitit() -> None:
 
     done = subprocess.run(
         ["bash", str(ROOT / "containers" / "build.sh"), "--print", "/tmp/x.sif"],
-        capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable},
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [
-        "apptainer", "build", "--build-arg", f"SUBMITIT_VERSION={submitit.__version__}",
-        "/tmp/x.sif", "Apptainer.def",
+        "apptainer",
+        "build",
+        "--build-arg",
+        f"SUBMITIT_VERSION={submitit.__version__}",
+        "/tmp/x.sif",
+        "Apptainer.def",
     ]
 
 
@@ -219,7 +249,11 @@ def _task_line(marker_dir: Path, *args: str) -> str:
     """The wrapper around this Python, as submitit's job script line runs it (through a shell)."""
     from tunevlseg.cluster.requeue import host_wrapper
 
-    return shlex.join(host_wrapper(marker_dir, [sys.executable])) + " " + shlex.join(["-c", IN_TASK, *args])
+    return (
+        shlex.join(host_wrapper(marker_dir, [sys.executable]))
+        + " "
+        + shlex.join(["-c", IN_TASK, *args])
+    )
 
 
 def test_container_command_is_wrapped_to_requeue_from_the_host() -> None:
@@ -230,15 +264,31 @@ def test_container_command_is_wrapped_to_requeue_from_the_host() -> None:
     requeue_dir = Path(f"/shared/runs/{HOSTILE}/jobs/requeue")
     command = python_command(container, environment, ["/shared/hf"], requeue_dir=requeue_dir)
     assert shlex.split(command) == [
-        "bash", "-c", WRAPPER, "tvls-requeue", str(requeue_dir),
-        "apptainer", "exec", "--nv", "--bind", "/shared/hf", "--env", "HF_HOME=/shared/hf",
-        "--env", "HF_HUB_OFFLINE=1", "--env", "PYTHONNOUSERSITE=1", "/shared/img/tunevlseg.sif",
+        "bash",
+        "-c",
+        WRAPPER,
+        "tvls-requeue",
+        str(requeue_dir),
+        "apptainer",
+        "exec",
+        "--nv",
+        "--bind",
+        "/shared/hf",
+        "--env",
+        "HF_HOME=/shared/hf",
+        "--env",
+        "HF_HUB_OFFLINE=1",
+        "--env",
+        "PYTHONNOUSERSITE=1",
+        "/shared/img/tunevlseg.sif",
         "python3",
     ]
     assert "'" not in WRAPPER  # one plain quoted word in the job script
     assert command.startswith(f"bash -c {shlex.quote(WRAPPER)} tvls-requeue ")
     # Host Python requeues itself (scontrol is there): never wrapped.
-    assert python_command(ContainerSettings(), environment, [], requeue_dir=requeue_dir) == shlex.quote(sys.executable)
+    assert python_command(
+        ContainerSettings(), environment, [], requeue_dir=requeue_dir
+    ) == shlex.quote(sys.executable)
 
 
 @pytest.mark.parametrize(
@@ -258,12 +308,14 @@ def test_marker_is_named_by_submitits_job_id_and_the_wrapper_finds_it(
     env, record = _fake_scontrol(tmp_path)
     env = {key: value for key, value in env.items() if key not in SLURM_IDS} | ids
     marker_dir = tmp_path / "requeue"
-    done = subprocess.run(["bash", "-c", _task_line(marker_dir, "now")], env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        ["bash", "-c", _task_line(marker_dir, "now")], env=env, capture_output=True, text=True
+    )
     assert done.returncode == 255, done.stderr
     assert record.read_text() == f"requeue {name}\n"
     assert marker_path(marker_dir, name) == marker_dir / name
     for bad in ("", "../12_3", ".", "a/b"):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="not a SLURM job id"):
             marker_path(marker_dir, bad)
 
 
@@ -271,7 +323,9 @@ def test_wrapper_requeues_a_marked_task_from_the_host(tmp_path: Path) -> None:
     """The task writes the marker and exits -1; the wrapper requeues it with the host's scontrol."""
     env, record = _fake_scontrol(tmp_path)
     marker_dir = tmp_path / HOSTILE / "requeue"
-    done = subprocess.run(["bash", "-c", _task_line(marker_dir, "now")], env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        ["bash", "-c", _task_line(marker_dir, "now")], env=env, capture_output=True, text=True
+    )
     assert done.returncode == 255, done.stderr  # submitit's sys.exit(-1), passed on
     assert record.read_text() == "requeue 12_3\n"
     assert list(marker_dir.iterdir()) == []
@@ -287,8 +341,12 @@ def test_wrapper_outlives_usr2_to_the_whole_step(tmp_path: Path) -> None:
     env, record = _fake_scontrol(tmp_path)
     marker_dir = tmp_path / "requeue"
     task = subprocess.Popen(
-        ["bash", "-c", _task_line(marker_dir, "signal")], env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, start_new_session=True,
+        ["bash", "-c", _task_line(marker_dir, "signal")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
     assert task.stdout is not None and task.stdout.readline() == "ready\n"
     os.killpg(task.pid, signal.SIGUSR2)
@@ -319,7 +377,9 @@ def test_install_only_behind_the_wrapper_and_keeps_a_working_scontrol(
 
     from tunevlseg.cluster import requeue
 
-    monkeypatch.setattr(SlurmJobEnvironment, "_requeue", SlurmJobEnvironment._requeue)  # restored after
+    monkeypatch.setattr(
+        SlurmJobEnvironment, "_requeue", SlurmJobEnvironment._requeue
+    )  # restored after
     original = SlurmJobEnvironment._requeue
     assert not requeue.install({})
     assert SlurmJobEnvironment._requeue is original
@@ -374,23 +434,43 @@ def test_job_script_runs_the_wrapper_with_hostile_folders(tmp_path: Path) -> Non
     folder = tmp_path / evil / "jobs" / "%j"
     container = ContainerSettings(image=tmp_path / evil / "img.sif")
     environment = task_environment(tmp_path / evil / "hf")
-    python = python_command(container, environment, [str(tmp_path / evil)], requeue_dir=folder.parent / "requeue")
+    python = python_command(
+        container, environment, [str(tmp_path / evil)], requeue_dir=folder.parent / "requeue"
+    )
     parameters = array_parameters(ClusterSettings(), "tvls-x", setup_lines(container, environment))
     script = render_array_script(folder, python, parameters, 2)
     command_lines = [line for line in script.splitlines() if line.startswith("srun ")]
-    assert len(command_lines) == 1 and f" bash -c {shlex.quote(WRAPPER)} tvls-requeue " in command_lines[0]
+    assert (
+        len(command_lines) == 1
+        and f" bash -c {shlex.quote(WRAPPER)} tvls-requeue " in command_lines[0]
+    )
     record = tmp_path / "srun-args"
     stand_in = f'srun() {{ printf "%s\\0" "$@" > {shlex.quote(str(record))}; }}\n'
     done = subprocess.run(
         ["bash", "-c", script.replace("#!/bin/bash", "#!/bin/bash\n" + stand_in, 1)],
-        text=True, capture_output=True,
+        text=True,
+        capture_output=True,
     )
     assert done.returncode == 0, done.stderr
     assert not marker.exists()
     args = record.read_text().split("\0")[:-1]
     start = args.index("bash")
-    assert args[start : start + 6] == ["bash", "-c", WRAPPER, "tvls-requeue", str(folder.parent / "requeue"), "apptainer"]
-    assert args[-6:] == [str(container.image), "python3", "-u", "-m", "submitit.core._submit", str(folder)]
+    assert args[start : start + 6] == [
+        "bash",
+        "-c",
+        WRAPPER,
+        "tvls-requeue",
+        str(folder.parent / "requeue"),
+        "apptainer",
+    ]
+    assert args[-6:] == [
+        str(container.image),
+        "python3",
+        "-u",
+        "-m",
+        "submitit.core._submit",
+        str(folder),
+    ]
 
 
 @pytest.mark.usefixtures("slurm_cluster")  # a dry run checks SLURM like a launch
@@ -411,5 +491,7 @@ def test_dry_run_shows_the_wrapper(tmp_path: Path) -> None:
     interpreter = lines[lines.index("# Interpreter command of every task") + 1]
     assert interpreter.startswith(wrapper) and interpreter.endswith(" /img/tvls.sif python3")
     srun = [line for line in lines if line.startswith("srun ")]
-    assert len(srun) == 2 and all(f" {wrapper}" in line for line in srun)  # the array and the collector
+    assert len(srun) == 2 and all(
+        f" {wrapper}" in line for line in srun
+    )  # the array and the collector
     assert not (tmp_path / "runs").exists()

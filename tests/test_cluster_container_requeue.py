@@ -101,9 +101,21 @@ def test_stand_in_has_no_slurm_client(tmp_path: Path) -> None:
     image.write_text("")
     code = "import shutil; print([shutil.which(c) for c in ('scontrol', 'squeue', 'sbatch')])"
     done = subprocess.run(
-        [str(stand_in), "exec", "--nv", "--bind", str(tmp_path), "--env", "X=a,b", str(image),
-         "python3", "-c", code + "; import os; print(os.environ['X'])"],
-        capture_output=True, text=True,
+        [
+            str(stand_in),
+            "exec",
+            "--nv",
+            "--bind",
+            str(tmp_path),
+            "--env",
+            "X=a,b",
+            str(image),
+            "python3",
+            "-c",
+            code + "; import os; print(os.environ['X'])",
+        ],
+        capture_output=True,
+        text=True,
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["[None, None, None]", "a,b"]
@@ -116,8 +128,12 @@ def test_usr2_requeues_the_task_without_a_second_launch(tmp_path: Path, in_conta
     started = time.monotonic()
     name = "ctreq" if in_container else "hostreq"
     experiment = write_sweep(
-        tmp_path / "exp", name=name, output_dir=f"../runs/{name}", n_trials=2,
-        max_epochs=EPOCHS, image_size=64,
+        tmp_path / "exp",
+        name=name,
+        output_dir=f"../runs/{name}",
+        n_trials=2,
+        max_epochs=EPOCHS,
+        image_size=64,
     )
     if in_container:
         stand_in, log = make_stand_in(tmp_path / "apptainer")
@@ -138,7 +154,9 @@ def test_usr2_requeues_the_task_without_a_second_launch(tmp_path: Path, in_conta
 
     wait_for_queue(all_job_ids(experiment))
     jobs = SweepPaths.of(load_experiment(experiment)).jobs
-    logs = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted((jobs / task).glob("*_log.*")))
+    logs = "\n".join(
+        f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted((jobs / task).glob("*_log.*"))
+    )
     try:
         assert_complete(experiment)
     except AssertionError as error:
@@ -151,11 +169,15 @@ def test_usr2_requeues_the_task_without_a_second_launch(tmp_path: Path, in_conta
     assert result["epochs_run"] == EPOCHS
     assert trial_attrs(interrupted)["resumed_from_epoch"] == result["resumed_from_epoch"]
     assert (f"tvls-requeue: requeued {task} from the host" in logs) == in_container, logs
-    assert not (jobs / "requeue").exists() or not list((jobs / "requeue").iterdir()), "a marker was left"
+    assert not (jobs / "requeue").exists() or not list((jobs / "requeue").iterdir()), (
+        "a marker was left"
+    )
     if in_container:
         # Every task ran through the stand-in (two trials, the requeued run, the collector).
         assert log.read_text().count("\n") >= 4
-    print(f"USR2 requeue e2e ({'container' if in_container else 'host'}): {time.monotonic() - started:.0f} s")
+    print(
+        f"USR2 requeue e2e ({'container' if in_container else 'host'}): {time.monotonic() - started:.0f} s"
+    )
 
 
 def array_job_ids(experiment: Path) -> list[str]:
@@ -167,7 +189,9 @@ def array_job_ids(experiment: Path) -> list[str]:
 def trials(experiment: Path) -> list[optuna.trial.FrozenTrial]:
     loaded = load_experiment(experiment)
     spec = expand(loaded).studies[0]
-    return optuna.load_study(study_name=spec.name, storage=open_storage(sweep_storage(loaded))).trials
+    return optuna.load_study(
+        study_name=spec.name, storage=open_storage(sweep_storage(loaded))
+    ).trials
 
 
 def wait_for_early_checkpoint(
@@ -187,11 +211,15 @@ def wait_for_early_checkpoint(
             if trial.state != TrialState.RUNNING or not attrs.get("tvls.slurm_job_id"):
                 continue
             try:
-                state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+                state = torch.load(
+                    run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
+                )
             except (FileNotFoundError, EOFError, RuntimeError):
                 continue  # not written yet, or being replaced
             if int(state["epoch"]) < EARLY_EPOCHS:
-                task = slurm.task_key(attrs["tvls.slurm_job_id"], attrs.get("tvls.slurm_array_task_id"))
+                task = slurm.task_key(
+                    attrs["tvls.slurm_job_id"], attrs.get("tvls.slurm_array_task_id")
+                )
                 return attrs["tvls.lineage"], run_dir, task
         time.sleep(0.2)
     raise AssertionError("no trial reached an early checkpoint")

@@ -47,8 +47,12 @@ class Running:
 
 def launch(tmp_path: Path, name: str, n_trials: int) -> Path:
     experiment = write_sweep(
-        tmp_path / "exp", name=name, output_dir=f"../runs/{name}", n_trials=n_trials,
-        max_epochs=EPOCHS, image_size=64,
+        tmp_path / "exp",
+        name=name,
+        output_dir=f"../runs/{name}",
+        n_trials=n_trials,
+        max_epochs=EPOCHS,
+        image_size=64,
     )
     launched = cli("tunevlseg.cli.launch", str(experiment), cwd=tmp_path)
     assert launched.returncode == 0, launched.stderr
@@ -58,7 +62,9 @@ def launch(tmp_path: Path, name: str, n_trials: int) -> Path:
 def trials(experiment: Path) -> list[optuna.trial.FrozenTrial]:
     loaded = load_experiment(experiment)
     spec = expand(loaded).studies[0]
-    return optuna.load_study(study_name=spec.name, storage=open_storage(sweep_storage(loaded))).trials
+    return optuna.load_study(
+        study_name=spec.name, storage=open_storage(sweep_storage(loaded))
+    ).trials
 
 
 def wait_for_checkpoint(experiment: Path, timeout: float = 600) -> Running:
@@ -73,12 +79,18 @@ def wait_for_checkpoint(experiment: Path, timeout: float = 600) -> Running:
     while time.monotonic() < deadline:
         for trial in trials(experiment):
             attrs = trial_attrs(trial)
-            checkpoint = Path(attrs.get("tvls.run_dir", "/nonexistent")) / "checkpoints" / "last.ckpt"
+            checkpoint = (
+                Path(attrs.get("tvls.run_dir", "/nonexistent")) / "checkpoints" / "last.ckpt"
+            )
             run_dir = checkpoint.parent.parent
             if trial.state == TrialState.RUNNING and _early_checkpoint(checkpoint):
                 return Running(
-                    trial.number, attrs["tvls.lineage"], run_dir,
-                    slurm.task_key(attrs["tvls.slurm_job_id"], attrs.get("tvls.slurm_array_task_id")),
+                    trial.number,
+                    attrs["tvls.lineage"],
+                    run_dir,
+                    slurm.task_key(
+                        attrs["tvls.slurm_job_id"], attrs.get("tvls.slurm_array_task_id")
+                    ),
                     attrs["tvls.pid"],
                 )
         time.sleep(0.2)
@@ -121,12 +133,16 @@ def test_a_preemption_by_the_high_partition(tmp_path: Path) -> None:
     running = wait_for_checkpoint(experiment)
     high = subprocess.run(
         ["sbatch", "--parsable", "-p", "high", "-c", "2", "--wrap", "sleep 3"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.strip()
     finish(experiment, tmp_path, relaunch=False)
     wait_for_queue([high])
     assert_continued(experiment, running)
-    restarted = [t for t in trials(experiment) if trial_attrs(t).get("tvls.slurm_restart_count", 0) > 0]
+    restarted = [
+        t for t in trials(experiment) if trial_attrs(t).get("tvls.slurm_restart_count", 0) > 0
+    ]
     assert restarted, "no task was requeued by the preemption"
 
 
@@ -183,7 +199,11 @@ def _validated_epochs(run_dir: Path) -> int:
     if "val_dice" not in header:
         return 0
     column, epoch = header.index("val_dice"), header.index("epoch")
-    epochs = [int(row.split(",")[epoch]) for row in lines[1:] if row.split(",")[column:column + 1] not in ([], [""])]
+    epochs = [
+        int(row.split(",")[epoch])
+        for row in lines[1:]
+        if row.split(",")[column : column + 1] not in ([], [""])
+    ]
     return max(epochs) + 1 if epochs else 0
 
 
@@ -191,12 +211,19 @@ def test_f_requeue_during_a_plateau_resumes_at_the_next_epoch(tmp_path: Path) ->
     """A learning rate too small to change anything: validation never improves after epoch 0.
     ``last.ckpt`` used to follow the best checkpoint, so a requeue restarted at epoch 1."""
     experiment = write_sweep(
-        tmp_path / "exp", name="plateau", output_dir="../runs/plateau", n_trials=1,
-        max_epochs=EPOCHS, image_size=64,
+        tmp_path / "exp",
+        name="plateau",
+        output_dir="../runs/plateau",
+        n_trials=1,
+        max_epochs=EPOCHS,
+        image_size=64,
     )
-    experiment.write_text(experiment.read_text().replace(
-        "space: {prompt_depth: {low: 1, high: 2}}", "space: {prompt_depth: 1, lr: {low: 1.0e-12, high: 2.0e-12}}"
-    ))
+    experiment.write_text(
+        experiment.read_text().replace(
+            "space: {prompt_depth: {low: 1, high: 2}}",
+            "space: {prompt_depth: 1, lr: {low: 1.0e-12, high: 2.0e-12}}",
+        )
+    )
     launched = cli("tunevlseg.cli.launch", str(experiment), cwd=tmp_path)
     assert launched.returncode == 0, launched.stderr
     deadline = time.monotonic() + 600
@@ -205,9 +232,14 @@ def test_f_requeue_during_a_plateau_resumes_at_the_next_epoch(tmp_path: Path) ->
         run_dir = Path(trial_attrs(trial).get("tvls.run_dir", "/nonexistent"))
         if trial.state == TrialState.RUNNING and _validated_epochs(run_dir) >= EARLY_EPOCHS:
             break
-        assert time.monotonic() < deadline and not trial.state.is_finished(), "no plateau to interrupt"
+        assert time.monotonic() < deadline and not trial.state.is_finished(), (
+            "no plateau to interrupt"
+        )
         time.sleep(0.2)
-    job, index = trial_attrs(trial)["tvls.slurm_job_id"], trial_attrs(trial).get("tvls.slurm_array_task_id")
+    job, index = (
+        trial_attrs(trial)["tvls.slurm_job_id"],
+        trial_attrs(trial).get("tvls.slurm_array_task_id"),
+    )
     subprocess.run(["scontrol", "requeue", job if index is None else f"{job}_{index}"], check=True)
     finish(experiment, tmp_path, relaunch=False)
     (trial,) = trials(experiment)

@@ -34,7 +34,11 @@ def _launch(experiment: Path, cwd: Path, failpoint: str | None) -> subprocess.Po
         env[ENV] = failpoint  # sbatch exports the launch's environment to the task
     return subprocess.Popen(
         [sys.executable, "-m", "tunevlseg.cli.launch", str(experiment)],
-        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -49,7 +53,9 @@ def _finish(processes: list[subprocess.Popen[str]]) -> list[str]:
 
 def test_a_kill_at_every_step_before_the_first_epoch_is_recovered(tmp_path: Path) -> None:
     experiments = {
-        point: write_sweep(tmp_path / "exp", name=f"kill-{point}", output_dir=f"../runs/kill-{point}", n_trials=1)
+        point: write_sweep(
+            tmp_path / "exp", name=f"kill-{point}", output_dir=f"../runs/kill-{point}", n_trials=1
+        )
         for point in POINTS
     }
     _finish([_launch(path, tmp_path, point) for point, path in experiments.items()])
@@ -58,7 +64,9 @@ def test_a_kill_at_every_step_before_the_first_epoch_is_recovered(tmp_path: Path
     for point, path in experiments.items():
         loaded = load_experiment(path)
         spec = expand(loaded).studies[0]
-        (trial,) = optuna.load_study(study_name=spec.name, storage=open_storage(sweep_storage(loaded))).trials
+        (trial,) = optuna.load_study(
+            study_name=spec.name, storage=open_storage(sweep_storage(loaded))
+        ).trials
         assert trial.state == TrialState.RUNNING, (point, trial.state, trial.user_attrs)
 
     relaunched = _finish([_launch(path, tmp_path, None) for path in experiments.values()])
@@ -71,7 +79,9 @@ def test_a_kill_at_every_step_before_the_first_epoch_is_recovered(tmp_path: Path
         assert_complete(path)
         loaded = load_experiment(path)
         spec = expand(loaded).studies[0]
-        trials = optuna.load_study(study_name=spec.name, storage=open_storage(sweep_storage(loaded))).trials
+        trials = optuna.load_study(
+            study_name=spec.name, storage=open_storage(sweep_storage(loaded))
+        ).trials
         done = [t for t in trials if t.state == TrialState.COMPLETE]
         assert len(done) == 1, point
         assert trial_attrs(done[0])["tvls.lineage"] == 0, point  # the first attempt's folder

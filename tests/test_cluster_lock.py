@@ -28,7 +28,10 @@ HOLDER = textwrap.dedent("""
 
 def _holder(lock: Path) -> subprocess.Popen[str]:
     process = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(lock)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", HOLDER, str(lock)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert process.stdout is not None and process.stdout.readline().strip() == "held"
     return process
@@ -39,7 +42,10 @@ def test_a_second_launch_waits_then_names_the_holder(tmp_path: Path) -> None:
     holder = _holder(lock)
     told: list[str] = []
     try:
-        with pytest.raises(SweepBusyError) as caught, sweep_lock(lock, wait_s=0.5, on_wait=told.append):
+        with (
+            pytest.raises(SweepBusyError) as caught,
+            sweep_lock(lock, wait_s=0.5, on_wait=told.append),
+        ):
             pass
         assert f"pid {holder.pid} on" in str(caught.value) and str(lock) in str(caught.value)
         assert len(told) == 1 and f"pid {holder.pid}" in told[0]
@@ -58,7 +64,9 @@ def test_a_killed_holder_leaves_no_stale_lock(tmp_path: Path) -> None:
         assert "pid" in lock.read_text()
 
 
-def _unstamped_running(tmp_path: Path, number_of_trials: int = 1) -> tuple[str, list[optuna.trial.FrozenTrial]]:
+def _unstamped_running(
+    tmp_path: Path, number_of_trials: int = 1
+) -> tuple[str, list[optuna.trial.FrozenTrial]]:
     storage = optuna.storages.InMemoryStorage()
     study = optuna.create_study(study_name="s/clipseg-coop/d", storage=storage)
     trials = []

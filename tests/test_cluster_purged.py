@@ -33,7 +33,8 @@ def _manifest_path(experiment: Path) -> Path:
     """The sweep's manifest, in ``<output_dir>/`` or ``<output_dir>/<sweep>/``."""
     loaded = load_experiment(experiment)
     candidates = [
-        loaded.output_dir / "manifest.json", loaded.output_dir / loaded.spec.name / "manifest.json"
+        loaded.output_dir / "manifest.json",
+        loaded.output_dir / loaded.spec.name / "manifest.json",
     ]
     found = [path for path in candidates if path.is_file()]
     assert found, f"no manifest in {candidates}"
@@ -103,9 +104,22 @@ def test_an_id_slurm_never_had_is_not_queued() -> None:
 @pytest.mark.usefixtures("slurm_cluster")
 def test_a_queued_job_is_found_next_to_an_unknown_id(tmp_path: Path) -> None:
     held = subprocess.run(
-        ["sbatch", "--parsable", "--hold", "--array=0-2", "-J", "tvls-purged-test",
-         "-o", "/dev/null", "--wrap", "true"],
-        capture_output=True, text=True, cwd=tmp_path, check=True,
+        [
+            "sbatch",
+            "--parsable",
+            "--hold",
+            "--array=0-2",
+            "-J",
+            "tvls-purged-test",
+            "-o",
+            "/dev/null",
+            "--wrap",
+            "true",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=True,
     )
     job = held.stdout.strip().split(";")[0]
     try:
@@ -149,7 +163,9 @@ def fake_squeue(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_a_refused_list_of_ids_is_filtered_from_one_listing(fake_squeue: Path) -> None:
     tasks = slurm.queued_tasks(["7", NEVER, "9"])
     assert [(t.key, t.state) for t in tasks] == [
-        ("7_0", "RUNNING"), ("7_1", "PENDING"), ("9_0", "COMPLETING")
+        ("7_0", "RUNNING"),
+        ("7_1", "PENDING"),
+        ("9_0", "COMPLETING"),
     ]
     calls = fake_squeue.read_text().splitlines()
     assert len(calls) == 2 and "-j" in calls[0].split() and "-j" not in calls[1].split()
@@ -194,7 +210,9 @@ def test_sweep_is_shown_and_resumed_after_slurm_purged_its_jobs(
     experiment = _launch_and_wait(tmp_path, "purged")
     ids = _job_ids(experiment)
     waited = _wait_purged(ids)
-    print(f"jobs {ids} purged {waited:.0f} s after they left the queue (MinJobAge={short_min_job_age})")
+    print(
+        f"jobs {ids} purged {waited:.0f} s after they left the queue (MinJobAge={short_min_job_age})"
+    )
     alone = subprocess.run(["squeue", "-h", "-j", ids[0]], capture_output=True, text=True)
     assert alone.returncode == 1 and "Invalid job id specified" in alone.stderr
     _assert_complete_and_nothing_submitted(experiment, tmp_path, launches=1)

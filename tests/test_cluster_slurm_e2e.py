@@ -47,7 +47,9 @@ def test_demo_runs_as_arrays_and_the_collector_writes_the_table(tmp_path: Path) 
     loaded = load_experiment(experiment)
     storage = open_storage(sweep_storage(loaded))
     for spec in expand(loaded).studies:  # the demo prunes with ASHA across its array tasks
-        assert_pruned_by_other_tasks(optuna.load_study(study_name=spec.name, storage=storage).trials)
+        assert_pruned_by_other_tasks(
+            optuna.load_study(study_name=spec.name, storage=storage).trials
+        )
     table = (SweepPaths.of(load_experiment(experiment)).results / "main_table.md").read_text()
     assert_demo_main_table(table)
 
@@ -67,7 +69,9 @@ def test_plan_above_max_array_size_runs_in_chunks_without_accounting(
 ) -> None:
     assert not slurm.has_accounting()
     assert subprocess.run(["sacct", "-n"], capture_output=True).returncode != 0
-    experiment = write_sweep(tmp_path / "exp", name="chunks", output_dir="../runs/chunks", n_trials=25)
+    experiment = write_sweep(
+        tmp_path / "exp", name="chunks", output_dir="../runs/chunks", n_trials=25
+    )
     launched = cli("tunevlseg.cli.launch", str(experiment), cwd=tmp_path)
     assert launched.returncode == 0, launched.stderr
     assert "as 3 array job(s)" in launched.stderr
@@ -117,9 +121,13 @@ def test_folder_slurm_would_rewrite_is_refused_before_anything_is_written(tmp_pa
     assert not (tmp_path / "runs").exists()
 
 
-def test_sqlite_is_refused_for_parallel_slurm_tasks_before_anything_is_written(tmp_path: Path) -> None:
+def test_sqlite_is_refused_for_parallel_slurm_tasks_before_anything_is_written(
+    tmp_path: Path,
+) -> None:
     experiment = write_sweep(tmp_path / "exp", name="lite")
-    text = experiment.read_text().replace("output_dir:", "storage: sqlite:///../runs/lite.db\noutput_dir:")
+    text = experiment.read_text().replace(
+        "output_dir:", "storage: sqlite:///../runs/lite.db\noutput_dir:"
+    )
     experiment.write_text(text)
     launched = cli("tunevlseg.cli.launch", str(experiment), cwd=tmp_path)
     assert launched.returncode == 1

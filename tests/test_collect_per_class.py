@@ -45,7 +45,9 @@ def _classes(a: float, b: float, c: float) -> dict[str, dict[str, float | int]]:
 
 
 def _sample_mean(per_class: dict[str, dict[str, float | int]]) -> float:
-    return sum(s["dice"] * s["n"] for s in per_class.values()) / sum(s["n"] for s in per_class.values())
+    return sum(s["dice"] * s["n"] for s in per_class.values()) / sum(
+        s["n"] for s in per_class.values()
+    )
 
 
 COOP_BEST = _classes(0.9, 0.1, 0.5)  # Dice (2.7 + 0.1 + 2.0) / 8 = 0.60, mDice 0.50
@@ -57,7 +59,9 @@ TRIALS: dict[str, list[tuple[float, dict[str, Any]]]] = {
         (0.9, {"test_per_class": COOP_BEST}),  # best by validation
     ],
     "pc/clipseg-vpt/voc": [(0.8, {"test_per_class": VPT_VOC})],
-    "pc/clipseg-coop/kvasir": [(0.8, {"test_dice": 0.8, "test_per_class": {"polyp": {"dice": 0.8, "iou": 0.6, "n": 5}}})],
+    "pc/clipseg-coop/kvasir": [
+        (0.8, {"test_dice": 0.8, "test_per_class": {"polyp": {"dice": 0.8, "iou": 0.6, "n": 5}}})
+    ],
     "pc/clipseg-vpt/kvasir": [(0.7, {"test_dice": 0.7})],  # a trial from before per-class scores
 }
 
@@ -168,9 +172,9 @@ def test_report_writes_per_class_files_and_mdice_beside_dice(
     assert "\\textbf{90.00}" in (folder / "per_class.tex").read_text()
     assert "mDice (class mean)" in (folder / "report.html").read_text()
     per_class = _read_csv(folder / "per_class.csv")
-    assert {(r["learner"], r["class_name"], r["test_dice"]) for r in per_class if r["class_name"] == "A"} == {
-        ("coop", "A", "0.9"), ("vpt", "A", "0.7")
-    }
+    assert {
+        (r["learner"], r["class_name"], r["test_dice"]) for r in per_class if r["class_name"] == "A"
+    } == {("coop", "A", "0.9"), ("vpt", "A", "0.7")}
     main = {(r["learner"], r["dataset"]): r for r in _read_csv(folder / "main_table.csv")}
     assert float(main[("coop", "voc")]["test_dice"]) == pytest.approx(0.60)
     assert float(main[("coop", "voc")]["test_mdice"]) == pytest.approx(0.50)
@@ -184,8 +188,15 @@ def test_no_per_class_scores_no_per_class_files(studies: list[StudyData], tmp_pa
     from dataclasses import replace
 
     bare = [StudyData(replace(d.result, per_class={}), d.direction, d.trials) for d in studies]
-    report = build_report(bare, tmp_path / "res", title="pc", formats=("md", "csv"), plots=False,
-                          importance=False, main_metric="mdice")
+    report = build_report(
+        bare,
+        tmp_path / "res",
+        title="pc",
+        formats=("md", "csv"),
+        plots=False,
+        importance=False,
+        main_metric="mdice",
+    )
     assert not [p for p in report.files if p.name.startswith("per_class")]
     assert "main metric mdice: no result has per-class scores" in " ".join(report.warnings)
 
@@ -194,11 +205,28 @@ def test_cli_main_metric_mdice_and_outside_rows(
     experiment: Experiment, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     outside = tmp_path / "paper.csv"
-    outside.write_text("model,learner,dataset,category,test_dice\nclipseg,e2e,voc,Open Domain,0.5\n")
+    outside.write_text(
+        "model,learner,dataset,category,test_dice\nclipseg,e2e,voc,Open Domain,0.5\n"
+    )
     out = tmp_path / "tables"
-    assert collect_main([str(experiment.path), "--out", str(out), "--results", str(outside),
-                         "--main-metric", "mdice", "--format", "md", "--no-plots",
-                         "--no-importance"]) == 0
+    assert (
+        collect_main(
+            [
+                str(experiment.path),
+                "--out",
+                str(out),
+                "--results",
+                str(outside),
+                "--main-metric",
+                "mdice",
+                "--format",
+                "md",
+                "--no-plots",
+                "--no-importance",
+            ]
+        )
+        == 0
+    )
     captured = capsys.readouterr()
     assert "## pc: test mDice (class mean) × 100" in captured.out
     assert "| clipseg | CoOp | 80.00 | 50.00 | 65.00 ± 15.00 |" in captured.out
@@ -212,5 +240,7 @@ def test_cli_unknown_main_metric_exits_2(
 ) -> None:
     out = tmp_path / "o"
     assert collect_main([str(experiment.path), "--out", str(out), "--main-metric", "miou"]) == 2
-    assert "--main-metric: unknown metric 'miou'; choose from dice, mdice" in capsys.readouterr().err
+    assert (
+        "--main-metric: unknown metric 'miou'; choose from dice, mdice" in capsys.readouterr().err
+    )
     assert not out.exists()

@@ -43,8 +43,15 @@ def _trial(number: int, value: float, depth: int) -> FrozenTrial:
     )
 
 
-def _study(model: str, learner: str, title: str, dataset: str, values: list[float],
-           grid: str = "", n_trials: int = 4) -> StudyData:
+def _study(
+    model: str,
+    learner: str,
+    title: str,
+    dataset: str,
+    values: list[float],
+    grid: str = "",
+    n_trials: int = 4,
+) -> StudyData:
     trials = [_trial(n, v, 1 + n % 3) for n, v in enumerate(values)]
     for number, trial in enumerate(trials):
         trial.number = number
@@ -148,7 +155,12 @@ def test_history_labels_are_whole_and_on_the_page(
     unwrapped = _unwrapped(shown)
     for dataset in datasets:
         assert dataset in unwrapped
-    for label in ("clipseg Shared Attention", f"clipseg {LONG_TITLE}", "cris CoOp", "use_upsampler=true"):
+    for label in (
+        "clipseg Shared Attention",
+        f"clipseg {LONG_TITLE}",
+        "cris CoOp",
+        "use_upsampler=true",
+    ):
         assert label in unwrapped
     assert "Optimisation history, page 1/1" in shown and "running best" in unwrapped
     # both MaPLe entries have rows of their own: 5 learners x 2 grid cells
@@ -167,7 +179,9 @@ def test_history_labels_readable_at_their_size(drawn: list[Any], tmp_path: Path)
     assert labels["busi"] == labels["clipseg CoOp"] == 7.0
 
 
-def test_importance_titles_are_whole_with_a_single_learner(drawn: list[Any], tmp_path: Path) -> None:
+def test_importance_titles_are_whole_with_a_single_learner(
+    drawn: list[Any], tmp_path: Path
+) -> None:
     rows = [
         LearnerImportance("maple", LONG_TITLE, param, value, 10, 200)
         for param, value in (("prompt_depth", 0.6), ("intermediate_dim", 0.3), ("lr", 0.1))
@@ -246,10 +260,12 @@ def test_main_table_columns_are_the_rows_keys() -> None:
 
 
 def test_a_mean_of_one_value_shows_no_std() -> None:
-    one = build_main_table([
-        _study("clipseg", "coop", "CoOp", "busi", [0.60]).result,
-        _study("clipseg", "vpt", "VPT", "busi", [0.85]).result,
-    ])
+    one = build_main_table(
+        [
+            _study("clipseg", "coop", "CoOp", "busi", [0.60]).result,
+            _study("clipseg", "vpt", "VPT", "busi", [0.85]).result,
+        ]
+    )
     markdown = to_markdown(one).splitlines()
     assert markdown[2] == "| clipseg | CoOp | 55.00 | 55.00 |"
     assert markdown[3] == "|  | VPT | 80.00 | 80.00 |"
@@ -293,8 +309,22 @@ def test_collect_reads_a_plain_journal_path(
     study = optuna.load_study(study_name=spec.name, storage=storage)
     study.add_trials([_trial(0, 0.7, 1), _trial(1, 0.8, 2)])
     monkeypatch.chdir(tmp_path)
-    assert collect_main(["--storage", "runs/optuna.journal", "--sweep", "p", "--out", "tables",
-                         "--no-plots", "--no-importance", "--json"]) == 0
+    assert (
+        collect_main(
+            [
+                "--storage",
+                "runs/optuna.journal",
+                "--sweep",
+                "p",
+                "--out",
+                "tables",
+                "--no-plots",
+                "--no-importance",
+                "--json",
+            ]
+        )
+        == 0
+    )
     record = json.loads(capsys.readouterr().out)
     assert record["studies"] == 1
     assert record["results"][0]["test_dice"] == pytest.approx(0.75)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import csv
 import random
 import struct
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +19,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tunevlseg.cli.collect import main as collect_main
 from tunevlseg.cluster.launch import sweep_storage
-from tunevlseg.collect import importance as importance_module
+from tunevlseg.collect import importance as importance_module, plots as plots_module
 from tunevlseg.collect.importance import learner_importances, rank_quantiles
 from tunevlseg.collect.outside import OutsideResultsError, merge_results, read_outside_results
-from tunevlseg.collect import plots as plots_module
 from tunevlseg.collect.plots import depth_points, history_pages, plot_history_pages
 from tunevlseg.collect.report import build_report, write_reports
 from tunevlseg.collect.results import StudyData, collect_studies
@@ -45,8 +44,14 @@ cluster: {slurm: {gpus: 2}}
 """
 
 # (state, val_dice, test_dice, prompt_depth, task_seconds, wall_time_s, trainable, seconds held)
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
-C, F, P, R, W = TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+C, F, P, R, W = (
+    TrialState.COMPLETE,
+    TrialState.FAIL,
+    TrialState.PRUNED,
+    TrialState.RUNNING,
+    TrialState.WAITING,
+)
 TRIALS: dict[str, list[tuple[Any, ...]]] = {
     "r/clipseg-coop/kvasir": [
         (C, 0.80, 0.70, 1, 3600.0, 3000.0, 2048, 0),
@@ -79,8 +84,16 @@ def _frozen(row: tuple[Any, ...], number: int) -> FrozenTrial:
     state, val, test, depth, task, wall, trainable, held = row
     attrs: dict[str, Any] = {"tvls.started_at": 1.7e9}
     if test is not None:
-        attrs.update(test_dice=test, test_iou=test / 2, val_dice=val, val_iou=val / 2,
-                     trainable_params=trainable, total_params=TOTAL, epochs_run=10, best_epoch=4)
+        attrs.update(
+            test_dice=test,
+            test_iou=test / 2,
+            val_dice=val,
+            val_iou=val / 2,
+            trainable_params=trainable,
+            total_params=TOTAL,
+            epochs_run=10,
+            best_epoch=4,
+        )
     if task is not None:
         attrs["tvls.task_seconds"] = task
     if wall is not None:
@@ -130,7 +143,11 @@ def _by_name(studies: list[StudyData]) -> dict[str, StudyData]:
 def test_best_trial_by_validation_with_the_tie_rule(studies: list[StudyData]) -> None:
     found = _by_name(studies)
     coop = found["r/clipseg-coop/kvasir"].result
-    assert (coop.best_trial, coop.best_value, coop.test_dice) == (1, 0.90, 0.60)  # not trial 2 (0.95)
+    assert (coop.best_trial, coop.best_value, coop.test_dice) == (
+        1,
+        0.90,
+        0.60,
+    )  # not trial 2 (0.95)
     assert coop.best_params == {"lr": pytest.approx(2e-3), "prompt_depth": 3}
     assert (coop.trainable_params, coop.total_params, coop.epochs_run) == (6144, TOTAL, 10)
     tie = found["r/clipseg-coop/busi"].result
@@ -172,7 +189,9 @@ def test_main_table_numbers_markdown_and_latex_bold(studies: list[StudyData]) ->
     assert md[5] == "| Average across methods |  |  |  | 59.50 ± 6.75 |"
     latex = to_latex(table).splitlines()
     assert "\\begin{tabular}{llrrc}" in latex
-    assert " &  & \\multicolumn{1}{c}{Non-Radiology} & \\multicolumn{1}{c}{Radiology} &  \\\\" in latex
+    assert (
+        " &  & \\multicolumn{1}{c}{Non-Radiology} & \\multicolumn{1}{c}{Radiology} &  \\\\" in latex
+    )
     assert "\\cmidrule(lr){3-3} \\cmidrule(lr){4-4}" in latex
     # best per column in bold: kvasir 65.00 (VPT), busi 72.00 (CRIS CoOp), mean 65.00 (VPT)
     assert "clipseg & CoOp & 60.00 & 40.00 & 50.00 $\\pm$ 10.00 \\\\" in latex
@@ -185,8 +204,11 @@ def test_main_table_numbers_markdown_and_latex_bold(studies: list[StudyData]) ->
 def test_latex_bolds_every_tied_best_value() -> None:
     from tunevlseg.collect.tables import MainTable
 
-    table = MainTable([("Radiology", "a_b")], [("m", "CoOp"), ("m", "VPT")],
-                      {("m", "CoOp"): {"a_b": 70.004}, ("m", "VPT"): {"a_b": 69.996}})
+    table = MainTable(
+        [("Radiology", "a_b")],
+        [("m", "CoOp"), ("m", "VPT")],
+        {("m", "CoOp"): {"a_b": 70.004}, ("m", "VPT"): {"a_b": 69.996}},
+    )
     latex = to_latex(table)
     # equal as shown: both bold, in the data set column and in the mean column (one data set:
     # the mean alone, no "± 0.00")
@@ -212,13 +234,27 @@ def test_report_files_in_every_format(experiment: Experiment, tmp_path: Path) ->
     report = write_reports(experiment, tmp_path / "res")
     folder = tmp_path / "res"
     names = {p.relative_to(folder).as_posix() for p in report.files}
-    for stem in ("main_table", "trial_states", "best_params", "parameters", "compute", "importance"):
+    for stem in (
+        "main_table",
+        "trial_states",
+        "best_params",
+        "parameters",
+        "compute",
+        "importance",
+    ):
         assert {f"{stem}.md", f"{stem}.tex", f"{stem}.csv"} <= names, stem
-    assert {"studies.csv", "report.html", "plots/prompt_depth.png", "plots/importance.png",
-            "plots/history/history-001.png"} <= names
+    assert {
+        "studies.csv",
+        "report.html",
+        "plots/prompt_depth.png",
+        "plots/importance.png",
+        "plots/history/history-001.png",
+    } <= names
     assert not list(folder.rglob("*.tmp"))
 
-    main = {(r["model"], r["learner"], r["dataset"]): r for r in _read_csv(folder / "main_table.csv")}
+    main = {
+        (r["model"], r["learner"], r["dataset"]): r for r in _read_csv(folder / "main_table.csv")
+    }
     assert float(main[("clipseg", "coop", "kvasir")]["test_dice"]) == 0.60
     assert main[("clipseg", "coop", "kvasir")]["best_trial"] == "1"
     assert main[("clipseg", "vpt", "busi")]["test_dice"] == ""  # missing stays empty
@@ -227,8 +263,12 @@ def test_report_files_in_every_format(experiment: Experiment, tmp_path: Path) ->
     states = (folder / "trial_states.md").read_text().splitlines()
     # Epochs: 2 complete trials of 10; the pruned one recorded none, so nothing is claimed saved.
     assert "| r/clipseg-coop/busi | 4 | 2 | 1 | 0 | 1 | 0 | 1 | 20 | 0 |" in states
-    assert any(row.startswith("| r/clipseg-vpt/kvasir | 4 | 1 | 0 | 0 | 0 | 1 | 3 |") for row in states)
-    assert any(row.startswith("| Total | 24 | 8 | 1 | 1 | 1 | 1 | 15 |") for row in states)  # 6 studies x 4; 24 - 8 - 1 = 15
+    assert any(
+        row.startswith("| r/clipseg-vpt/kvasir | 4 | 1 | 0 | 0 | 0 | 1 | 3 |") for row in states
+    )
+    assert any(
+        row.startswith("| Total | 24 | 8 | 1 | 1 | 1 | 1 | 15 |") for row in states
+    )  # 6 studies x 4; 24 - 8 - 1 = 15
 
     compute = {r["study"]: r for r in _read_csv(folder / "compute.csv")}
     assert float(compute["r/clipseg-coop/kvasir"]["compute_seconds"]) == 7800
@@ -245,15 +285,19 @@ def test_report_files_in_every_format(experiment: Experiment, tmp_path: Path) ->
     assert (coop["studies"], coop["trainable_min"], coop["trainable_max"]) == ("2", "4096", "6144")
     assert float(coop["trainable_mean"]) == 5120
     assert float(coop["trainable_percent"]) == pytest.approx(100 * 5120 / TOTAL)
-    assert "| clipseg | CoOp | 2 | 4,096–6,144 | 5,120 | 150,000,000 | 0.003 |" in (
-        folder / "parameters.md"
-    ).read_text()
+    assert (
+        "| clipseg | CoOp | 2 | 4,096–6,144 | 5,120 | 150,000,000 | 0.003 |"
+        in (folder / "parameters.md").read_text()
+    )
 
-    best = [r for r in _read_csv(folder / "best_params.csv") if r["study"] == "r/clipseg-coop/kvasir"]
+    best = [
+        r for r in _read_csv(folder / "best_params.csv") if r["study"] == "r/clipseg-coop/kvasir"
+    ]
     assert {(r["param"], r["value"]) for r in best} == {("lr", "0.002"), ("prompt_depth", "3")}
-    assert "| r/clipseg-coop/kvasir | 1 | 0.9000 | 60.00 | lr=2.00e-03, prompt_depth=3 |" in (
-        folder / "best_params.md"
-    ).read_text()
+    assert (
+        "| r/clipseg-coop/kvasir | 1 | 0.9000 | 60.00 | lr=2.00e-03, prompt_depth=3 |"
+        in (folder / "best_params.md").read_text()
+    )
 
     page = (folder / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 3
@@ -265,7 +309,9 @@ def test_report_files_in_every_format(experiment: Experiment, tmp_path: Path) ->
 
 
 def test_formats_select_the_files(experiment: Experiment, tmp_path: Path) -> None:
-    report = write_reports(experiment, tmp_path / "res", formats=("latex",), plots=False, importance=False)
+    report = write_reports(
+        experiment, tmp_path / "res", formats=("latex",), plots=False, importance=False
+    )
     assert sorted(p.suffix for p in report.files) == [".tex"] * 5  # main + 4 summaries
     assert "| clipseg | CoOp | 60.00 |" in report.main_markdown
 
@@ -289,15 +335,20 @@ def test_history_pages_drawn_in_parallel_equal_the_serial_drawing(
     monkeypatch.setattr(plots_module.os, "sched_getaffinity", lambda pid: {0, 1})
     contexts: list[str] = []
     real_context = plots_module.multiprocessing.get_context
-    monkeypatch.setattr(plots_module.multiprocessing, "get_context",
-                        lambda method: contexts.append(method) or real_context(method))
+    monkeypatch.setattr(
+        plots_module.multiprocessing,
+        "get_context",
+        lambda method: contexts.append(method) or real_context(method),
+    )
     parallel = plot_history_pages(studies, tmp_path / "parallel")
     assert contexts == ["fork"]
     monkeypatch.setattr(plots_module.os, "sched_getaffinity", lambda pid: {0})
     serial = plot_history_pages(studies, tmp_path / "serial")
-    assert [p.name for p in parallel] == [p.name for p in serial] == [
-        "history-001.png", "history-002.png", "history-003.png"
-    ]
+    assert (
+        [p.name for p in parallel]
+        == [p.name for p in serial]
+        == ["history-001.png", "history-002.png", "history-003.png"]
+    )
     assert [p.read_bytes() for p in parallel] == [p.read_bytes() for p in serial]
 
 
@@ -332,10 +383,13 @@ def _trials_driven_by_x(rng: random.Random, offset: float, n: int) -> list[Froze
     trials = []
     for _ in range(n):
         x, y = rng.random(), rng.random()
-        trials.append(optuna.trial.create_trial(
-            value=offset + 0.1 * x + rng.gauss(0, 0.002), params={"x": x, "y": y},
-            distributions=distributions,
-        ))
+        trials.append(
+            optuna.trial.create_trial(
+                value=offset + 0.1 * x + rng.gauss(0, 0.002),
+                params={"x": x, "y": y},
+                distributions=distributions,
+            )
+        )
     return trials
 
 
@@ -345,7 +399,9 @@ def test_pooled_importance_equals_optunas_and_ranks_within_each_study() -> None:
     easy, hard = _trials_driven_by_x(rng, 0.8, 40), _trials_driven_by_x(rng, 0.1, 40)
     pool = []
     for trials in (easy, hard):
-        pool += importance_module.ranked_trials(trials, rank_quantiles(trials, "maximize"), len(pool))
+        pool += importance_module.ranked_trials(
+            trials, rank_quantiles(trials, "maximize"), len(pool)
+        )
     pooled = importance_module.pooled_importance(pool)
     assert pooled["x"] > 0.8 > pooled["y"]
 
@@ -366,22 +422,30 @@ def _write(path: Path, text: str) -> Path:
 
 
 def test_outside_results_merge_storage_wins(studies: list[StudyData], tmp_path: Path) -> None:
-    outside = read_outside_results([
-        _write(tmp_path / "e2e.csv",
-               "model,learner,dataset,category,test_dice\n"
-               "clipseg,e2e,kvasir,Non-Radiology,0.80\n"
-               "clipseg,End-to-end,busi,Radiology,0.70\n"
-               "clipseg,coop,kvasir,Non-Radiology,0.99\n"  # the storage has 0.60: it wins
-               "clipseg,VPT,busi,Radiology,0.50\n")  # the storage has no value yet: fills it
-    ])
+    outside = read_outside_results(
+        [
+            _write(
+                tmp_path / "e2e.csv",
+                "model,learner,dataset,category,test_dice\n"
+                "clipseg,e2e,kvasir,Non-Radiology,0.80\n"
+                "clipseg,End-to-end,busi,Radiology,0.70\n"
+                "clipseg,coop,kvasir,Non-Radiology,0.99\n"  # the storage has 0.60: it wins
+                "clipseg,VPT,busi,Radiology,0.50\n",
+            )  # the storage has no value yet: fills it
+        ]
+    )
     merged, warnings = merge_results([d.result for d in studies], outside)
     assert warnings == [
         "clipseg CoOp on kvasir: the storage (60.00) wins over e2e.csv (99.00)",
         "clipseg VPT on busi: no storage result yet; shown from e2e.csv",
     ]
     table = build_main_table(merged)
-    assert table.rows == [("clipseg", "CoOp"), ("clipseg", "VPT"), ("clipseg", "End-to-end"),
-                          ("cris", "CoOp")]
+    assert table.rows == [
+        ("clipseg", "CoOp"),
+        ("clipseg", "VPT"),
+        ("clipseg", "End-to-end"),
+        ("cris", "CoOp"),
+    ]
     assert table.cells[("clipseg", "CoOp")]["kvasir"] == pytest.approx(60.0)
     assert table.row_stats(("clipseg", "VPT")) == pytest.approx((57.5, 7.5))  # (65, 50)
     assert table.row_stats(("clipseg", "End-to-end")) == pytest.approx((75.0, 5.0))
@@ -391,14 +455,27 @@ def test_outside_results_merge_storage_wins(studies: list[StudyData], tmp_path: 
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("model,learner,dataset,test_dice\nm,coop,a,0.5\n", "bad.csv:1: missing column(s) category"),
+        (
+            "model,learner,dataset,test_dice\nm,coop,a,0.5\n",
+            "bad.csv:1: missing column(s) category",
+        ),
         ("", "bad.csv:1: missing column(s) model, learner, dataset, category, test_dice"),
-        ("model,learner,dataset,category,test_dice\nm,coop,a,X,0.5\nm,coop,b,X,85.2\n",
-         "bad.csv:3: test_dice 85.2 is outside [0, 1] (give Dice as a fraction, not × 100)"),
-        ("model,learner,dataset,category,test_dice\nm,coop,a,X,-0.1\n", "bad.csv:2: test_dice -0.1 is outside [0, 1]"),
-        ("model,learner,dataset,category,test_dice\nm,coop,a,X,high\n", "bad.csv:2: test_dice 'high' is not a number"),
-        ("model,learner,dataset,category,test_dice\nm,coop,a,X,0.5\n\nm,CoOp,a,X,0.6\n",
-         "bad.csv:4: duplicate result for model m, learner CoOp, data set a (first at "),
+        (
+            "model,learner,dataset,category,test_dice\nm,coop,a,X,0.5\nm,coop,b,X,85.2\n",
+            "bad.csv:3: test_dice 85.2 is outside [0, 1] (give Dice as a fraction, not × 100)",
+        ),
+        (
+            "model,learner,dataset,category,test_dice\nm,coop,a,X,-0.1\n",
+            "bad.csv:2: test_dice -0.1 is outside [0, 1]",
+        ),
+        (
+            "model,learner,dataset,category,test_dice\nm,coop,a,X,high\n",
+            "bad.csv:2: test_dice 'high' is not a number",
+        ),
+        (
+            "model,learner,dataset,category,test_dice\nm,coop,a,X,0.5\n\nm,CoOp,a,X,0.6\n",
+            "bad.csv:4: duplicate result for model m, learner CoOp, data set a (first at ",
+        ),
         ("model,learner,dataset,category,test_dice\nm,,a,X,0.5\n", "bad.csv:2: empty learner"),
     ],
 )
@@ -416,7 +493,10 @@ def test_duplicates_across_files_and_all_problems_at_once(tmp_path: Path) -> Non
         read_outside_results([one, two])
     text = str(error.value)
     assert text.startswith("2 problems in the outside results:")
-    assert f"{two}:2: duplicate result for model m, learner CoOp, data set a (first at {one}:2)" in text
+    assert (
+        f"{two}:2: duplicate result for model m, learner CoOp, data set a (first at {one}:2)"
+        in text
+    )
     assert f"{two}:3: test_dice 2 is outside [0, 1]" in text
 
 
@@ -424,11 +504,13 @@ def test_duplicates_across_files_and_all_problems_at_once(tmp_path: Path) -> Non
 
 
 def test_cli_with_results_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    results = _write(tmp_path / "paper.csv",
-                     "model,learner,dataset,category,test_dice,notes\n"
-                     "clipseg,e2e,kvasir,Non-Radiology,0.8125,from Table 3\n"
-                     "clipseg,e2e,busi,Radiology,0.6875,\n"
-                     "clipseg,coop,kvasir,Non-Radiology,0.75,\n")
+    results = _write(
+        tmp_path / "paper.csv",
+        "model,learner,dataset,category,test_dice,notes\n"
+        "clipseg,e2e,kvasir,Non-Radiology,0.8125,from Table 3\n"
+        "clipseg,e2e,busi,Radiology,0.6875,\n"
+        "clipseg,coop,kvasir,Non-Radiology,0.75,\n",
+    )
     out = tmp_path / "tables"
     assert collect_main(["--results", str(results), "--out", str(out), "--no-plots"]) == 0
     captured = capsys.readouterr()
@@ -436,7 +518,10 @@ def test_cli_with_results_only(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert "|  | End-to-end | 81.25 | 68.75 | 75.00 ± 6.25 |" in captured.out
     assert "| Average across methods |  |  |  | 75.00 ± 0.00 |" in captured.out
     # no storage: the main table only (no trial tables), in every format
-    assert f"wrote 4 files under {out}: main_table.md, main_table.tex, main_table.csv, report.html" in captured.err
+    assert (
+        f"wrote 4 files under {out}: main_table.md, main_table.tex, main_table.csv, report.html"
+        in captured.err
+    )
     assert (out / "report.html").is_file() and (out / "main_table.tex").is_file()
     rows = _read_csv(out / "main_table.csv")
     assert [(r["learner"], r["dataset"], r["test_dice"], r["source"]) for r in rows] == [
@@ -462,10 +547,21 @@ def test_cli_usage_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[s
 def test_cli_experiment_and_outside_results(
     experiment: Experiment, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    outside = _write(tmp_path / "o.csv", "model,learner,dataset,category,test_dice\n"
-                     "cris,coop,busi,Radiology,0.10\n")
-    code = collect_main([str(experiment.path), "--results", str(outside), "--format", "md,csv",
-                         "--no-plots", "--no-importance"])
+    outside = _write(
+        tmp_path / "o.csv",
+        "model,learner,dataset,category,test_dice\ncris,coop,busi,Radiology,0.10\n",
+    )
+    code = collect_main(
+        [
+            str(experiment.path),
+            "--results",
+            str(outside),
+            "--format",
+            "md,csv",
+            "--no-plots",
+            "--no-importance",
+        ]
+    )
     assert code == 0
     captured = capsys.readouterr()
     assert "| cris | CoOp | 55.00 | 72.00 | 63.50 ± 8.50 |" in captured.out
@@ -480,16 +576,43 @@ def test_outside_rows_join_every_grid_cell(tmp_path: Path) -> None:
 
     from tunevlseg.collect.results import StudyResult
 
-    base = StudyResult("s", "g", "clipseg", "coop", "CoOp", "kvasir", "X", "", 1, 1, 0, 0, 0, 0,
-                       0, 0.9, 0.5, None, None)
+    base = StudyResult(
+        "s",
+        "g",
+        "clipseg",
+        "coop",
+        "CoOp",
+        "kvasir",
+        "X",
+        "",
+        1,
+        1,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0.9,
+        0.5,
+        None,
+        None,
+    )
     storage = [replace(base, grid="up=true"), replace(base, grid="up=false", test_dice=0.7)]
-    outside = read_outside_results([_write(tmp_path / "o.csv", "model,learner,dataset,category,test_dice\n"
-                                           "clipseg,e2e,kvasir,X,0.8\n")])
+    outside = read_outside_results(
+        [
+            _write(
+                tmp_path / "o.csv",
+                "model,learner,dataset,category,test_dice\nclipseg,e2e,kvasir,X,0.8\n",
+            )
+        ]
+    )
     studies = [StudyData(result, "maximize", []) for result in storage]
-    report = build_report(studies, tmp_path / "res", title="g", outside=outside, formats=("md",),
-                          plots=False)
+    report = build_report(
+        studies, tmp_path / "res", title="g", outside=outside, formats=("md",), plots=False
+    )
     assert sorted(p.name for p in report.files if p.name.startswith("main_table")) == [
-        "main_table-up=false.md", "main_table-up=true.md"
+        "main_table-up=false.md",
+        "main_table-up=true.md",
     ]
     assert "| End-to-end | 80.00 |" in (tmp_path / "res" / "main_table-up=true.md").read_text()
 
@@ -497,13 +620,43 @@ def test_outside_rows_join_every_grid_cell(tmp_path: Path) -> None:
 def test_cli_storage_url_without_experiment(experiment: Experiment, tmp_path: Path) -> None:
     url = sweep_storage(experiment).url
     out = tmp_path / "from-storage"
-    assert collect_main(["--storage", url, "--sweep", "r", "--out", str(out), "--format", "csv",
-                         "--no-plots", "--no-importance"]) == 0
+    assert (
+        collect_main(
+            [
+                "--storage",
+                url,
+                "--sweep",
+                "r",
+                "--out",
+                str(out),
+                "--format",
+                "csv",
+                "--no-plots",
+                "--no-importance",
+            ]
+        )
+        == 0
+    )
     compute = {r["study"]: r for r in _read_csv(out / "compute.csv")}
     # no experiment file and no --gpus-per-task: GPU-hours unknown, seconds still summed
     assert compute["r/clipseg-coop/kvasir"]["gpu_hours"] == ""
     assert float(compute["r/clipseg-coop/kvasir"]["compute_seconds"]) == 7800
-    assert collect_main(["--storage", url, "--out", str(out), "--format", "csv", "--no-plots",
-                         "--no-importance", "--gpus-per-task", "1"]) == 0
+    assert (
+        collect_main(
+            [
+                "--storage",
+                url,
+                "--out",
+                str(out),
+                "--format",
+                "csv",
+                "--no-plots",
+                "--no-importance",
+                "--gpus-per-task",
+                "1",
+            ]
+        )
+        == 0
+    )
     compute = {r["study"]: r for r in _read_csv(out / "compute.csv")}
     assert float(compute["r/cris-coop/busi"]["gpu_hours"]) == 1.0  # 3600 s x 1 GPU

@@ -21,6 +21,7 @@ SHIPPED = {
     "table4-maple-init.yaml": (20, 400),
     "ablation-upsampler.yaml": (160, 3200),
     "fig5-prompt-depth.yaml": (480, 9600),
+    "unseen-voc.yaml": (11, 220),
 }
 """Also the counts the README states for each file."""
 
@@ -43,7 +44,10 @@ def test_paper_combinations_follow_the_viability_rule() -> None:
     expansion = expand(load_experiment(EXPERIMENTS / "paper.yaml"))
     combos = sorted({s.combination for s in expansion.studies})
     assert combos == sorted(
-        [f"clipseg-{x}" for x in ("coop", "cocoop", "vpt", "maple", "shared_separate", "shared_attention")]
+        [
+            f"clipseg-{x}"
+            for x in ("coop", "cocoop", "vpt", "maple", "shared_separate", "shared_attention")
+        ]
         + ["cris-coop", "cris-cocoop", "clipseg-decoder", "cris-decoder"]
     )
     # Table 3's E2E rows exist only for the natural sets.
@@ -83,13 +87,17 @@ def test_grid_axes_multiply_into_named_studies(tmp_path: Path) -> None:
 
 
 def test_a_learner_restricted_to_some_data_sets_skips_the_others(tmp_path: Path) -> None:
-    text = GRID_FILE.replace(
-        "learners: [coop, vpt]", "learners: [coop, {name: decoder, datasets: [voc]}]"
-    ).replace(
-        "  - {name: kvasir, root: data/kvasir, prompt_key: p3}\n",
-        "  - {name: kvasir, root: data/kvasir, prompt_key: p3}\n"
-        "  - {name: voc, root: data/voc, format: natural}\n",
-    ).replace("grid:\n  model.use_upsampler: [true, false]\n  data.prompt_key: [p1, p2]\n", "")
+    text = (
+        GRID_FILE.replace(
+            "learners: [coop, vpt]", "learners: [coop, {name: decoder, datasets: [voc]}]"
+        )
+        .replace(
+            "  - {name: kvasir, root: data/kvasir, prompt_key: p3}\n",
+            "  - {name: kvasir, root: data/kvasir, prompt_key: p3}\n"
+            "  - {name: voc, root: data/voc, format: natural}\n",
+        )
+        .replace("grid:\n  model.use_upsampler: [true, false]\n  data.prompt_key: [p1, p2]\n", "")
+    )
     expansion = expand(parse_experiment(text, tmp_path / "r.yaml"))
     assert [s.name for s in expansion.studies] == [
         "abl/clipseg-coop/kvasir",
@@ -143,7 +151,9 @@ def test_paper_table_2_space() -> None:
 
 
 def test_overrides_keep_the_kind_and_can_fix() -> None:
-    space = resolve_space("shared_attention", {"prompt_depth": {"low": 2, "high": 4}}, {"n_heads": 20})
+    space = resolve_space(
+        "shared_attention", {"prompt_depth": {"low": 2, "high": 4}}, {"n_heads": 20}
+    )
     assert space["prompt_depth"] == ParamSpace("int", low=2, high=4)
     assert space["n_heads"].is_fixed and space["n_heads"].fixed == 20
     assert space["lr"] == PAPER_SPACES["shared_attention"]["lr"]
@@ -185,7 +195,10 @@ def test_labelled_entries_of_one_learner_are_separate_studies(tmp_path: Path) ->
         "learners: [{name: maple, label: maple-text}, {name: maple, label: maple-gaussian, options: {init: gaussian}}]",
     ).replace("grid:\n  model.use_upsampler: [true, false]\n  data.prompt_key: [p1, p2]\n", "")
     studies = expand(parse_experiment(text, tmp_path / "l.yaml")).studies
-    assert [s.name for s in studies] == ["abl/clipseg-maple-text/kvasir", "abl/clipseg-maple-gaussian/kvasir"]
+    assert [s.name for s in studies] == [
+        "abl/clipseg-maple-text/kvasir",
+        "abl/clipseg-maple-gaussian/kvasir",
+    ]
     assert [s.learner for s in studies] == ["maple", "maple"]
     assert [s.learner_options for s in studies] == [{}, {"init": "gaussian"}]
     assert studies[1].combination == "clipseg-maple-gaussian"
@@ -198,8 +211,10 @@ def test_a_search_space_axis_fixes_the_parameter_in_each_cell(tmp_path: Path) ->
     )
     studies = expand(parse_experiment(text, tmp_path / "d.yaml")).studies
     assert [s.name for s in studies] == [
-        "abl/clipseg-coop/kvasir/prompt_depth=1", "abl/clipseg-coop/kvasir/prompt_depth=3",
-        "abl/clipseg-vpt/kvasir/prompt_depth=1", "abl/clipseg-vpt/kvasir/prompt_depth=3",
+        "abl/clipseg-coop/kvasir/prompt_depth=1",
+        "abl/clipseg-coop/kvasir/prompt_depth=3",
+        "abl/clipseg-vpt/kvasir/prompt_depth=1",
+        "abl/clipseg-vpt/kvasir/prompt_depth=3",
     ]
     assert [s.param_space["prompt_depth"].fixed for s in studies] == [1, 3, 1, 3]
     assert studies[1].param_space["lr"].fixed is None  # the rest is still searched

@@ -54,7 +54,9 @@ def _datasets(
 
 
 @pytest.mark.parametrize("size", [32, (24, 40), 64])  # down, non-square, up
-def test_eval_outputs_are_identical(root: Path, tmp_path: Path, size: int | tuple[int, int]) -> None:
+def test_eval_outputs_are_identical(
+    root: Path, tmp_path: Path, size: int | tuple[int, int]
+) -> None:
     plain, cached = _datasets(root, tmp_path, train=False, size=size)
     assert cached.cache is not None
     for i in range(len(plain)):
@@ -87,13 +89,19 @@ def test_masks_of_another_size_are_handled_like_the_uncached_path(tmp_path: Path
         plain[0]
     with pytest.raises(MaskSizeError) as cached:
         SegmentationDataset(
-            samples, transform, random_prompt=False, cache_dir=tmp_path / "c", image_size=32,
+            samples,
+            transform,
+            random_prompt=False,
+            cache_dir=tmp_path / "c",
+            image_size=32,
             data_root=root,
         )
     assert str(cached.value) == str(uncached.value)
 
 
-def test_entry_layout_and_reuse(root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_entry_layout_and_reuse(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     samples = read_split(root, "medvlsm", "train", "p1")
     arrays = ensure_cache(samples, 32, tmp_path, label="demo-train")
     meta = json.loads((arrays.folder / "meta.json").read_text())
@@ -187,5 +195,9 @@ def test_datamodule_batches_match(root: Path, tmp_path: Path, num_workers: int) 
     ):
         for a, b in zip(loader_a, loader_b, strict=True):
             for key in a:
-                same = torch.equal(a[key], b[key]) if isinstance(a[key], torch.Tensor) else a[key] == b[key]
+                same = (
+                    torch.equal(a[key], b[key])
+                    if isinstance(a[key], torch.Tensor)
+                    else a[key] == b[key]
+                )
                 assert same, key

@@ -126,23 +126,45 @@ def test_jpeg_ringing_is_not_reported(tmp_path: Path) -> None:
     anns = json.loads((root / "anns" / "train.json").read_text())
     for entry in anns:
         png = root / "masks" / entry["mask_name"]
-        cv2.imwrite(str(png.with_suffix(".jpg")), cv2.imread(str(png)), [cv2.IMWRITE_JPEG_QUALITY, 75])
+        cv2.imwrite(
+            str(png.with_suffix(".jpg")), cv2.imread(str(png)), [cv2.IMWRITE_JPEG_QUALITY, 75]
+        )
         entry["mask_name"] = png.with_suffix(".jpg").name
     (root / "anns" / "train.json").write_text(json.dumps(anns))
     assert check_dataset(root, splits=("train",)).ok
 
 
 def test_natural_layout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["synth", str(tmp_path / "nat"), "--format", "natural", "--n-train", "3",
-                 "--n-val", "2", "--n-test", "1", "--image-size", "32",
-                 "--classes", "car,traffic_light"]) == 0
+    assert (
+        main(
+            [
+                "synth",
+                str(tmp_path / "nat"),
+                "--format",
+                "natural",
+                "--n-train",
+                "3",
+                "--n-val",
+                "2",
+                "--n-test",
+                "1",
+                "--image-size",
+                "32",
+                "--classes",
+                "car,traffic_light",
+            ]
+        )
+        == 0
+    )
     root = Path(capsys.readouterr().out.strip())
     assert root == tmp_path / "nat"
     code, report = _run_json(capsys, str(root), "--format", "natural")
     assert code == 0 and report["splits"][0]["classes"] == ["car", "traffic_light"]
 
     (root / "images" / "val" / "val_0000.jpg").unlink()  # its two masks lose their image
-    shutil.copy(root / "images" / "train" / "train_0001.jpg", root / "images" / "train" / "train_0001.png")
+    shutil.copy(
+        root / "images" / "train" / "train_0001.jpg", root / "images" / "train" / "train_0001.png"
+    )
     # annotations/test stays, so the three splits are explicit and images/test is missing
     # (without annotations/test, the check would read train and val only: tests/test_data_splits.py)
     shutil.rmtree(root / "images" / "test")
@@ -179,14 +201,25 @@ def test_a_mask_of_another_size_stops_training_with_the_checks_words(
         (str(mask_path), "mask 40x30, image 48x48")
     ]
     module = SegmentationDataModule(
-        root, "medvlsm", "p1", 32, (0.5,) * 3, (0.25,) * 3, byte_tokenize, batch_size=2,
+        root,
+        "medvlsm",
+        "p1",
+        32,
+        (0.5,) * 3,
+        (0.25,) * 3,
+        byte_tokenize,
+        batch_size=2,
         cache_dir=tmp_path / "cache" if cached else None,
     )
-    with pytest.raises(DatasetFormatError) as caught:
+
+    def read_every_sample() -> None:
         module.setup("fit")  # the cache decodes everything here
         dataset = module.datasets["train"]
         for index in range(len(dataset)):
             dataset[index]
+
+    with pytest.raises(DatasetFormatError) as caught:
+        read_every_sample()
     message = str(caught.value)
     assert str(mask_path) in message and str(image_path) in message, message
     assert "mask 40x30, image 48x48" in message, message
@@ -202,7 +235,7 @@ def test_check_and_reader_use_the_same_annotation_rules(clean: Path, tmp_path: P
     (root / "anns" / "train.json").write_text(json.dumps(anns))
 
     report = check_dataset(root)
-    details = {path: detail for path, detail in report.problems["bad_annotation"].examples}
+    details = dict(report.problems["bad_annotation"].examples)
     with pytest.raises(DatasetFormatError) as not_json:
         read_medvlsm(root, "test", "p1")
     test_json = str(root / "anns" / "test.json")
@@ -220,9 +253,27 @@ def test_natural_set_without_test_split_reports_the_effective_splits(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """binarize writes train and val only: the check accepts it and says what training reads."""
-    assert main(["synth", str(tmp_path / "nat"), "--format", "natural", "--n-train", "20",
-                 "--n-val", "5", "--n-test", "0", "--image-size", "24",
-                 "--classes", "car,person,traffic_light"]) == 0
+    assert (
+        main(
+            [
+                "synth",
+                str(tmp_path / "nat"),
+                "--format",
+                "natural",
+                "--n-train",
+                "20",
+                "--n-val",
+                "5",
+                "--n-test",
+                "0",
+                "--image-size",
+                "24",
+                "--classes",
+                "car,person,traffic_light",
+            ]
+        )
+        == 0
+    )
     root = Path(capsys.readouterr().out.strip())
     assert not (root / "annotations" / "test").exists()
 
@@ -232,17 +283,33 @@ def test_natural_set_without_test_split_reports_the_effective_splits(
     policy = report["split_policy"]
     assert policy["policy"] == "val_from_train" and policy["val_fraction"] == 0.1
     assert policy["sources"] == {"train": "train", "val": "train", "test": "val"}
-    rows = {e["split"]: (e["source"], e["held_out"], e["images"], e["samples"]) for e in policy["effective"]}
-    assert rows == {"train": ("train", False, 18, 54), "val": ("train", True, 2, 6), "test": ("val", False, 5, 15)}
+    rows = {
+        e["split"]: (e["source"], e["held_out"], e["images"], e["samples"])
+        for e in policy["effective"]
+    }
+    assert rows == {
+        "train": ("train", False, 18, 54),
+        "val": ("train", True, 2, 6),
+        "test": ("val", False, 5, 15),
+    }
     # the numbers are the data module's (one hold-out function for both)
-    module = SegmentationDataModule(root, "natural", "p1", 16, (0.5,) * 3, (0.25,) * 3, byte_tokenize, 2)
-    assert [len({s.image for s in module.samples(split)}) for split in ("train", "val", "test")] == [18, 2, 5]
+    module = SegmentationDataModule(
+        root, "natural", "p1", 16, (0.5,) * 3, (0.25,) * 3, byte_tokenize, 2
+    )
+    assert [
+        len({s.image for s in module.samples(split)}) for split in ("train", "val", "test")
+    ] == [18, 2, 5]
 
     assert main(["check", str(root), "--format", "natural"]) == 0
     captured = capsys.readouterr()
-    assert "split policy: val_from_train: test = the official val split; val = 10 % of the train" in captured.out
-    assert ("effective splits: train 18 images (from official train) / val 2 images (held out "
-            "from train) / test 5 images (from official val)") in captured.out
+    assert (
+        "split policy: val_from_train: test = the official val split; val = 10 % of the train"
+        in captured.out
+    )
+    assert (
+        "effective splits: train 18 images (from official train) / val 2 images (held out "
+        "from train) / test 5 images (from official val)"
+    ) in captured.out
     assert "clean" in captured.err
 
     code, report = _run_json(capsys, str(root), "--format", "natural", "--val-fraction", "0.5")
@@ -253,18 +320,27 @@ def test_natural_set_without_test_split_reports_the_effective_splits(
 def test_classes_per_split_images_without_class_and_missing_classes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    root = write_synthetic_natural(tmp_path / "nat", n_train=10, n_val=3, n_test=0,
-                                   image_size=24, classes=("car", "person", "traffic_light"))
+    root = write_synthetic_natural(
+        tmp_path / "nat",
+        n_train=10,
+        n_val=3,
+        n_test=0,
+        image_size=24,
+        classes=("car", "person", "traffic_light"),
+    )
     for mask in (root / "annotations" / "val" / "person").iterdir():
         mask.unlink()  # the official val (the test split) has no person at all
-    shutil.copy(root / "images" / "train" / "train_0000.jpg", root / "images" / "train" / "orphan.jpg")
+    shutil.copy(
+        root / "images" / "train" / "train_0000.jpg", root / "images" / "train" / "orphan.jpg"
+    )
     shutil.copy(root / "images" / "val" / "val_0000.jpg", root / "images" / "val" / "lonely.jpg")
 
     code, report = _run_json(capsys, str(root), "--format", "natural")
     assert code == 0 and report["ok"]  # warnings only
     assert _kinds(report) == {"image_without_class": 2, "class_missing_from_split": 1}
     assert [s["classes"] for s in report["splits"]] == [
-        ["car", "person", "traffic_light"], ["car", "traffic_light"],
+        ["car", "person", "traffic_light"],
+        ["car", "traffic_light"],
     ]
     effective = {e["split"]: e for e in report["split_policy"]["effective"]}
     assert effective["test"]["classes"] == ["car", "traffic_light"]
@@ -277,7 +353,10 @@ def test_classes_per_split_images_without_class_and_missing_classes(
         "detail": "class 'person': no mask in test (the official val); masks in train 9, val 1",
     }
     orphans = sorted(e["path"] for e in problems["image_without_class"]["examples"])
-    assert orphans == [str(root / "images" / "train" / "orphan.jpg"), str(root / "images" / "val" / "lonely.jpg")]
+    assert orphans == [
+        str(root / "images" / "train" / "orphan.jpg"),
+        str(root / "images" / "val" / "lonely.jpg"),
+    ]
 
     assert main(["check", str(root), "--format", "natural"]) == 0
     captured = capsys.readouterr()
@@ -290,7 +369,9 @@ def test_medical_multi_class_set_reports_a_class_missing_from_a_split(
 ) -> None:
     root = Path(shutil.copytree(clean, tmp_path / "multi"))
     anns = json.loads((root / "anns" / "test.json").read_text())
-    (root / "anns" / "test.json").write_text(json.dumps([e for e in anns if e["class_name"] != "tool"]))
+    (root / "anns" / "test.json").write_text(
+        json.dumps([e for e in anns if e["class_name"] != "tool"])
+    )
 
     report = check_dataset(root)
     assert report.ok and report.policy == SplitPolicy("explicit")

@@ -107,7 +107,11 @@ def test_test_is_official_val_and_val_is_held_out_of_train_by_image(
 
 def test_the_split_is_part_of_the_data_not_of_the_trial(two_splits: Path) -> None:
     """Two builds, another trial seed, a train_fraction: the validation images never move."""
-    first, again, other_seed = _module(two_splits), _module(two_splits), _module(two_splits, seed=987)
+    first, again, other_seed = (
+        _module(two_splits),
+        _module(two_splits),
+        _module(two_splits, seed=987),
+    )
     val = first.samples("val")
     assert val == again.samples("val") == other_seed.samples("val")
     assert first.samples("train") == other_seed.samples("train")
@@ -157,7 +161,7 @@ def test_held_out_images_is_stable_and_order_free() -> None:
         assert len(moved) <= added + 1, (added, moved)
     assert len(held_out_images(["a", "b"], 0.1)) == 1  # at least one on each side
     assert len(held_out_images(["a", "b", "c"], 0.9)) == 2
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="needs at least 2"):
         held_out_images(["a"], 0.1)
 
 
@@ -174,7 +178,9 @@ def _studies(folder: Path, dataset: str, data: str = "") -> list[StudySpec]:
 
 
 def test_preflight_accepts_train_and_val_only(two_splits: Path, tmp_path: Path) -> None:
-    assert preflight(_studies(tmp_path, f"{{name: voc, root: {two_splits}, format: natural}}")) == []
+    assert (
+        preflight(_studies(tmp_path, f"{{name: voc, root: {two_splits}, format: natural}}")) == []
+    )
     broken = tmp_path / "broken"
     (broken / "annotations" / "train").mkdir(parents=True)
     (broken / "annotations" / "val").mkdir()
@@ -192,7 +198,9 @@ def test_the_trial_data_module_gets_val_fraction(two_splits: Path, tmp_path: Pat
     from tunevlseg.tuning.objective import build_datamodule
 
     [spec] = _studies(
-        tmp_path, f"{{name: voc, root: {two_splits}, format: natural}}", "data: {val_fraction: 0.25}\n"
+        tmp_path,
+        f"{{name: voc, root: {two_splits}, format: natural}}",
+        "data: {val_fraction: 0.25}\n",
     )
     assert spec.data.val_fraction == 0.25
     model = SimpleNamespace(image_mean=(0.5,) * 3, image_std=(0.25,) * 3, tokenize=byte_tokenize)

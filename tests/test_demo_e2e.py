@@ -129,7 +129,9 @@ def test_interrupted_sweep_resumes_only_the_missing_trials(tmp_path: Path) -> No
     first_done = None
     while time.monotonic() < deadline and launcher.poll() is None:
         if sweep_storage(loaded).exists:
-            study = optuna.load_study(study_name=spec.name, storage=open_storage(sweep_storage(loaded)))
+            study = optuna.load_study(
+                study_name=spec.name, storage=open_storage(sweep_storage(loaded))
+            )
             done = [t for t in study.trials if t.state == TrialState.COMPLETE]
             if done:
                 first_done = done[0].number

@@ -82,7 +82,9 @@ def test_golden_settings_are_the_recorded_ones(recorded: dict[str, Any]) -> None
     """An edit of the golden experiment or learner list must come with regenerated values."""
     assert recorded.get("format") == golden.FORMAT_VERSION
     now = golden.settings()
-    moved = sorted(k for k in set(now) | set(recorded["settings"]) if now.get(k) != recorded["settings"].get(k))
+    moved = sorted(
+        k for k in set(now) | set(recorded["settings"]) if now.get(k) != recorded["settings"].get(k)
+    )
     assert not moved, (
         f"the golden run's settings changed ({', '.join(moved)}) but {golden.GOLDEN_FILE.name} "
         "was not regenerated: run .venv/bin/python tests/golden/regenerate.py and review the diff"
@@ -121,8 +123,15 @@ def test_the_golden_trainings_learned(measured: dict[str, dict[str, Any]]) -> No
 
 def test_the_failure_message_names_each_changed_learner() -> None:
     """compare() is the CI message: old -> new per value, missing and new studies, tolerance."""
-    base = {"val_dice": 0.5, "test_dice": 0.4, "val_loss": 1.0, "epochs_run": 3,
-            "best_epoch": 2, "trainable_params": 10, "params": {"lr": 0.02}}
+    base = {
+        "val_dice": 0.5,
+        "test_dice": 0.4,
+        "val_loss": 1.0,
+        "epochs_run": 3,
+        "best_epoch": 2,
+        "trainable_params": 10,
+        "params": {"lr": 0.02},
+    }
     old = {"clipseg/coop": base, "clipseg/vpt": base, "cris/coop": base}
     new = {
         "clipseg/coop": {**base, "val_dice": 0.5 + 0.5 * golden.TOLERANCE},  # within tolerance

@@ -17,7 +17,12 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "tunevlseg"
 LAYERS = {
-    "config": 1, "data": 1, "models": 1, "learners": 1, "train": 1, "tuning": 1,
+    "config": 1,
+    "data": 1,
+    "models": 1,
+    "learners": 1,
+    "train": 1,
+    "tuning": 1,
     "collect": 2,
     "cluster": 3,
     "cli": 4,
@@ -41,12 +46,17 @@ def _imports(path: Path) -> list[tuple[int, str]]:
     return found
 
 
-@pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE)))
+@pytest.mark.parametrize(
+    "path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE))
+)
 def test_no_module_imports_a_layer_above_its_own(path: Path) -> None:
     module = "tunevlseg." + ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
-    height = _height(module if not module.endswith(".__init__") else module.removesuffix(".__init__") + ".x")
+    height = _height(
+        module if not module.endswith(".__init__") else module.removesuffix(".__init__") + ".x"
+    )
     upward = [
-        f"line {line}: {target}" for line, target in _imports(path)
+        f"line {line}: {target}"
+        for line, target in _imports(path)
         if _height(target) > height and height > 0
     ]
     assert not upward, f"{module} imports from a layer above it: {upward}"

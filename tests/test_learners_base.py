@@ -40,7 +40,7 @@ def test_unknown_parameter_names_are_listed() -> None:
 
 @pytest.mark.parametrize("bad", [{"prompt_depth": 0}, {"prompt_depth": 12}, {"init": "zeros"}])
 def test_bad_values_are_rejected(bad: dict) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=f"coop: {next(iter(bad))} must be"):
         make("coop", **bad)
 
 

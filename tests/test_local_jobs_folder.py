@@ -1,4 +1,4 @@
-"""A local launch leaves no folder literally named ``%j`` beside its task log folders."""
+"""Each local trial process logs under its own job id (its pid), and nothing else is there."""
 
 from __future__ import annotations
 
@@ -31,15 +31,3 @@ def test_local_tasks_log_under_their_job_id_and_leave_no_template_folder(
     for event in ended:  # where other code (and people) look for a task's logs
         assert (folder / event.job_id / f"{event.job_id}_0_log.err").is_file()
         assert (folder / event.job_id / f"{event.job_id}_0_log.out").is_file()
-
-
-def test_a_template_folder_holding_files_is_left_alone(tmp_path: Path) -> None:
-    folder = tmp_path / "jobs" / "local"
-    launcher = LocalLauncher(folder, parallelism=1, timeout_min=1)
-    (folder / "%j").mkdir()
-    launcher.remove_template_folder()
-    assert not (folder / "%j").exists()
-    (folder / "%j").mkdir()
-    (folder / "%j" / "notes.txt").write_text("not submitit's")
-    launcher.remove_template_folder()
-    assert (folder / "%j" / "notes.txt").is_file()

@@ -96,7 +96,7 @@ def test_learner_shapes_and_gradients(
     assert logits.shape == (len(TEXTS), 1, model.image_size, model.image_size)
     assert torch.isfinite(logits).all()
     logits.float().pow(2).mean().backward()
-    trainable = dict((n, p) for n, p in model.named_parameters() if p.requires_grad)
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     assert trainable
     without = [n for n, p in trainable.items() if p.grad is None or not p.grad.abs().sum() > 0]
     assert without == []

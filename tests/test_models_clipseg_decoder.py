@@ -41,9 +41,7 @@ def build(
     """The model with ``N_CTX`` prompts; ``flag`` None leaves the setting at its default."""
     if flag is not None:
         kwargs["vision_prompts_in_decoder"] = flag
-    return build_model(
-        PromptedCLIPSeg, loaded, learner, depth, small=SMALL, n_ctx=N_CTX, **kwargs
-    )
+    return build_model(PromptedCLIPSeg, loaded, learner, depth, small=SMALL, n_ctx=N_CTX, **kwargs)
 
 
 def n_patches(model: PromptedCLIPSeg) -> int:
@@ -192,16 +190,22 @@ def test_build_model_passes_the_setting_to_clipseg_only(
     from tunevlseg.tuning.objective import build_model as build_trial_model
 
     cris = write_tiny_cris(tmp_path / "tiny-cris")
-    text = EXPERIMENT.format(value="false").replace(
-        "  - name: clipseg\n",
-        f"  - {{name: clipseg, pretrained: '{tiny_decoder_clipseg.folder}'}}\n"
-        f"  - {{name: cris, pretrained: '{cris}'}}\n",
-    ).replace("  - vpt\n", "  - coop\n  - vpt\n")
+    text = (
+        EXPERIMENT.format(value="false")
+        .replace(
+            "  - name: clipseg\n",
+            f"  - {{name: clipseg, pretrained: '{tiny_decoder_clipseg.folder}'}}\n"
+            f"  - {{name: cris, pretrained: '{cris}'}}\n",
+        )
+        .replace("  - vpt\n", "  - coop\n  - vpt\n")
+    )
     path = tmp_path / "experiment.yaml"
     path.write_text(text)
     studies = expand(load_experiment(path)).studies
     assert sorted((s.model.name, s.learner) for s in studies) == [
-        ("clipseg", "coop"), ("clipseg", "vpt"), ("cris", "coop"),
+        ("clipseg", "coop"),
+        ("clipseg", "vpt"),
+        ("cris", "coop"),
     ]
     for spec in studies:
         params = choose_params(spec.param_space, {}, spec.learner).values

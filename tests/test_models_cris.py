@@ -305,7 +305,7 @@ def test_folder_problems_are_clear(tiny_folder: Path, tmp_path: Path) -> None:
     no_weights = tmp_path / "no-weights"
     shutil.copytree(tiny_folder, no_weights)
     (no_weights / "cris.pth").unlink()
-    with pytest.raises(ModelNotFoundError, match="cris.pth"):
+    with pytest.raises(ModelNotFoundError, match=r"cris\.pth"):
         load_cris(no_weights)
     other = tmp_path / "hf-config"
     shutil.copytree(tiny_folder, other)

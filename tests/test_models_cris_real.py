@@ -8,7 +8,6 @@ loaded back through :func:`tunevlseg.models.cris.load_cris`.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest

@@ -56,7 +56,10 @@ def _write_cityscapes(src: Path, rng: np.random.Generator) -> None:
             city = ("aachen", "bochum")[i % 2] if split == "train" else "frankfurt"
             stem = f"{city}_000000_{i:06d}"
             photo, labels = _scene(rng, [k for k in CITY if rng.random() < 0.7] or [7])
-            for kind, data, suffix in (("leftImg8bit", photo, "leftImg8bit"), ("gtFine", labels, "gtFine_labelIds")):
+            for kind, data, suffix in (
+                ("leftImg8bit", photo, "leftImg8bit"),
+                ("gtFine", labels, "gtFine_labelIds"),
+            ):
                 folder = src / kind / split / city
                 folder.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(data).save(folder / f"{stem}_{suffix}.png")
@@ -67,28 +70,63 @@ def test_natural_sets_from_official_layouts_to_the_per_class_table(tmp_path: Pat
     _write_voc(tmp_path / "official/voc", rng)
     _write_cityscapes(tmp_path / "official/cityscapes", rng)
     for kind in ("voc", "cityscapes"):
-        done = cli("tunevlseg.cli.data", "binarize", kind, str(tmp_path / "official" / kind),
-                   str(tmp_path / "data" / kind), "--jobs", "2", cwd=tmp_path)
+        done = cli(
+            "tunevlseg.cli.data",
+            "binarize",
+            kind,
+            str(tmp_path / "official" / kind),
+            str(tmp_path / "data" / kind),
+            "--jobs",
+            "2",
+            cwd=tmp_path,
+        )
         assert done.returncode == 0, done.stderr
-        check = cli("tunevlseg.cli.data", "check", str(tmp_path / "data" / kind), "--format", "natural", cwd=tmp_path)
+        check = cli(
+            "tunevlseg.cli.data",
+            "check",
+            str(tmp_path / "data" / kind),
+            "--format",
+            "natural",
+            cwd=tmp_path,
+        )
         assert check.returncode == 0, check.stdout + check.stderr
         assert "test" in check.stdout + check.stderr and "held out" in check.stdout + check.stderr
 
     text = (ROOT / "experiments/natural.yaml").read_text()
-    text = re.sub(r"models:\n(  .*\n)+", "models:\n  - {name: clipseg, pretrained: ./assets/clipseg-tiny, image_size: 32, synthetic: true}\n", text)
-    text = text.replace("learners: [coop, cocoop, vpt, maple, shared_separate, shared_attention]", "learners: [coop, vpt]")
+    text = re.sub(
+        r"models:\n(  .*\n)+",
+        "models:\n  - {name: clipseg, pretrained: ./assets/clipseg-tiny, image_size: 32, synthetic: true}\n",
+        text,
+    )
+    text = text.replace(
+        "learners: [coop, cocoop, vpt, maple, shared_separate, shared_attention]",
+        "learners: [coop, vpt]",
+    )
     text = text.replace("root: ../data/natural/cityscapes", "root: ./data/cityscapes").replace(
-        "root: ../data/natural/pascal_voc", "root: ./data/voc")
+        "root: ../data/natural/pascal_voc", "root: ./data/voc"
+    )
     text = text.replace("output_dir: ../runs/natural", "output_dir: ./runs")
-    text = re.sub(r"training:\n(  .*\n)+", 'training: {max_epochs: 2, patience: 2, batch_size: 8, effective_batch_size: 8, precision: "32"}\n', text)
-    text = re.sub(r"search:\n(  .*\n)+", "search: {n_trials: 1, space: {prompt_depth: {low: 1, high: 2}}}\n", text)
-    text = re.sub(r"cluster:\n(  .*\n)+", "cluster: {parallelism: 2}\ndata: {num_workers: 0}\n", text)
+    text = re.sub(
+        r"training:\n(  .*\n)+",
+        'training: {max_epochs: 2, patience: 2, batch_size: 8, effective_batch_size: 8, precision: "32"}\n',
+        text,
+    )
+    text = re.sub(
+        r"search:\n(  .*\n)+",
+        "search: {n_trials: 1, space: {prompt_depth: {low: 1, high: 2}}}\n",
+        text,
+    )
+    text = re.sub(
+        r"cluster:\n(  .*\n)+", "cluster: {parallelism: 2}\ndata: {num_workers: 0}\n", text
+    )
     experiment = tmp_path / "natural.yaml"
     experiment.write_text(text)
 
     launched = cli("tunevlseg.cli.launch", str(experiment), "--local", cwd=tmp_path)
     assert launched.returncode == 0, launched.stderr[-3000:]
-    collected = cli("tunevlseg.cli.collect", str(experiment), "--main-metric", "mdice", cwd=tmp_path)
+    collected = cli(
+        "tunevlseg.cli.collect", str(experiment), "--main-metric", "mdice", cwd=tmp_path
+    )
     assert collected.returncode == 0, collected.stderr
     results = SweepPaths.of(load_experiment(experiment)).results
     per_class = (results / "per_class.md").read_text()

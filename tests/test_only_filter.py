@@ -20,9 +20,7 @@ import pytest
 from optuna.distributions import IntDistribution
 from optuna.trial import TrialState, create_trial
 
-from tunevlseg.cli import collect as collect_cli
-from tunevlseg.cli import launch as launch_cli
-from tunevlseg.cli import status as status_cli
+from tunevlseg.cli import collect as collect_cli, launch as launch_cli, status as status_cli
 from tunevlseg.cluster.launch import sweep_storage
 from tunevlseg.config.grid import expand
 from tunevlseg.config.loader import load_experiment
@@ -121,21 +119,46 @@ def test_the_selection_keeps_the_skipped_combinations_it_names(expansion) -> Non
 @pytest.mark.parametrize(
     ("only", "words"),
     [
-        (["lerner=coop"], ["unknown key 'lerner'", "did you mean 'learner'?",
-                           "valid keys: model, learner, dataset, model.use_upsampler (use_upsampler), "
-                           "search.space.prompt_depth (prompt_depth)"]),
-        (["learner=cop"], ["learner=cop matches no study", "did you mean 'coop'?",
-                           "valid values of learner: coop, vpt, maple-text, maple"]),
-        (["prompt_depth=2"], ["prompt_depth=2 matches no study",
-                              "valid values of search.space.prompt_depth: 1, 3"]),
-        (["dataset=kvasr,learner=vp"], ["dataset=kvasr matches no study", "'kvasir'",
-                                        "learner=vp matches no study", "'vpt'"]),
-        (["model=rn50", "learner=vpt"], ["model=rn50,learner=vpt selects no study",
-                                         "rn50 + vpt is skipped (visual prompts need a ViT image encoder)"]),
+        (
+            ["lerner=coop"],
+            [
+                "unknown key 'lerner'",
+                "did you mean 'learner'?",
+                (
+                    "valid keys: model, learner, dataset, model.use_upsampler (use_upsampler), "
+                    "search.space.prompt_depth (prompt_depth)"
+                ),
+            ],
+        ),
+        (
+            ["learner=cop"],
+            [
+                "learner=cop matches no study",
+                "did you mean 'coop'?",
+                "valid values of learner: coop, vpt, maple-text, maple",
+            ],
+        ),
+        (
+            ["prompt_depth=2"],
+            ["prompt_depth=2 matches no study", "valid values of search.space.prompt_depth: 1, 3"],
+        ),
+        (
+            ["dataset=kvasr,learner=vp"],
+            ["dataset=kvasr matches no study", "'kvasir'", "learner=vp matches no study", "'vpt'"],
+        ),
+        (
+            ["model=rn50", "learner=vpt"],
+            [
+                "model=rn50,learner=vpt selects no study",
+                "rn50 + vpt is skipped (visual prompts need a ViT image encoder)",
+            ],
+        ),
     ],
 )
 def test_what_the_sweep_does_not_have_is_an_error_naming_what_it_has(
-    expansion, only: list[str], words: list[str]  # type: ignore[no-untyped-def]
+    expansion,
+    only: list[str],
+    words: list[str],  # type: ignore[no-untyped-def]
 ) -> None:
     with pytest.raises(SelectionError) as raised:
         select(expansion, only)
@@ -147,8 +170,11 @@ def test_what_the_sweep_does_not_have_is_an_error_naming_what_it_has(
 
 @pytest.mark.parametrize(
     ("text", "words"),
-    [("coop", "'coop' is not KEY=VALUE"), ("learner=", "learner= has no value"),
-     ("=coop", "'=coop' has no key")],
+    [
+        ("coop", "'coop' is not KEY=VALUE"),
+        ("learner=", "learner= has no value"),
+        ("=coop", "'=coop' has no key"),
+    ],
 )
 def test_what_is_not_key_value_cannot_be_read(text: str, words: str) -> None:
     with pytest.raises(SelectionError, match=re.escape(words)):
@@ -184,8 +210,17 @@ def test_dry_run_json_shows_the_selected_plan_with_the_whole_sweeps_digest(
     whole = json.loads(out)
     assert code == 0 and whole["only"] is None and whole["sweep_studies"] == N_STUDIES
     code, out, _ = _launch(
-        path, capsys, "--dry-run", "--local", "--json", "--only", "learner=coop", "--only", "dataset=kvasir,busi",
-        "--only", "prompt_depth=3",
+        path,
+        capsys,
+        "--dry-run",
+        "--local",
+        "--json",
+        "--only",
+        "learner=coop",
+        "--only",
+        "dataset=kvasir,busi",
+        "--only",
+        "prompt_depth=3",
     )
     report = json.loads(out)
     assert code == 0, report["problems"]
@@ -193,7 +228,9 @@ def test_dry_run_json_shows_the_selected_plan_with_the_whole_sweeps_digest(
     names = {study["name"] for study in report["studies"]}
     assert names == {
         f"only/{combo}/{dataset}/use_upsampler={up},prompt_depth=3"
-        for combo in ("clipseg-coop", "rn50-coop") for dataset in ("kvasir", "busi") for up in ("true", "false")
+        for combo in ("clipseg-coop", "rn50-coop")
+        for dataset in ("kvasir", "busi")
+        for up in ("true", "false")
     }
     assert report["trials"] == report["tasks"] == 2 * len(names)
     assert report["sweep_studies"] == N_STUDIES
@@ -202,8 +239,12 @@ def test_dry_run_json_shows_the_selected_plan_with_the_whole_sweeps_digest(
     assert _files(tmp_path) == ["only.yaml"]  # a dry run writes nothing
 
 
-def test_dry_run_table_names_the_selection(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = _launch(_write(tmp_path), capsys, "--dry-run", "--local", "--only", "model=rn50,dataset=busi")
+def test_dry_run_table_names_the_selection(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = _launch(
+        _write(tmp_path), capsys, "--dry-run", "--local", "--only", "model=rn50,dataset=busi"
+    )
     assert code == 0
     assert "Sweep plan, only model=rn50,dataset=busi" in out
     assert "4 of 32 studies (only model=rn50,dataset=busi), 8 trials, 0 done, 8 tasks to run" in out
@@ -216,7 +257,14 @@ def test_a_bad_only_exits_2_with_one_message_and_launches_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], dry_run: bool
 ) -> None:
     path = _write(tmp_path)
-    args = ["--local", "--only", "learner=coop", "--only", "learner=nope", *(["--dry-run"] if dry_run else [])]
+    args = [
+        "--local",
+        "--only",
+        "learner=coop",
+        "--only",
+        "learner=nope",
+        *(["--dry-run"] if dry_run else []),
+    ]
     code, out, err = _launch(path, capsys, *args)
     assert code == 2 and out == ""
     lines = err.strip().splitlines()
@@ -228,10 +276,14 @@ def test_a_bad_only_exits_2_with_one_message_and_launches_nothing(
     assert _files(tmp_path) == ["only.yaml"]
 
 
-MISSING = SWEEP.replace("{name: busi, root: data/busi, synthetic: true}", "{name: busi, root: nowhere}")
+MISSING = SWEEP.replace(
+    "{name: busi, root: data/busi, synthetic: true}", "{name: busi, root: nowhere}"
+)
 
 
-def test_data_is_checked_for_the_selected_studies_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_data_is_checked_for_the_selected_studies_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = _write(tmp_path, MISSING)
     code, _, err = _launch(path, capsys, "--dry-run", "--local")
     assert code == 1 and "data set 'busi'" in err
@@ -241,8 +293,10 @@ def test_data_is_checked_for_the_selected_studies_only(tmp_path: Path, capsys: p
     assert _files(tmp_path) == ["only.yaml"]
 
 
-CHANGING = SWEEP.replace("learners: [coop, vpt, {name: maple, label: maple-text}]",
-                         "learners: [coop, {name: vpt, space: {lr: {low: 1.0e-4, high: 1.0e-2}}}]")
+CHANGING = SWEEP.replace(
+    "learners: [coop, vpt, {name: maple, label: maple-text}]",
+    "learners: [coop, {name: vpt, space: {lr: {low: 1.0e-4, high: 1.0e-2}}}]",
+)
 
 
 def test_a_changed_definition_anywhere_in_the_file_stops_a_selected_launch(
@@ -312,17 +366,22 @@ def _status(path: Path, capsys: pytest.CaptureFixture[str], *args: str) -> tuple
 def test_status_json_has_only_the_selected_rows_and_their_totals(
     status_sweep: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, _ = _status(status_sweep, capsys, "--json", "--only", "learner=coop", "--only", "use_upsampler=false")
+    code, out, _ = _status(
+        status_sweep, capsys, "--json", "--only", "learner=coop", "--only", "use_upsampler=false"
+    )
     report = json.loads(out)
     assert code == 0 and report["only"] == "learner=coop,model.use_upsampler=false"
     assert [row["name"] for row in report["studies"]] == [
-        "st/clipseg-coop/a/use_upsampler=false", "st/clipseg-coop/b/use_upsampler=false"
+        "st/clipseg-coop/a/use_upsampler=false",
+        "st/clipseg-coop/b/use_upsampler=false",
     ]
     assert report["totals"]["n_trials"] == 6 and report["totals"]["complete"] == 2
     assert report["totals"]["failed"] == 0
     code, out, _ = _status(status_sweep, capsys, "--json")
     whole = json.loads(out)
-    assert whole["only"] is None and len(whole["studies"]) == 8 and whole["totals"]["n_trials"] == 24
+    assert (
+        whole["only"] is None and len(whole["studies"]) == 8 and whole["totals"]["n_trials"] == 24
+    )
 
 
 def test_status_table_lists_the_selected_studies_and_their_failures_only(
@@ -330,13 +389,18 @@ def test_status_table_lists_the_selected_studies_and_their_failures_only(
 ) -> None:
     code, out, err = _status(status_sweep, capsys, "--only", "learner=vpt,dataset=b")
     assert code == 0
-    assert "st/clipseg-vpt/b/use_upsampler=true" in out and "st/clipseg-vpt/b/use_upsampler=false" in out
+    assert (
+        "st/clipseg-vpt/b/use_upsampler=true" in out
+        and "st/clipseg-vpt/b/use_upsampler=false" in out
+    )
     assert "clipseg-coop" not in out and "/a/" not in out
     assert "2 failed trial(s):" in out and "broken st/clipseg-vpt/b/use_upsampler=true" in out
     assert "2 studies (only learner=vpt,dataset=b): 6 trial(s) remaining" in err
 
 
-def test_status_with_a_bad_only_exits_2(status_sweep: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_status_with_a_bad_only_exits_2(
+    status_sweep: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, out, err = _status(status_sweep, capsys, "--only", "dataset=c")
     assert code == 2 and out == ""
     assert err.strip() == "error: --only: dataset=c matches no study; valid values of dataset: a, b"
@@ -353,14 +417,25 @@ def collect_sweep(status_sweep: Path) -> Path:
     for number, spec in enumerate(expand(experiment).studies):
         study = optuna.load_study(study_name=spec.name, storage=storage)
         dice = 0.5 + number / 100
-        study.add_trial(create_trial(
-            value=dice, params={"prompt_depth": 2}, distributions={"prompt_depth": IntDistribution(1, 11)},
-            user_attrs={"test_dice": dice, "test_iou": dice / 2, "val_dice": dice, "val_iou": dice / 2},
-        ))
+        study.add_trial(
+            create_trial(
+                value=dice,
+                params={"prompt_depth": 2},
+                distributions={"prompt_depth": IntDistribution(1, 11)},
+                user_attrs={
+                    "test_dice": dice,
+                    "test_iou": dice / 2,
+                    "val_dice": dice,
+                    "val_iou": dice / 2,
+                },
+            )
+        )
     return status_sweep
 
 
-def _collect(path: Path | None, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+def _collect(
+    path: Path | None, capsys: pytest.CaptureFixture[str], *args: str
+) -> tuple[int, str, str]:
     code = collect_cli.main([*([str(path)] if path else []), *args])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
@@ -385,7 +460,9 @@ def test_collect_only_tabulates_the_selection_in_its_own_folder(
     # The whole sweep's tables (the collector job's) are not written over by a selection.
     assert not (results / "main_table.md").exists()
 
-    code, out, _ = _collect(collect_sweep, capsys, "--only", "dataset=a", "--no-plots", "--format", "md")
+    code, out, _ = _collect(
+        collect_sweep, capsys, "--only", "dataset=a", "--no-plots", "--format", "md"
+    )
     assert code == 0
     assert "only dataset=a" in out  # the printed table says it is a selection
     assert (results / "only-dataset=a" / "main_table-use_upsampler=true.md").is_file()
@@ -403,7 +480,16 @@ def test_collect_only_needs_the_experiment_and_known_values(
     code, _, err = _collect(collect_sweep, capsys, "--only", "learner=maple")
     assert code == 2 and "error: --only: learner=maple matches no study" in err
     journal = collect_sweep.parent / "out" / "optuna.journal"
-    code, _, err = _collect(None, capsys, "--storage", str(journal), "--out", str(tmp_path / "t"), "--only", "learner=vpt")
+    code, _, err = _collect(
+        None,
+        capsys,
+        "--storage",
+        str(journal),
+        "--out",
+        str(tmp_path / "t"),
+        "--only",
+        "learner=vpt",
+    )
     assert code == 2 and "--only goes with an experiment file" in err
 
 
@@ -439,10 +525,14 @@ def test_a_selected_local_launch_then_a_full_one_runs_each_trial_once(tmp_path: 
     loaded = load_experiment(experiment)
     coop, vpt = (spec.name for spec in expand(loaded).studies)
     manifest_path = tmp_path / "runs" / "parts" / "parts" / "manifest.json"
-    dry = _cli("tunevlseg.cli.launch", str(experiment), "--local", "--dry-run", "--json", cwd=folder)
+    dry = _cli(
+        "tunevlseg.cli.launch", str(experiment), "--local", "--dry-run", "--json", cwd=folder
+    )
     digest = json.loads(dry.stdout)["plan_sha256"]
 
-    first = _cli("tunevlseg.cli.launch", str(experiment), "--local", "--only", "learner=coop", cwd=folder)
+    first = _cli(
+        "tunevlseg.cli.launch", str(experiment), "--local", "--only", "learner=coop", cwd=folder
+    )
     assert first.returncode == 0, first.stderr[-3000:]
     assert "Running 2 trial(s) of 1 studies (only learner=coop) locally" in first.stderr
     storage = open_storage(sweep_storage(loaded))
@@ -455,7 +545,9 @@ def test_a_selected_local_launch_then_a_full_one_runs_each_trial_once(tmp_path: 
     (launch,) = manifest["launches"]
     assert launch["only"] == "learner=coop" and {s for s, _ in launch["local_tasks"]} == {coop}
 
-    status = _cli("tunevlseg.cli.status", str(experiment), "--json", "--only", "learner=vpt", cwd=folder)
+    status = _cli(
+        "tunevlseg.cli.status", str(experiment), "--json", "--only", "learner=vpt", cwd=folder
+    )
     assert status.returncode == 0, status.stderr
     totals = json.loads(status.stdout)["totals"]
     assert (totals["n_trials"], totals["remaining"]) == (2, 2)
@@ -479,5 +571,7 @@ def test_a_selected_local_launch_then_a_full_one_runs_each_trial_once(tmp_path: 
     tasks = [tuple(t) for launch in manifest["launches"] for t in launch["local_tasks"]]
     assert len(tasks) == len(set(tasks)) == 4  # each trial ran in one task, once
 
-    again = _cli("tunevlseg.cli.launch", str(experiment), "--local", "--only", "learner=vpt", cwd=folder)
+    again = _cli(
+        "tunevlseg.cli.launch", str(experiment), "--local", "--only", "learner=vpt", cwd=folder
+    )
     assert again.returncode == 0 and "The selection is complete (only learner=vpt)" in again.stderr

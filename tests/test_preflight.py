@@ -84,10 +84,15 @@ def test_many_entries_without_the_prompt_give_a_count_and_a_few_examples_per_spl
     problems = preflight(_studies(tmp_path, datasets=_kvasir("p7")))
     assert len(problems) == 3  # one line per split
     train = problems[0]
-    assert f"{tmp_path / 'kvasir' / 'anns' / 'train.json'}: 40 of 40 entries have no prompt 'p7'" in train
+    assert (
+        f"{tmp_path / 'kvasir' / 'anns' / 'train.json'}: 40 of 40 entries have no prompt 'p7'"
+        in train
+    )
     assert train.count("img_name") == 3  # three examples, not forty
     assert "entry 0 (img_name 'train_0000.jpg'; its prompts: p0, p1, p2)" in train
-    assert train.endswith("set data.prompt_key or the data set's prompt_key to one that every entry has: p0, p1, p2")
+    assert train.endswith(
+        "set data.prompt_key or the data set's prompt_key to one that every entry has: p0, p1, p2"
+    )
     assert "val.json: 3 of 3 entries" in problems[1] and "test.json: 2 of 2 entries" in problems[2]
 
 
@@ -108,7 +113,9 @@ def test_annotation_files_that_are_not_lists_of_entries(tmp_path: Path, kvasir: 
     (kvasir / "anns" / "test.json").write_text(json.dumps({"entries": []}))
     problems = preflight(_studies(tmp_path, datasets=_kvasir("p1")))
     assert len(problems) == 2
-    assert problems[0].startswith(f"data set 'kvasir': {kvasir / 'anns' / 'val.json'}: not valid JSON")
+    assert problems[0].startswith(
+        f"data set 'kvasir': {kvasir / 'anns' / 'val.json'}: not valid JSON"
+    )
     assert problems[1] == (
         f"data set 'kvasir': {kvasir / 'anns' / 'test.json'}: expected a JSON list of entries, "
         "found an object"
@@ -131,7 +138,9 @@ def test_malformed_entries_are_counted_and_point_to_the_data_check(
 
     train = _edit(kvasir, "train", damage)
     [problem] = preflight(_studies(tmp_path, datasets=_kvasir("p1")))
-    assert problem.startswith(f"data set 'kvasir': {train}: 3 of 4 entries are malformed, e.g. entry 0: missing key 'mask_name'")
+    assert problem.startswith(
+        f"data set 'kvasir': {train}: 3 of 4 entries are malformed, e.g. entry 0: missing key 'mask_name'"
+    )
     assert "entry 2 img_name: path '../../etc/passwd' escapes the data set root" in problem
     assert "entry 3: expected an object, got str" in problem
     assert problem.endswith(f"`tvls-data check {kvasir}` lists every problem")
@@ -177,12 +186,16 @@ def test_a_depth_beyond_a_model_folders_layers_is_found_per_encoder(tmp_path: Pa
     models = "  - {name: clipseg, pretrained: ./tiny}"
     problems = preflight(_studies(tmp_path, models=models, learners="[coop, vpt]", extra=_depth(6)))
     assert problems == [
-        f"clipseg-coop: search.space.prompt_depth or learners[coop].space.prompt_depth: high=6 "
-        f"exceeds the 4 layers CLIPSeg's text prompts can reach ({folder / 'config.json'}); use "
-        "high <= 4",
-        f"clipseg-vpt: search.space.prompt_depth or learners[vpt].space.prompt_depth: high=6 "
-        f"exceeds the 4 layers CLIPSeg's vision prompts can reach ({folder / 'config.json'}); use "
-        "high <= 4",
+        (
+            f"clipseg-coop: search.space.prompt_depth or learners[coop].space.prompt_depth: high=6 "
+            f"exceeds the 4 layers CLIPSeg's text prompts can reach ({folder / 'config.json'}); "
+            "use high <= 4"
+        ),
+        (
+            f"clipseg-vpt: search.space.prompt_depth or learners[vpt].space.prompt_depth: high=6 "
+            f"exceeds the 4 layers CLIPSeg's vision prompts can reach ({folder / 'config.json'}); "
+            "use high <= 4"
+        ),
     ]
     fits = _studies(tmp_path, models=models, learners="[coop, vpt]", extra=_depth(4, low=2))
     assert preflight(fits) == []
@@ -195,13 +208,18 @@ def test_the_papers_range_is_accepted_on_any_folder(tmp_path: Path) -> None:
     assert preflight(_studies(tmp_path, models=models, learners="[coop, vpt, maple]")) == []
 
 
-def test_vpt_on_a_real_size_clipseg_folder_stops_at_the_last_extracted_layer(tmp_path: Path) -> None:
+def test_vpt_on_a_real_size_clipseg_folder_stops_at_the_last_extracted_layer(
+    tmp_path: Path,
+) -> None:
     _model_folder(tmp_path, "real", REAL_CLIPSEG)
     models = "  - {name: clipseg, pretrained: ./real}"
     [problem] = preflight(
         _studies(tmp_path, models=models, learners="[coop, vpt]", extra=_depth(11, low=2))
     )
-    assert problem.startswith("clipseg-vpt:") and "high=11 exceeds the 10 layers CLIPSeg's vision" in problem
+    assert (
+        problem.startswith("clipseg-vpt:")
+        and "high=11 exceeds the 10 layers CLIPSeg's vision" in problem
+    )
 
 
 def test_a_cris_folder_is_read_too(tmp_path: Path) -> None:

@@ -12,9 +12,9 @@ import io
 from pathlib import Path
 
 import pytest
+from _running_sweeps import Sweep, busy_sweep
 from rich.console import Console
 
-from _running_sweeps import Sweep, busy_sweep
 from tunevlseg.cluster.launch import sweep_storage
 from tunevlseg.cluster.local import TaskEvent
 from tunevlseg.cluster.progress import lay_out, local_progress
@@ -83,7 +83,9 @@ def test_running_trials_get_their_own_lines_that_fit(sweep: Sweep) -> None:
 
 def test_curves_move_on_at_the_next_read(sweep: Sweep) -> None:
     tasks, clock = _tasks(sweep), Clock()
-    with local_progress(_console(), 1, storage=sweep.storage, poll_seconds=0, clock=clock) as on_event:
+    with local_progress(
+        _console(), 1, storage=sweep.storage, poll_seconds=0, clock=clock
+    ) as on_event:
         on_event(TaskEvent("started", tasks[(0, 0)], "1"))
         on_event.display.read_curves()
         before = _frame(on_event)[1]
@@ -109,15 +111,38 @@ def test_without_a_readable_storage_the_lines_show_the_elapsed_time(tmp_path: Pa
 def test_pruned_skipped_and_failed_trials_count_as_done(sweep: Sweep) -> None:
     tasks, clock, console = _tasks(sweep), Clock(), _console()
     ends = [
-        ((0, 0), TaskEvent("finished", tasks[(0, 0)], "1", outcome={
-            "status": "complete", "value": 0.61, "detail": ""})),
-        ((0, 1), TaskEvent("finished", tasks[(0, 1)], "2", outcome={
-            "status": "pruned", "value": 0.31, "detail": "pruned after 2 epochs"})),
-        ((0, 2), TaskEvent("finished", tasks[(0, 2)], "3", outcome={
-            "status": "skipped", "value": None, "detail": "already finished"})),
+        (
+            (0, 0),
+            TaskEvent(
+                "finished",
+                tasks[(0, 0)],
+                "1",
+                outcome={"status": "complete", "value": 0.61, "detail": ""},
+            ),
+        ),
+        (
+            (0, 1),
+            TaskEvent(
+                "finished",
+                tasks[(0, 1)],
+                "2",
+                outcome={"status": "pruned", "value": 0.31, "detail": "pruned after 2 epochs"},
+            ),
+        ),
+        (
+            (0, 2),
+            TaskEvent(
+                "finished",
+                tasks[(0, 2)],
+                "3",
+                outcome={"status": "skipped", "value": None, "detail": "already finished"},
+            ),
+        ),
         ((1, 1), TaskEvent("failed", tasks[(1, 1)], "4", error="OSError: [Errno 28] no space")),
     ]
-    with local_progress(console, len(ends), storage=sweep.storage, poll_seconds=0, clock=clock) as on_event:
+    with local_progress(
+        console, len(ends), storage=sweep.storage, poll_seconds=0, clock=clock
+    ) as on_event:
         for key, _ in ends:
             on_event(TaskEvent("started", tasks[key], "1"))
         on_event.display.read_curves()
@@ -129,24 +154,41 @@ def test_pruned_skipped_and_failed_trials_count_as_done(sweep: Sweep) -> None:
             assert len(lines) == len(ends) - done  # an ended trial leaves the running lines
     printed = console.export_text()
     coop = short_study(sweep.specs[0].name).split("/")[0]
-    assert any(l.startswith(f"done {coop}/") and "#0: val_dice 0.6100" in l for l in printed.splitlines())
-    assert any(l.startswith("pruned ") and "#1: after 2 epochs, val_dice 0.3100" in l for l in printed.splitlines())
-    assert any(l.startswith("skipped ") and "#2: already finished" in l for l in printed.splitlines())
+    lines = printed.splitlines()
+    assert any(s.startswith(f"done {coop}/") and "#0: val_dice 0.6100" in s for s in lines)
+    assert any(
+        s.startswith("pruned ") and "#1: after 2 epochs, val_dice 0.3100" in s for s in lines
+    )
+    assert any(s.startswith("skipped ") and "#2: already finished" in s for s in lines)
     assert "[Errno 28] no space" in printed  # error text is printed as is, never as markup
-    ended = [l for l in printed.splitlines() if l.startswith(("done ", "pruned ", "skipped "))]
-    assert len(ended) == 3 and all(len(l.rstrip()) <= WIDTH for l in ended), ended
+    ended = [s for s in printed.splitlines() if s.startswith(("done ", "pruned ", "skipped "))]
+    assert len(ended) == 3 and all(len(s.rstrip()) <= WIDTH for s in ended), ended
     assert printed.strip().splitlines()[-1].startswith("trials")  # the final bar: all done
     assert f"{len(ends)}/{len(ends)}" in printed.strip().splitlines()[-1]
 
 
+def test_a_trial_ending_before_its_curve_was_read_names_its_objective(sweep: Sweep) -> None:
+    """The launch passes its studies: a quick trial's line says val_dice, not "value"."""
+    task, console = _tasks(sweep)[(0, 1)], _console()
+    pruned = {"status": "pruned", "value": 0.31, "detail": "pruned after 1 epochs"}
+    with local_progress(console, 1, poll_seconds=0, clock=Clock(), specs=sweep.specs) as on_event:
+        on_event(TaskEvent("started", task, "1"))
+        on_event(TaskEvent("finished", task, "1", outcome=pruned))  # no read_curves() before
+    assert "#1: after 1 epochs, val_dice 0.3100" in console.export_text()
+
+
 def test_the_estimate_follows_the_rate_of_finished_trials(sweep: Sweep) -> None:
     tasks, clock = _tasks(sweep), Clock()
-    with local_progress(_console(), 3, storage=sweep.storage, poll_seconds=0, clock=clock) as on_event:
+    with local_progress(
+        _console(), 3, storage=sweep.storage, poll_seconds=0, clock=clock
+    ) as on_event:
         display = on_event.display
         on_event(TaskEvent("started", tasks[(1, 0)], "1"))
         assert display.eta() is None  # nothing done yet: no rate to go by
         clock.now += 60
-        on_event(TaskEvent("finished", tasks[(1, 0)], "1", outcome={"status": "complete", "value": 0.6}))
+        on_event(
+            TaskEvent("finished", tasks[(1, 0)], "1", outcome={"status": "complete", "value": 0.6})
+        )
         slow = display.eta()
         on_event(TaskEvent("finished", tasks[(1, 2)], "2", outcome={"status": "skipped"}))
         skipped = display.eta()
@@ -158,7 +200,9 @@ def test_the_estimate_follows_the_rate_of_finished_trials(sweep: Sweep) -> None:
 
 
 def test_lay_out_leaves_cells_out_whole_on_a_narrow_screen() -> None:
-    rows = [(f"clipseg-shared_attention/{LONG}", "#12", "epoch 10/200", "val_dice 0.4123", "1:02:03")]
+    rows = [
+        (f"clipseg-shared_attention/{LONG}", "#12", "epoch 10/200", "val_dice 0.4123", "1:02:03")
+    ]
     for width in (80, 60, 40, 30):
         (line,) = lay_out(rows, width)
         text = line.plain

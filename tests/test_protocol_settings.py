@@ -26,8 +26,8 @@ from torch import Tensor, nn
 from tunevlseg.collect.results import study_results
 from tunevlseg.config.grid import StudySpec, expand
 from tunevlseg.config.loader import parse_experiment
-from tunevlseg.data.dataset import EpochKey
 from tunevlseg.data.datamodule import SegmentationDataModule
+from tunevlseg.data.dataset import EpochKey
 from tunevlseg.data.synthetic import write_synthetic_medvlsm
 from tunevlseg.data.transforms import Augmentation, build_transform, load_image, load_mask_of
 from tunevlseg.models.tiny import write_tiny_clipseg
@@ -70,16 +70,29 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _datamodule(root: Path, batch_size: int = 8, **kwargs: Any) -> SegmentationDataModule:
     return SegmentationDataModule(
-        root, "medvlsm", "p2", image_size=32, mean=MEAN, std=STD, tokenize=byte_tokenize,
-        batch_size=batch_size, **kwargs,
+        root,
+        "medvlsm",
+        "p2",
+        image_size=32,
+        mean=MEAN,
+        std=STD,
+        tokenize=byte_tokenize,
+        batch_size=batch_size,
+        **kwargs,
     )
 
 
 def _settings(**changes: Any) -> FitSettings:
-    base: dict[str, Any] = dict(
-        max_epochs=4, patience=50, batch_size=8, effective_batch_size=8, lr=1e-2,
-        weight_decay=1e-4, seed=0, accelerator="cpu",
-    )
+    base: dict[str, Any] = {
+        "max_epochs": 4,
+        "patience": 50,
+        "batch_size": 8,
+        "effective_batch_size": 8,
+        "lr": 1e-2,
+        "weight_decay": 1e-4,
+        "seed": 0,
+        "accelerator": "cpu",
+    }
     return FitSettings(**{**base, **changes})
 
 
@@ -149,7 +162,9 @@ def test_each_setting_reaches_the_fit_settings_and_the_identity(tmp_path: Path) 
     assert settings.min_epochs == 5
     assert settings.patience == 7
     assert (settings.resolved_lr_monitor, settings.lr_factor, settings.lr_patience) == (
-        "val_loss", 0.2, 4,
+        "val_loss",
+        0.2,
+        4,
     )
     assert settings.resolved_early_stopping_monitor == "val_dice"
     assert (settings.monitor, settings.monitor_mode) == ("val_loss", "min")
@@ -162,7 +177,9 @@ def test_each_setting_reaches_the_fit_settings_and_the_identity(tmp_path: Path) 
     assert training["scheduler"] == {"monitor": "val_loss", "factor": 0.2, "patience": 4}
     assert training["early_stopping"] == {"monitor": "val_dice", "patience": 7}
     assert identity["data"]["augmentation"] == {
-        "affine_p": 0.3, "color_p": 0.0, "border_mode": "replicate",
+        "affine_p": 0.3,
+        "color_p": 0.0,
+        "border_mode": "replicate",
     }
     assert identity["model_settings"]["prompt_suffix"] == "."
     assert identity["objective"] == "val_loss"
@@ -211,7 +228,11 @@ def test_min_epochs_keeps_training_past_early_stopping(data_root: Path, tmp_path
 
 def test_scheduler_settings_configure_the_plateau_scheduler() -> None:
     module = SegmentationModule(
-        TinySegNet(width=4), lr=1e-3, weight_decay=0.0, monitor="val_loss", lr_factor=0.2,
+        TinySegNet(width=4),
+        lr=1e-3,
+        weight_decay=0.0,
+        monitor="val_loss",
+        lr_factor=0.2,
         lr_patience=4,
     )
     assert module.plateau is None
@@ -227,8 +248,13 @@ def test_scheduler_and_early_stopping_watch_their_own_metrics(
     """Selection by Dice, LR reduction and early stopping on the loss, in one real fit."""
     torch.manual_seed(0)
     settings = _settings(
-        max_epochs=3, monitor="val_dice", lr_monitor="val_loss", lr_factor=0.25, lr_patience=1,
-        early_stopping_monitor="val_loss", patience=5,
+        max_epochs=3,
+        monitor="val_dice",
+        lr_monitor="val_loss",
+        lr_factor=0.25,
+        lr_patience=1,
+        early_stopping_monitor="val_loss",
+        patience=5,
     )
     hook = ValLosses()
     fit(TinySegNet(width=8), _datamodule(data_root), settings, tmp_path, on_epoch_end=hook)
@@ -249,7 +275,10 @@ def test_val_loss_objective_keeps_the_lowest_val_loss_checkpoint(
     torch.manual_seed(0)
     hook = ValLosses()
     result = fit(
-        TinySegNet(width=8), _datamodule(data_root), _settings(monitor="val_loss"), tmp_path,
+        TinySegNet(width=8),
+        _datamodule(data_root),
+        _settings(monitor="val_loss"),
+        tmp_path,
         on_epoch_end=hook,
     )
     losses = hook.values("val_loss")
@@ -311,9 +340,9 @@ def test_zero_probabilities_make_the_train_transform_the_evaluation_one(data_roo
     default.setup("fit")
     sample = plain.datasets["train"].samples[0]
     picture = load_image(sample.image)
-    target = evaluation(
-        image=picture, mask=load_mask_of(sample.mask, sample.image, picture.shape)
-    )["image"]
+    target = evaluation(image=picture, mask=load_mask_of(sample.mask, sample.image, picture.shape))[
+        "image"
+    ]
     changed = 0
     for epoch in range(4):
         item = plain.datasets["train"][EpochKey(epoch, 0)]["pixel_values"]
@@ -344,7 +373,9 @@ def test_augmentation_settings_reach_the_albumentations_pipeline(
     darkest = {}
     for border in ("replicate", "constant"):
         warp = build_transform(
-            32, train=True, augmentation=Augmentation(1.0, 0.0, border)  # type: ignore[arg-type]
+            32,
+            train=True,
+            augmentation=Augmentation(1.0, 0.0, border),  # type: ignore[arg-type]
         )
         lows = []
         for seed in range(5):

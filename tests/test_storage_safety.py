@@ -32,7 +32,11 @@ from tunevlseg.cluster.storage_safety import (
 from tunevlseg.config.grid import expand
 from tunevlseg.config.loader import Experiment, load_experiment
 from tunevlseg.config.schema import SlurmSettings
-from tunevlseg.tuning.storage import POSTGRES_CONNECTIONS_PER_PROCESS, parse_storage_url, sweep_storage
+from tunevlseg.tuning.storage import (
+    POSTGRES_CONNECTIONS_PER_PROCESS,
+    parse_storage_url,
+    sweep_storage,
+)
 
 TEXT = """\
 name: {name}
@@ -63,14 +67,18 @@ def _findmnt(path: Path) -> tuple[str, str]:
     """util-linux's answer: the mount point and file system type holding ``path``."""
     done = subprocess.run(
         ["findmnt", "-n", "-o", "TARGET,FSTYPE", "--target", str(path)],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     target, fstype = done.stdout.split()
     return target, fstype
 
 
 @pytest.mark.parametrize("where", ["tmp", "tmp-new-folder", "proc", "root"])
-def test_the_mount_of_a_folder_is_what_findmnt_says_on_this_machine(tmp_path: Path, where: str) -> None:
+def test_the_mount_of_a_folder_is_what_findmnt_says_on_this_machine(
+    tmp_path: Path, where: str
+) -> None:
     path = {
         "tmp": tmp_path,
         "tmp-new-folder": tmp_path / "not" / "yet",  # a journal's folder before the first launch
@@ -101,10 +109,20 @@ tmpfs /tvls-fake/shared/tmp tmpfs rw 0 0
     [
         ("/tvls-fake/shared/sweeps/med", "/tvls-fake/shared", "nfs4", True),
         ("/tvls-fake/shared", "/tvls-fake/shared", "nfs4", True),
-        ("/tvls-fake/shared2/sweeps", "/tvls-fake/shared2", "ext4", False),  # a prefix, not a folder
+        (
+            "/tvls-fake/shared2/sweeps",
+            "/tvls-fake/shared2",
+            "ext4",
+            False,
+        ),  # a prefix, not a folder
         ("/tvls-fake/shared/tmp/x", "/tvls-fake/shared/tmp", "tmpfs", False),  # the longest wins
         ("/tvls-fake/lustre/u/sweep", "/tvls-fake/lustre", "lustre", True),
-        ("/tvls-fake/home/alice", "/tvls-fake/home", "nfs", True),  # the automounted NFS, not autofs
+        (
+            "/tvls-fake/home/alice",
+            "/tvls-fake/home",
+            "nfs",
+            True,
+        ),  # the automounted NFS, not autofs
         ("/tvls-fake/my data/journal", "/tvls-fake/my data", "cifs", True),  # \040 is a space
         ("/tvls-fake/sshfs/j", "/tvls-fake/sshfs", "fuse.sshfs", True),
         ("/tvls-fake/elsewhere", "/", "ext4", False),
@@ -123,7 +141,9 @@ def test_the_longest_mount_point_decides_the_file_system(
 
 def _partitions() -> dict[str, tuple[bool, set[str]]]:
     """``scontrol show partition``: name -> (default?, node names), the other way to ask."""
-    done = subprocess.run(["scontrol", "show", "partition", "-o"], capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        ["scontrol", "show", "partition", "-o"], capture_output=True, text=True, check=True
+    )
     partitions = {}
     for line in done.stdout.splitlines():
         fields = dict(item.split("=", 1) for item in line.split() if "=" in item)
@@ -188,7 +208,9 @@ def _journal_problems(
     )
 
 
-def test_a_journal_on_nfs_with_tasks_on_several_nodes_is_refused_with_one_message(tmp_path: Path) -> None:
+def test_a_journal_on_nfs_with_tasks_on_several_nodes_is_refused_with_one_message(
+    tmp_path: Path,
+) -> None:
     experiment = load_experiment(_experiment(tmp_path))
     [problem] = _journal_problems(experiment, mounts=_nfs_table(tmp_path))
     journal = tmp_path.resolve() / "out" / "optuna.journal"
@@ -212,7 +234,9 @@ def test_a_journal_on_nfs_is_accepted_when_one_machine_writes_or_the_user_accept
     tmp_path: Path, why: str, extra: str, local: bool, nodes: dict
 ) -> None:
     experiment = load_experiment(_experiment(tmp_path, extra=extra))
-    assert _journal_problems(experiment, local=local, mounts=_nfs_table(tmp_path), nodes=nodes) == [], why
+    assert (
+        _journal_problems(experiment, local=local, mounts=_nfs_table(tmp_path), nodes=nodes) == []
+    ), why
 
 
 def test_a_journal_on_a_local_disk_or_a_database_is_never_refused(tmp_path: Path) -> None:
@@ -223,7 +247,10 @@ def test_a_journal_on_a_local_disk_or_a_database_is_never_refused(tmp_path: Path
 
 
 def test_launch_and_dry_run_refuse_a_journal_on_nfs_across_nodes_before_writing(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, slurm_cluster: None
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    slurm_cluster: None,
 ) -> None:
     """The real launch path on the real SLURM, with only the two lookups answering as a
     multi-node cluster with the output folder on NFS would."""
@@ -242,7 +269,9 @@ def test_launch_and_dry_run_refuse_a_journal_on_nfs_across_nodes_before_writing(
     assert code == 0, err
 
 
-def test_on_this_single_node_cluster_a_journal_launch_passes(tmp_path: Path, slurm_cluster: None) -> None:
+def test_on_this_single_node_cluster_a_journal_launch_passes(
+    tmp_path: Path, slurm_cluster: None
+) -> None:
     experiment = load_experiment(_experiment(tmp_path))
     assert run_preflight(experiment, local=False).problems == []
     # Even were the output folder on NFS: sinfo (asked for real) lists one node.
@@ -258,15 +287,19 @@ def test_the_suggested_parallelism_is_the_largest_that_fits() -> None:
     server = ServerConnections(max_connections=100, superuser_reserved=3, in_use=10)
     assert server.free == 87
     per = POSTGRES_CONNECTIONS_PER_PROCESS
-    assert connection_problems(url, Concurrency(41, 1, 1000, local=False), server) == []  # 41*2 + 4 = 86
+    assert (
+        connection_problems(url, Concurrency(41, 1, 1000, local=False), server) == []
+    )  # 41*2 + 4 = 86
     [problem] = connection_problems(url, Concurrency(42, 1, 1000, local=False), server)
     assert problem == (
         "the PostgreSQL server db.example:5433/sweeps cannot take this sweep's connections: 42 "
         f"tasks at once (cluster.parallelism 42 per array x 1 array(s)) x {per} connections each "
         "+ 4 for the launcher and the collector = 88, but the server accepts 87 more (100 "
         "max_connections - 3 superuser_reserved_connections - 10 in use = 87). To fix: lower "
-        "cluster.parallelism to 41, or raise the server's max_connections (docs/storage.md: how "
-        "many tasks a server takes)"
+        "cluster.parallelism to 41, or raise the server's max_connections; or put the tasks "
+        "behind a storage proxy (cluster.storage_proxy: {}), which holds a few connections for "
+        "all of them; or, if the URL names a pooler such as PgBouncer, say so with "
+        "cluster.postgres_pooler: true (docs/storage.md: how many tasks a server takes)"
     )
     # Three arrays run side by side, each up to the throttle: 13 * 3 * 2 + 4 = 82 fits, 14 does not.
     [problem] = connection_problems(url, Concurrency(20, 3, 2500, local=False), server)
@@ -281,7 +314,9 @@ def test_the_suggested_parallelism_is_the_largest_that_fits() -> None:
     assert "accepts 0 more" in problem and "not even one task fits" in problem
 
 
-def test_concurrent_tasks_are_arrays_times_parallelism_and_never_more_than_the_trials(tmp_path: Path) -> None:
+def test_concurrent_tasks_are_arrays_times_parallelism_and_never_more_than_the_trials(
+    tmp_path: Path,
+) -> None:
     expansion = expand(load_experiment(_experiment(tmp_path, trials=2500)))
     slurm_run = sweep_concurrency(expansion, local=False, parallelism=16, max_array_size=1001)
     assert (slurm_run.arrays, slurm_run.tasks) == (3, 48)
@@ -325,11 +360,17 @@ def test_the_servers_limits_are_read_from_the_real_server(postgres_url: str) -> 
     assert server.max_connections == _show(postgres_url, "max_connections")
     assert server.superuser_reserved == _show(postgres_url, "superuser_reserved_connections")
     assert 0 <= server.in_use < server.max_connections
-    assert server.free == server.max_connections - server.superuser_reserved - server.reserved - server.in_use
+    assert (
+        server.free
+        == server.max_connections - server.superuser_reserved - server.reserved - server.in_use
+    )
 
 
 def test_a_parallelism_beyond_the_real_servers_limit_is_refused_before_any_write(
-    tmp_path: Path, postgres_url: str, slurm_cluster: None, capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    postgres_url: str,
+    slurm_cluster: None,
+    capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     max_connections = _show(postgres_url, "max_connections")
@@ -339,7 +380,9 @@ def test_a_parallelism_beyond_the_real_servers_limit_is_refused_before_any_write
 
     def write(parallelism: int) -> Path:
         return _experiment(
-            tmp_path, name=sweep, trials=too_many,
+            tmp_path,
+            name=sweep,
+            trials=too_many,
             extra=f"storage: {postgres_url}\ncluster:\n  parallelism: {parallelism}\n"
             "  slurm: {max_array_size: 1001}\n",  # fixed: other tests may change SLURM's
         )
@@ -349,11 +392,19 @@ def test_a_parallelism_beyond_the_real_servers_limit_is_refused_before_any_write
     checked = run_preflight(load_experiment(write(too_many)), local=False)
     [problem] = checked.problems
     peak = too_many * POSTGRES_CONNECTIONS_PER_PROCESS + 4
-    assert f"{too_many} tasks at once (cluster.parallelism {too_many} per array x 1 array(s))" in problem
+    assert (
+        f"{too_many} tasks at once (cluster.parallelism {too_many} per array x 1 array(s))"
+        in problem
+    )
     assert f"= {peak}, but the server accepts" in problem
-    assert f"({max_connections} max_connections - {reserved} superuser_reserved_connections" in problem
+    assert (
+        f"({max_connections} max_connections - {reserved} superuser_reserved_connections" in problem
+    )
     suggested = int(re.search(r"lower cluster\.parallelism to (\d+),", problem).group(1))
-    assert 1 <= suggested and suggested * POSTGRES_CONNECTIONS_PER_PROCESS + 4 <= max_connections - reserved
+    assert (
+        suggested >= 1
+        and suggested * POSTGRES_CONNECTIONS_PER_PROCESS + 4 <= max_connections - reserved
+    )
 
     code, err = _run(write(too_many), capsys, "--dry-run")
     assert code == 1 and f"= {peak}, but the server accepts" in err

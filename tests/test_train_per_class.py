@@ -28,12 +28,22 @@ from tunevlseg.train.testing import byte_tokenize
 
 SIZE = 8
 # (class, segmented right?) per test image, in loader order; batches of 3 mix the classes
-IMAGES = [("A", True), ("C", True), ("B", False), ("A", True), ("C", False), ("C", True),
-          ("A", True), ("C", False)]
+IMAGES = [
+    ("A", True),
+    ("C", True),
+    ("B", False),
+    ("A", True),
+    ("C", False),
+    ("C", True),
+    ("A", True),
+    ("C", False),
+]
+# Pooled over pixels: every mask has 16 of 64 pixels; a wrong answer predicts the other 48. C's
+# two right and two wrong images pool to IoU 32 / (2 x 16 + 2 x 64) = 0.2, Dice 64 / 192 = 1/3.
 EXPECTED = {
-    "A": {"dice": 1.0, "iou": 1.0, "n": 3},
-    "B": {"dice": 0.0, "iou": 0.0, "n": 1},
-    "C": {"dice": 0.5, "iou": 0.5, "n": 4},
+    "A": {"dice": 1.0, "iou": 1.0, "n": 3, "iou_pooled": 1.0, "dice_pooled": 1.0},
+    "B": {"dice": 0.0, "iou": 0.0, "n": 1, "iou_pooled": 0.0, "dice_pooled": 0.0},
+    "C": {"dice": 0.5, "iou": 0.5, "n": 4, "iou_pooled": 32 / 160, "dice_pooled": 64 / 192},
 }
 SAMPLE_MEAN = 5 / 8
 
@@ -50,7 +60,9 @@ def _batches(batch_size: int = 3, *, names: bool = True) -> list[dict[str, Any]]
     for start in range(0, len(IMAGES), batch_size):
         chunk = IMAGES[start : start + batch_size]
         masks = torch.stack([_mask() for _ in chunk])
-        answer = torch.stack([m if right else 1 - m for m, (_, right) in zip(masks, chunk, strict=True)])
+        answer = torch.stack(
+            [m if right else 1 - m for m, (_, right) in zip(masks, chunk, strict=True)]
+        )
         batch: dict[str, Any] = {
             "pixel_values": answer.expand(-1, 3, -1, -1).clone(),
             "masks": masks,
@@ -110,7 +122,9 @@ def test_per_class_scores_known_answers() -> None:
     assert scores == EXPECTED
     assert class_mean(scores) == pytest.approx(0.5)  # mDice: every class counts alike
     assert float(overall.compute()["dice"]) == pytest.approx(SAMPLE_MEAN)  # Dice: every image
-    weighted = sum(s["dice"] * s["n"] for s in scores.values()) / sum(s["n"] for s in scores.values())
+    weighted = sum(s["dice"] * s["n"] for s in scores.values()) / sum(
+        s["n"] for s in scores.values()
+    )
     assert weighted == pytest.approx(SAMPLE_MEAN)  # the sample mean is the count-weighted mean
     per_class.reset()
     assert per_class.compute() == {}
@@ -159,16 +173,28 @@ def test_batches_without_class_names_give_no_per_class_scores(tmp_path: Path) ->
 
 def _module(root: Path, format: str) -> SegmentationDataModule:
     return SegmentationDataModule(
-        root, format, "p1", image_size=16, mean=(0.5,) * 3, std=(0.25,) * 3,  # type: ignore[arg-type]
-        tokenize=byte_tokenize, batch_size=4,
+        root,
+        format,
+        "p1",
+        image_size=16,
+        mean=(0.5,) * 3,
+        std=(0.25,) * 3,  # type: ignore[arg-type]
+        tokenize=byte_tokenize,
+        batch_size=4,
     )
 
 
 @pytest.mark.parametrize("format", ["natural", "medvlsm"])
 def test_test_batches_carry_each_samples_class_name(tmp_path: Path, format: str) -> None:
     write = write_synthetic_natural if format == "natural" else write_synthetic_medvlsm
-    root = write(tmp_path / format, n_train=1, n_val=1, n_test=3, image_size=16,
-                 classes=("cat", "traffic_light"))
+    root = write(
+        tmp_path / format,
+        n_train=1,
+        n_val=1,
+        n_test=3,
+        image_size=16,
+        classes=("cat", "traffic_light"),
+    )
     dm = _module(root, format)
     dm.setup("test")
     names = [name for batch in dm.test_dataloader() for name in batch["class_names"]]

@@ -99,9 +99,7 @@ class EpochLog:
 
 
 def run(root: Path, run_dir: Path, log: EpochLog | None = None, **kwargs: Any) -> FitResult:
-    return fit(
-        make_model(), make_datamodule(root), SETTINGS, run_dir, on_epoch_end=log, **kwargs
-    )
+    return fit(make_model(), make_datamodule(root), SETTINGS, run_dir, on_epoch_end=log, **kwargs)
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -411,6 +409,7 @@ def test_result_without_identity_is_foreign(
 
 def test_evaluate_checks_identity(data_root: Path, tmp_path: Path) -> None:
     paths = RunPaths(tmp_path / "zero-shot")
+
     def zero_shot(identity: dict[str, Any]) -> FitResult:
         return evaluate(
             make_model(), make_datamodule(data_root), SETTINGS, paths.run_dir, identity=identity

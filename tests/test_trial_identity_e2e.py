@@ -32,7 +32,9 @@ pytestmark = pytest.mark.slow
 def _trials(experiment: Path) -> list[optuna.trial.FrozenTrial]:
     loaded = load_experiment(experiment)
     spec = expand(loaded).studies[0]
-    return optuna.load_study(study_name=spec.name, storage=open_storage(sweep_storage(loaded))).trials
+    return optuna.load_study(
+        study_name=spec.name, storage=open_storage(sweep_storage(loaded))
+    ).trials
 
 
 def _local(experiment: Path, *args: str) -> str:
@@ -42,8 +44,12 @@ def _local(experiment: Path, *args: str) -> str:
 
 
 def test_two_sweeps_in_one_output_dir_keep_their_own_trials(tmp_path: Path) -> None:
-    a = write_sweep(tmp_path / "exp", name="a", output_dir="../runs/shared", n_trials=1, max_epochs=2)
-    b = write_sweep(tmp_path / "exp", name="b", output_dir="../runs/shared", n_trials=1, max_epochs=3)
+    a = write_sweep(
+        tmp_path / "exp", name="a", output_dir="../runs/shared", n_trials=1, max_epochs=2
+    )
+    b = write_sweep(
+        tmp_path / "exp", name="b", output_dir="../runs/shared", n_trials=1, max_epochs=3
+    )
     _local(a)
     _local(b)
     (trial_a,) = _trials(a)
@@ -51,8 +57,13 @@ def test_two_sweeps_in_one_output_dir_keep_their_own_trials(tmp_path: Path) -> N
     assert trial_a.state == trial_b.state == TrialState.COMPLETE
     assert trial_attrs(trial_a)["epochs_run"] == 2
     assert trial_attrs(trial_b)["epochs_run"] == 3  # trained, not sweep A's result read back
-    folder_a, folder_b = Path(trial_attrs(trial_a)["tvls.run_dir"]), Path(trial_attrs(trial_b)["tvls.run_dir"])
-    assert folder_a != folder_b and "/a/studies/" in str(folder_a) and "/b/studies/" in str(folder_b)
+    folder_a, folder_b = (
+        Path(trial_attrs(trial_a)["tvls.run_dir"]),
+        Path(trial_attrs(trial_b)["tvls.run_dir"]),
+    )
+    assert (
+        folder_a != folder_b and "/a/studies/" in str(folder_a) and "/b/studies/" in str(folder_b)
+    )
     for experiment, trial in ((a, trial_a), (b, trial_b)):
         result = json.loads((Path(trial_attrs(trial)["tvls.run_dir"]) / "result.json").read_text())
         assert result["identity_sha256"] == trial_attrs(trial)["tvls.identity_sha256"]
@@ -75,7 +86,9 @@ def test_a_foreign_result_copied_into_a_trial_folder_is_not_used(tmp_path: Path)
 
 
 def test_errors_fail_once_stop_the_study_and_retry_when_fixed(tmp_path: Path) -> None:
-    experiment = write_sweep(tmp_path / "exp", name="broken", output_dir="../runs/broken", n_trials=3)
+    experiment = write_sweep(
+        tmp_path / "exp", name="broken", output_dir="../runs/broken", n_trials=3
+    )
     text = experiment.read_text().replace("n_trials: 3,", "n_trials: 3, max_failures: 2,")
     experiment.write_text(text.replace("parallelism: 2", "parallelism: 1"))
     data = tmp_path / "assets" / "synth-32"

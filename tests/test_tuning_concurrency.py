@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 from tunevlseg.cluster.worker import TaskOutcome, TrialTask, claim_trial
 from tunevlseg.config.grid import expand
 from tunevlseg.config.loader import parse_experiment
-from tunevlseg.tuning.storage import StorageURL, default_storage, open_storage, parse_storage_url
+from tunevlseg.tuning.storage import StorageURL, open_storage, parse_storage_url
 from tunevlseg.tuning.studies import enqueue_missing, ensure_studies, progress
 from tunevlseg.tuning.trial_attrs import trial_attrs
 
@@ -93,9 +93,15 @@ def test_sixteen_workers_on_a_journal_file(tmp_path: Path) -> None:
 def test_sixteen_workers_on_postgresql(tmp_path: Path, postgres_url: str) -> None:
     url, study = _sweep(tmp_path, postgres_url)
     _race(url, study)
-    spec_progress = progress(open_storage(url), expand(parse_experiment(
-        f"name: {study.split('/')[0]}\noutput_dir: out\nstorage: {postgres_url}\nmodels: [clipseg]\n"
-        f"learners: [coop]\ndatasets: [{{name: d, root: d}}]\nsearch: {{n_trials: {TRIALS}, n_startup_trials: 4}}\n",
-        tmp_path / "c.yaml",
-    )).studies[0])
+    spec_progress = progress(
+        open_storage(url),
+        expand(
+            parse_experiment(
+                f"name: {study.split('/')[0]}\noutput_dir: out\nstorage: {postgres_url}\nmodels: [clipseg]\n"
+                f"learners: [coop]\ndatasets: [{{name: d, root: d}}]\n"
+                f"search: {{n_trials: {TRIALS}, n_startup_trials: 4}}\n",
+                tmp_path / "c.yaml",
+            )
+        ).studies[0],
+    )
     assert (spec_progress.complete, spec_progress.to_enqueue) == (TRIALS, 0)

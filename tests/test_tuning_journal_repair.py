@@ -22,7 +22,6 @@ from typing import Any
 
 import optuna
 import pytest
-
 from test_tuning_snapshot import plain_replay  # Optuna's own reader, which a wedged journal fails
 
 from tunevlseg.tuning import journal_snapshot
@@ -37,10 +36,12 @@ def state(storage: optuna.storages.BaseStorage) -> list[Any]:
     out = []
     for summary in sorted(storage.get_all_studies(), key=lambda s: s.study_name):
         trials = storage.get_all_trials(summary._study_id, deepcopy=False)
-        out.append((
-            summary.study_name,
-            [(t.number, t.state, t.values, t.params, t.user_attrs) for t in trials],
-        ))
+        out.append(
+            (
+                summary.study_name,
+                [(t.number, t.state, t.values, t.params, t.user_attrs) for t in trials],
+            )
+        )
     return out
 
 
@@ -56,7 +57,12 @@ def add_trials(storage: optuna.storages.BaseStorage, study: str, n: int, start: 
 def torn_record() -> bytes:
     """The first half of a line a writer was appending when it was killed."""
     line = json.dumps(
-        {"op_code": 8, "worker_id": "dead-writer-1", "trial_id": 3, "user_attr": {"note": "x" * 80}},
+        {
+            "op_code": 8,
+            "worker_id": "dead-writer-1",
+            "trial_id": 3,
+            "user_attr": {"note": "x" * 80},
+        },
         separators=(",", ":"),
     ).encode()
     return line[: len(line) // 2]
@@ -73,7 +79,9 @@ def journal(tmp_path: Path) -> Path:
     return path
 
 
-def test_a_torn_tail_is_cut_off_with_a_backup_and_a_warning(journal: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_torn_tail_is_cut_off_with_a_backup_and_a_warning(
+    journal: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     good = journal.read_bytes()
     expected = state(plain_replay(journal))
     with journal.open("ab") as handle:
@@ -136,7 +144,9 @@ def test_a_complete_record_without_its_newline_is_kept(journal: Path) -> None:
     assert journal.read_bytes() == good
 
 
-def test_a_process_that_opened_the_journal_before_the_tear_writes_a_line_of_its_own(journal: Path) -> None:
+def test_a_process_that_opened_the_journal_before_the_tear_writes_a_line_of_its_own(
+    journal: Path,
+) -> None:
     writer = open_journal(journal, snapshot_every=10**9)  # a worker, training for hours
     with journal.open("ab") as handle:
         handle.write(torn_record())  # meanwhile another worker dies mid-append
@@ -154,7 +164,7 @@ def test_a_snapshot_covering_only_good_bytes_is_kept(journal: Path) -> None:
     add_trials(open_journal(journal, snapshot_every=10**9), "s/b", 2)
     grown = journal.read_bytes()
     expected = state(plain_replay(journal))
-    journal.write_bytes(covered + torn_record() + grown[len(covered):])  # torn after the snapshot
+    journal.write_bytes(covered + torn_record() + grown[len(covered) :])  # torn after the snapshot
 
     storage = open_journal(journal, snapshot_every=10**9)
     assert state(storage) == expected
@@ -175,7 +185,7 @@ def test_a_snapshot_covering_the_damaged_bytes_is_not_used(journal: Path) -> Non
     scratch.write_bytes(good)
     add_trials(plain_replay(scratch), "s/b", 1)
     with journal.open("ab") as handle:
-        handle.write(scratch.read_bytes()[len(good):])
+        handle.write(scratch.read_bytes()[len(good) :])
     fused = journal.read_bytes()
     scratch.unlink()
 
@@ -184,7 +194,7 @@ def test_a_snapshot_covering_the_damaged_bytes_is_not_used(journal: Path) -> Non
     assert snapshot is None or snapshot[0]["journal_bytes"] <= len(good)
     assert state(storage) == state(plain_replay(journal))
     assert [name for name, _ in state(storage)] == ["s/a", "s/b"]
-    assert journal.read_bytes() == good + fused[len(good) + len(torn):]
+    assert journal.read_bytes() == good + fused[len(good) + len(torn) :]
 
 
 REC_A = b'{"op_code":8,"worker_id":"w-1","trial_id":0,"user_attr":{"a":1}}'
@@ -195,15 +205,23 @@ TORN_NESTED = b'{"op_code":8,"worker_id":"w-3","trial_id":1,"user_attr":{"x":{"o
 @pytest.mark.parametrize(
     ("damaged", "mended"),
     [
-        (REC_A + b"\n" + REC_A[:20] + REC_B + b"\n", REC_A + b"\n" + REC_B + b"\n"),  # torn, then a record
-        (REC_A + REC_B + b"\n", REC_A + b"\n" + REC_B + b"\n"),  # a record that lost only its newline
+        (
+            REC_A + b"\n" + REC_A[:20] + REC_B + b"\n",
+            REC_A + b"\n" + REC_B + b"\n",
+        ),  # torn, then a record
+        (
+            REC_A + REC_B + b"\n",
+            REC_A + b"\n" + REC_B + b"\n",
+        ),  # a record that lost only its newline
         (REC_A[:30] + REC_B[:25] + REC_B + b"\n", REC_B + b"\n"),  # torn twice
         (TORN_NESTED + REC_B + b"\n", REC_B + b"\n"),  # a record-like value inside the torn bytes
         (b"\0" * 4096 + b"\n" + REC_B + b"\n", REC_B + b"\n"),  # zeros a crashed NFS client left
         (REC_B + b"\n" + REC_A[:-3], REC_B + b"\n"),  # a torn tail
     ],
 )
-def test_mending_drops_the_damaged_bytes_and_keeps_every_complete_record(damaged: bytes, mended: bytes) -> None:
+def test_mending_drops_the_damaged_bytes_and_keeps_every_complete_record(
+    damaged: bytes, mended: bytes
+) -> None:
     assert journal_snapshot._mend(damaged, 0)[0] == mended
     assert journal_snapshot._mend(mended, 0) == (mended, [])  # a sound journal is left alone
 
@@ -246,7 +264,11 @@ def kill_mid_append(journal: Path, blob: int) -> bool:
     try:
         target = start + 2 * blob + blob // 2  # half of the third record is on disk
         deadline = time.monotonic() + 120
-        while os.stat(journal).st_size < target and child.poll() is None and time.monotonic() < deadline:
+        while (
+            os.stat(journal).st_size < target
+            and child.poll() is None
+            and time.monotonic() < deadline
+        ):
             pass  # no sleep: the kill must land within the write
         assert child.poll() is None, "the writer ended before it was killed"
         os.kill(child.pid, signal.SIGKILL)

@@ -55,7 +55,9 @@ def _end(epoch: int, value: float, **kwargs: Any) -> EpochEnd:
 def test_resource_based_pruners_prune_before_any_trial_completes(name: str) -> None:
     """Resources come from the YAML, not from a first complete trial in this process: a task
     is its own process and would otherwise prune nothing until one of its own trials ended."""
-    settings = SearchSettings(pruner={"name": name, "min_resource": 1, "reduction_factor": 2}).pruner
+    settings = SearchSettings(
+        pruner={"name": name, "min_resource": 1, "reduction_factor": 2}
+    ).pruner
     study = _study(build_pruner(settings, max_epochs=8))
     decisions = []
     for value in (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2):  # each worse than all before it
@@ -72,7 +74,9 @@ def test_resource_based_pruners_prune_before_any_trial_completes(name: str) -> N
 
 
 def test_wilcoxon_pairs_per_image_scores_with_the_best_trial() -> None:
-    settings = SearchSettings(pruner={"name": "wilcoxon", "p_threshold": 0.1, "n_warmup_epochs": 1}).pruner
+    settings = SearchSettings(
+        pruner={"name": "wilcoxon", "p_threshold": 0.1, "n_warmup_epochs": 1}
+    ).pruner
     study = _study(build_pruner(settings, max_epochs=10))
     rng = random.Random(0)
     best_images = [0.7 + 0.2 * rng.random() for _ in range(30)]
@@ -220,7 +224,9 @@ def _race(url: StorageURL, study: str) -> None:
     with context.Manager() as manager, context.Pool(WORKERS) as pool:
         start = manager.Barrier(WORKERS)
         results = pool.starmap(_worker, [(url.url, study, seed, start) for seed in range(WORKERS)])
-    assert sorted(n for won in results for n in won) == list(range(TRIALS)), "a trial lost or run twice"
+    assert sorted(n for won in results for n in won) == list(range(TRIALS)), (
+        "a trial lost or run twice"
+    )
     trials = optuna.load_study(study_name=study, storage=open_storage(url)).trials
     assert len(trials) == TRIALS
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
@@ -281,14 +287,20 @@ def _launch(experiment: Path, failpoint: str | None = None) -> subprocess.Comple
         env[ENV] = failpoint
     return subprocess.run(
         [sys.executable, "-m", "tunevlseg.cli.launch", str(experiment), "--local"],
-        cwd=experiment.parent, env=env, capture_output=True, text=True, timeout=900,
+        cwd=experiment.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
 
 
 def _trials(experiment: Path) -> list[FrozenTrial]:
     loaded = load_experiment(experiment)
     spec = expand(loaded).studies[0]
-    return optuna.load_study(study_name=spec.name, storage=open_storage(sweep_storage(loaded))).trials
+    return optuna.load_study(
+        study_name=spec.name, storage=open_storage(sweep_storage(loaded))
+    ).trials
 
 
 @pytest.mark.slow
@@ -304,11 +316,16 @@ def test_a_pruned_trial_keeps_its_curve_and_no_checkpoint_and_is_reported(tmp_pa
 
     status = subprocess.run(
         [sys.executable, "-m", "tunevlseg.cli.status", str(experiment), "--json"],
-        cwd=experiment.parent, capture_output=True, text=True, timeout=300,
+        cwd=experiment.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     totals = json.loads(status.stdout)["totals"]
     assert totals["pruned"] == 1 and totals["remaining"] == 0
-    rows = (load_experiment(experiment).output_dir / "pruned" / "results" / "trial_states.csv").read_text()
+    rows = (
+        load_experiment(experiment).output_dir / "pruned" / "results" / "trial_states.csv"
+    ).read_text()
     header, study_row = rows.splitlines()[:2]
     record = dict(zip(header.split(","), study_row.split(","), strict=True))
     assert record["pruned"] == "1" and record["epochs_trained"] == "1"
@@ -319,7 +336,9 @@ def test_a_pruned_trial_keeps_its_curve_and_no_checkpoint_and_is_reported(tmp_pa
 
 
 @pytest.mark.slow
-def test_a_kill_between_marking_the_folder_and_telling_the_study_ends_pruned(tmp_path: Path) -> None:
+def test_a_kill_between_marking_the_folder_and_telling_the_study_ends_pruned(
+    tmp_path: Path,
+) -> None:
     experiment = _experiment(tmp_path / "exp", "marked", PRUNE_AT_ONCE)
     _launch(experiment, failpoint="pruned-marked")  # killed: the launch reports the lost task
     (killed,) = _trials(experiment)
@@ -362,21 +381,29 @@ def test_tpe_learns_from_pruned_trials(tmp_path: Path) -> None:
 
     from tunevlseg.tuning.studies import make_sampler
 
-    spec = expand(parse_experiment(
-        "name: t\noutput_dir: out\nmodels: [clipseg]\nlearners: [coop]\ndatasets: [{name: d, root: d}]\n"
-        "search: {n_trials: 60, n_startup_trials: 5}\n", tmp_path / "t.yaml",
-    )).studies[0]
+    spec = expand(
+        parse_experiment(
+            "name: t\noutput_dir: out\nmodels: [clipseg]\nlearners: [coop]\ndatasets: [{name: d, root: d}]\n"
+            "search: {n_trials: 60, n_startup_trials: 5}\n",
+            tmp_path / "t.yaml",
+        )
+    ).studies[0]
     study = optuna.create_study(direction="maximize")
     x = FloatDistribution(0.0, 1.0)
     rng = random.Random(0)
     for _ in range(30):
         value = rng.random()
         good = 0.8 <= value <= 0.9  # survived 5 epochs with a good curve; the rest stopped at 1
-        steps = {step: 0.8 for step in range(1, 6)} if good else {1: 0.1}
-        study.add_trial(optuna.trial.create_trial(
-            state=TrialState.PRUNED, value=steps[max(steps)], params={"x": value},
-            distributions={"x": x}, intermediate_values=steps,
-        ))
+        steps = dict.fromkeys(range(1, 6), 0.8) if good else {1: 0.1}
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=TrialState.PRUNED,
+                value=steps[max(steps)],
+                params={"x": value},
+                distributions={"x": x},
+                intermediate_values=steps,
+            )
+        )
     assert not [t for t in study.trials if t.state == TrialState.COMPLETE]
     samples = []
     for number in range(40):

@@ -22,7 +22,9 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 def plain_replay(journal: Path) -> optuna.storages.JournalStorage:
     """Optuna's own way: every line from the first."""
-    return optuna.storages.JournalStorage(JournalFileBackend(str(journal), JournalFileOpenLock(str(journal))))
+    return optuna.storages.JournalStorage(
+        JournalFileBackend(str(journal), JournalFileOpenLock(str(journal)))
+    )
 
 
 def state(storage: optuna.storages.BaseStorage) -> list[Any]:
@@ -30,10 +32,16 @@ def state(storage: optuna.storages.BaseStorage) -> list[Any]:
     out = []
     for summary in sorted(storage.get_all_studies(), key=lambda s: s.study_name):
         trials = storage.get_all_trials(summary._study_id, deepcopy=False)
-        out.append((
-            summary.study_name, summary.user_attrs,
-            [(t.number, t.state, t.values, t.params, t.user_attrs, t.system_attrs) for t in trials],
-        ))
+        out.append(
+            (
+                summary.study_name,
+                summary.user_attrs,
+                [
+                    (t.number, t.state, t.values, t.params, t.user_attrs, t.system_attrs)
+                    for t in trials
+                ],
+            )
+        )
     return out
 
 
@@ -85,7 +93,10 @@ def test_reopening_restores_the_snapshot_and_replays_only_what_came_after(journa
         return read_logs
 
     with pytest.MonkeyPatch.context() as patch:
-        for backend in (JournalFileBackend, journal_snapshot._DeferredFileBackend):  # Optuna's, ours
+        for backend in (
+            JournalFileBackend,
+            journal_snapshot._DeferredFileBackend,
+        ):  # Optuna's, ours
             patch.setattr(backend, "read_logs", counting(backend.read_logs))
         reopened = open_journal(journal, snapshot_every=10**9)
         tail = len(parsed)
@@ -99,7 +110,9 @@ def test_reopening_restores_the_snapshot_and_replays_only_what_came_after(journa
     assert state(plain_replay(journal)) == state(reopened)
 
 
-def test_a_replaced_or_truncated_journal_ignores_the_old_snapshot(journal: Path, tmp_path: Path) -> None:
+def test_a_replaced_or_truncated_journal_ignores_the_old_snapshot(
+    journal: Path, tmp_path: Path
+) -> None:
     open_journal(journal, snapshot_every=1)
     kept = tmp_path / "kept.snapshot"
     shutil.copy(snapshot_path(journal), kept)
@@ -138,7 +151,9 @@ def test_a_damaged_snapshot_is_ignored_and_rewritten(journal: Path) -> None:
     assert read_snapshot(journal) is None
 
 
-def test_an_unwritable_folder_only_costs_the_snapshot(journal: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_unwritable_folder_only_costs_the_snapshot(
+    journal: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def refuse(*args: Any, **kwargs: Any) -> None:
         raise PermissionError("read-only file system")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -72,7 +73,9 @@ def test_enqueue_covers_the_budget_exactly_once(setup) -> None:  # type: ignore[
 def test_changed_definition_is_refused_with_the_difference(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     storage, studies = setup
     ensure_studies(storage, studies)
-    changed = expand(parse_experiment(TEXT.replace("n_trials: 3", "n_trials: 5"), tmp_path / "s.yaml")).studies
+    changed = expand(
+        parse_experiment(TEXT.replace("n_trials: 3", "n_trials: 5"), tmp_path / "s.yaml")
+    ).studies
     with pytest.raises(StudyConflictError) as caught:
         ensure_studies(storage, changed)
     assert "search.n_trials: 3 -> 5" in str(caught.value)
@@ -120,6 +123,62 @@ def test_retry_limit_fails_for_good(setup) -> None:  # type: ignore[no-untyped-d
     assert "failed for good" in actions[0]
     states = [t.state for t in optuna.load_study(study_name=spec.name, storage=storage).trials]
     assert states == [TrialState.FAIL]
+
+
+def test_a_trial_stopped_on_purpose_is_rerun_without_using_a_retry(setup) -> None:  # type: ignore[no-untyped-def]
+    """tvls-cancel marks the trials it stops: cancelling and resuming must not fail them for good."""
+    storage, studies = setup
+    ensure_studies(storage, studies)
+    spec = studies[0]
+    stopped = _start_running(storage, spec, _dead_pid(), attempt=2)  # max_retries is 1
+    frozen = storage.get_trial(stopped._trial_id)
+    recovery.mark_stopped(storage, frozen, "tvls-cancel")
+    actions = recovery.recover_stale(storage, spec)
+    assert "re-queued" in actions[0] and "stopped by tvls-cancel" in actions[0]
+    trials = optuna.load_study(study_name=spec.name, storage=storage).trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
+    assert trials[1].user_attrs[recovery.ATTEMPT_ATTR] == 2  # the same attempt, not 3
+
+
+def test_a_stop_mark_of_an_earlier_owner_does_not_spare_a_crash(setup) -> None:  # type: ignore[no-untyped-def]
+    """The mark names the owner it stopped: another owner's crash still uses a retry."""
+    storage, studies = setup
+    ensure_studies(storage, studies)
+    spec = studies[0]
+    trial = _start_running(storage, spec, 1, attempt=2)
+    recovery.mark_stopped(storage, storage.get_trial(trial._trial_id), "tvls-cancel")
+    trial.set_user_attr(recovery.PID_ATTR, _dead_pid())  # since then owned by a process that died
+    actions = recovery.recover_stale(storage, spec)
+    assert "failed for good" in actions[0] and "stopped by" not in actions[0]
+
+
+def test_ctrl_c_of_a_local_launch_marks_the_trials_it_stopped(setup) -> None:  # type: ignore[no-untyped-def]
+    """Its own trials whose process is gone, once; not another launch's, not a live one."""
+    from tunevlseg.cluster.launch import mark_interrupted
+    from tunevlseg.cluster.worker import TrialTask
+
+    storage, studies = setup
+    ensure_studies(storage, studies)
+    spec = studies[0]
+    stopped = _start_running(storage, spec, _dead_pid())
+    cancelled = _start_running(storage, spec, _dead_pid())
+    recovery.mark_stopped(storage, storage.get_trial(cancelled._trial_id), "tvls-cancel")
+    alive = _start_running(storage, spec, os.getpid())
+    elsewhere = _start_running(storage, spec, _dead_pid())  # not one of this launch's tasks
+    tasks = [
+        TrialTask("journal://unused", spec.name, t.number) for t in (stopped, cancelled, alive)
+    ]
+    assert mark_interrupted(storage, tasks) == 1
+    by = {
+        t.number: recovery.stopped_by(t)
+        for t in optuna.load_study(study_name=spec.name, storage=storage).trials
+    }
+    assert by == {
+        stopped.number: "Ctrl-C",
+        cancelled.number: "tvls-cancel",
+        alive.number: None,
+        elsewhere.number: None,
+    }
 
 
 def test_a_setting_added_to_the_schema_later_is_no_change(setup) -> None:  # type: ignore[no-untyped-def]

@@ -11,7 +11,10 @@ login node with one message, not 40 minutes later in every array task:
 * models exist (a folder, or the Hugging Face cache); a model folder's ``config.json`` is
   readable, and the search range of ``prompt_depth`` fits the layers it declares (catalogued
   and synthetic models are checked when the experiment file is read, in
-  :mod:`tunevlseg.config.checks`).
+  :mod:`tunevlseg.config.checks`);
+* unseen classes (``data.unseen_classes``) are class folders of their natural set, spelled
+  either way, and leave at least one class to tune on (:func:`unseen_class_problems`, located
+  at the file's line).
 
 They stay cheap: annotation files and ``config.json`` are read, images are not (a mask of
 another size than its image is for ``tvls-data check`` and stops training with that advice).
@@ -21,12 +24,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from tunevlseg.catalog import MODELS, load_object
 from tunevlseg.config.checks import catalogued_layers, prompt_depth_problems
 from tunevlseg.config.grid import StudySpec
+from tunevlseg.config.loader import Experiment, located
 from tunevlseg.config.schema import DatasetEntry, ModelEntry
 from tunevlseg.data.medvlsm import (
     MissingPromptError,
@@ -35,6 +40,7 @@ from tunevlseg.data.medvlsm import (
     parse_entries,
 )
 from tunevlseg.data.sample import DatasetFormatError
+from tunevlseg.data.unseen import class_folders, unseen_problems
 
 SPLITS = ("train", "val", "test")
 EXAMPLES = 3
@@ -46,7 +52,11 @@ def _dataset_problems(dataset: DatasetEntry) -> list[str]:
     if dataset.synthetic:
         return []
     if not root.is_dir():
-        return [f"data set {dataset.name!r}: root {root} does not exist (edit `root:` in the experiment file)"]
+        problem = (
+            f"data set {dataset.name!r}: root {root} does not exist (edit `root:` in the "
+            "experiment file)"
+        )
+        return [problem]
     if dataset.format == "medvlsm":
         wanted = [root / "anns" / f"{split}.json" for split in SPLITS]
     else:
@@ -57,7 +67,9 @@ def _dataset_problems(dataset: DatasetEntry) -> list[str]:
         wanted = [root / kind / split for split in splits for kind in ("annotations", "images")]
     missing = [str(path) for path in wanted if not path.exists()]
     if missing:
-        return [f"data set {dataset.name!r} ({dataset.format} layout): missing {', '.join(missing)}"]
+        return [
+            f"data set {dataset.name!r} ({dataset.format} layout): missing {', '.join(missing)}"
+        ]
     return []
 
 
@@ -102,10 +114,10 @@ def _annotation_problems(
         missing = [e for e in errors if isinstance(e, MissingPromptError)]
         malformed = [e for e in errors if not isinstance(e, MissingPromptError)]
         if len(missing) == 1:
-            [error] = missing
+            [lone] = missing
             problems.append(
-                f"{label}: {path} entry {error.index} (img_name {error.img_name!r}) has no prompt "
-                f"{prompt_key!r} (its prompts: {', '.join(error.available) or 'none'}); {fix}"
+                f"{label}: {path} entry {lone.index} (img_name {lone.img_name!r}) has no prompt "
+                f"{prompt_key!r} (its prompts: {', '.join(lone.available) or 'none'}); {fix}"
             )
         elif missing:
             examples = ", ".join(
@@ -160,9 +172,13 @@ def _model_config(model: ModelEntry) -> tuple[Path | None, dict[str, Any] | None
             return None, None, ""
         path = folder / "config.json"
         if not path.is_file():
-            return None, None, (
-                f"model {model.key!r}: {folder} has no config.json, so it is not a model folder "
-                "(CLIPSeg: a save_pretrained folder; CRIS: make_cris_folder's)"
+            return (
+                None,
+                None,
+                (
+                    f"model {model.key!r}: {folder} has no config.json, so it is not a model "
+                    "folder (CLIPSeg: a save_pretrained folder; CRIS: make_cris_folder's)"
+                ),
             )
     else:
         from huggingface_hub import try_to_load_from_cache
@@ -211,10 +227,11 @@ def _model_problems(model: ModelEntry) -> list[str]:
     from huggingface_hub import try_to_load_from_cache
 
     if not isinstance(try_to_load_from_cache(pretrained, "config.json"), str):
-        return [
+        problem = (
             f"model {model.key!r}: {pretrained!r} is not in the Hugging Face cache "
             "(run `tvls-prefetch <experiment.yaml>` on a login node; compute nodes are offline)"
-        ]
+        )
+        return [problem]
     return []
 
 
@@ -248,29 +265,68 @@ def preflight(studies: Sequence[StudySpec]) -> list[str]:
 
     for spec in studies:
         dataset, model = spec.dataset, spec.model
-        if not once(("data set", dataset.name), lambda: _dataset_problems(dataset)) and (
+        if not once(("data set", dataset.name), partial(_dataset_problems, dataset)) and (
             dataset.format == "medvlsm" and not dataset.synthetic
         ):
             prompt_key = dataset.prompt_key or spec.data.prompt_key
             once(
                 ("prompts", dataset.name, prompt_key),
-                lambda: _annotation_problems(
-                    dataset, prompt_key, grid_key="data.prompt_key" in spec.grid, read=read
+                partial(
+                    _annotation_problems,
+                    dataset,
+                    prompt_key,
+                    grid_key="data.prompt_key" in spec.grid,
+                    read=read,
                 ),
             )
-        if once(("model", model.key), lambda: _model_problems(model)) or model.synthetic:
+        if once(("model", model.key), partial(_model_problems, model)) or model.synthetic:
             continue
         if catalogued_layers(model)[0] is not None:
             continue  # checked when the experiment file was read
         config_path, config, problem = _model_config(model)
-        once(("config", model.key), lambda: [problem] if problem else [])
+        once(("config", model.key), partial(_as_list, problem))
         if config_path is not None and config is not None:
             space = json.dumps(spec.space.get("prompt_depth"), sort_keys=True)
             once(
                 ("depth", model.key, spec.learner, space),
-                lambda: _depth_problems(spec, config_path, config),
+                partial(_depth_problems, spec, config_path, config),
             )
     return list(dict.fromkeys(problems))
+
+
+def unseen_class_problems(experiment: Experiment, studies: Sequence[StudySpec]) -> list[str]:
+    """Unseen classes that are no class of their data set, or that leave none to tune on, at
+    the line of the list that set them (a data set's own ``unseen_classes``, else ``data.``).
+
+    A data set whose class folders are not on disk yet (a synthetic set before the launch
+    writes it, a missing root: reported by :func:`preflight`) is checked by the data module.
+    """
+    problems: list[str] = []
+    entries = {entry.name: index for index, entry in enumerate(experiment.spec.datasets)}
+    checked: set[tuple[str, tuple[str, ...]]] = set()
+    for spec in studies:
+        names, dataset = tuple(spec.data.unseen_classes), spec.dataset
+        if not names or (dataset.name, names) in checked or dataset.format != "natural":
+            continue
+        checked.add((dataset.name, names))
+        classes = class_folders(Path(dataset.root))
+        if not classes:
+            continue
+        index = entries.get(dataset.name)
+        own = index is not None and experiment.spec.datasets[index].unseen_classes is not None
+        where: tuple[str | int, ...] = (
+            ("datasets", index, "unseen_classes")
+            if own and index is not None
+            else ("data", "unseen_classes")
+        )
+        for position, message in unseen_problems(names, classes):
+            loc = where if position is None else (*where, position)
+            problems.append(located(experiment, loc, f"data set {dataset.name!r}: {message}"))
+    return problems
+
+
+def _as_list(problem: str | None) -> list[str]:
+    return [problem] if problem else []
 
 
 def _has_content(folder: Path) -> bool:
@@ -286,7 +342,11 @@ def prepare_synthetic(studies: Sequence[StudySpec]) -> list[str]:
             seen.add(str(spec.dataset.root))
             from tunevlseg.data.synthetic import write_synthetic_medvlsm, write_synthetic_natural
 
-            writer = write_synthetic_medvlsm if spec.dataset.format == "medvlsm" else write_synthetic_natural
+            writer = (
+                write_synthetic_medvlsm
+                if spec.dataset.format == "medvlsm"
+                else write_synthetic_natural
+            )
             existed = _has_content(Path(spec.dataset.root))
             writer(Path(spec.dataset.root), image_size=spec.image_size)  # idempotent
             if not existed:

@@ -162,6 +162,11 @@ LEARNERS: dict[str, LearnerInfo] = {
         "multimodal",
         "tunevlseg.learners.shared_attention:SharedAttention",
     ),
+    # LDVC's independent deep text and visual prompts (TuneVLSeg §4.3's "naive" multimodal).
+    "vlpt": LearnerInfo("vlpt", "VLPT", "multimodal", "tunevlseg.learners.vlpt:VLPT"),
+    # No prompts: it multiplies encoder weights by learned block-diagonal matrices, so it needs
+    # no tokens and runs on every model (modality "none"); on CRIS only the text side exists.
+    "hclip": LearnerInfo("hclip", "H-CLIP", "none", "tunevlseg.learners.hclip:HCLIP"),
     "e2e": LearnerInfo("e2e", "End-to-end", "none", "tunevlseg.learners.baselines:EndToEnd"),
     # The encoders stay frozen: the authors' CLIPSeg "E2E" (docs/fidelity.md row 2).
     "decoder": LearnerInfo(

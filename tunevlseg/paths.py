@@ -5,6 +5,7 @@
       <sweep>/                        everything of one sweep: several sweeps may share output_dir
         manifest.json                 what each launch planned and submitted
         launch.lock                   held while a launch prepares and submits (one at a time)
+        storage-proxy.json            where the sweep's storage proxy job listens (if any)
         jobs/                         submitit's task logs and pickles
         jobs/requeue/                 container tasks ask the host to requeue them here
         studies/<model-learner>/<dataset>[/<grid key>]/trial-0003/
@@ -47,6 +48,11 @@ class SweepPaths:
     @property
     def launch_lock(self) -> Path:
         return self.sweep_dir / "launch.lock"
+
+    @property
+    def storage_proxy(self) -> Path:
+        """The address file of the sweep's storage proxy job (``cluster/proxy.py``)."""
+        return self.sweep_dir / "storage-proxy.json"
 
     @property
     def jobs(self) -> Path:

@@ -56,10 +56,20 @@ a many-core CI machine does the same arithmetic as a 2-core laptop; one thread r
 because two 2-thread runs sharing 2 busy cores took 75-160 s each instead of ~10 s."""
 
 CLIPSEG_LEARNERS = (
-    "coop", "cocoop", "vpt", "maple", "shared_separate", "shared_attention", "e2e", "zeroshot",
+    "coop",
+    "cocoop",
+    "vpt",
+    "maple",
+    "shared_separate",
+    "shared_attention",
+    "vlpt",
+    "hclip",
+    "e2e",
+    "decoder",
+    "zeroshot",
 )
-CRIS_LEARNERS = ("coop", "cocoop")
-"""CRIS has a ResNet image encoder: only the text learners are viable on it."""
+CRIS_LEARNERS = ("coop", "cocoop", "hclip")
+"""CRIS has a ResNet image encoder: only the text learners, and H-CLIP's text side, apply."""
 
 FLOAT_KEYS = ("val_dice", "test_dice", "val_loss")
 """Compared within :data:`TOLERANCE`. ``val_loss`` is kept beside the Dice scores because it
@@ -77,7 +87,8 @@ output_dir: runs
 models:
   - {name: clipseg, pretrained: ./assets/clipseg-tiny, image_size: 64, synthetic: true}
   - {name: cris, pretrained: ./assets/cris-tiny, image_size: 64, synthetic: true}
-learners: [coop, cocoop, vpt, maple, shared_separate, shared_attention, e2e, zeroshot]
+learners: [coop, cocoop, vpt, maple, shared_separate, shared_attention, vlpt,
+           {name: hclip, options: {q: 32}}, e2e, decoder, zeroshot]
 datasets:
   - {name: synthetic-polyps, category: Non-Radiology, root: assets/synthetic-polyps, synthetic: true}
 model: {n_ctx: 4, use_upsampler: true, vision_prompts_in_decoder: true, prompt_suffix: "."}
@@ -242,8 +253,10 @@ def environment() -> dict[str, str]:
     The float results are exact on one platform but move with the CPU's instruction set, the
     kernel libraries and their versions, so a failure message names any difference here.
     """
+    import albumentations
+    import cv2
     import lightning
-    import numpy
+    import numpy as np
     import torch
     import transformers
 
@@ -252,7 +265,9 @@ def environment() -> dict[str, str]:
         "torch": torch.__version__,
         "lightning": lightning.__version__,
         "transformers": transformers.__version__,
-        "numpy": numpy.__version__,
+        "numpy": np.__version__,
+        "opencv": cv2.__version__,
+        "albumentations": albumentations.__version__,
         "machine": platform.machine(),
         "cpu": _cpu_model(),
         "cpu_capability": str(torch.backends.cpu.get_cpu_capability()),
@@ -333,7 +348,7 @@ def compare(
 
 def spread(runs: Sequence[Mapping[str, Mapping[str, Any]]]) -> dict[str, float]:
     """Largest absolute difference of each float key across ``runs`` (for measuring noise)."""
-    widest = {key: 0.0 for key in FLOAT_KEYS}
+    widest = dict.fromkeys(FLOAT_KEYS, 0.0)
     for study in runs[0]:
         for key in FLOAT_KEYS:
             values = [float(run[study][key]) for run in runs]

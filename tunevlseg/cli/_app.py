@@ -108,7 +108,10 @@ def run(command: Callable[[argparse.Namespace], int], args: argparse.Namespace) 
     except Exception as error:
         if debug:
             raise
-        print(f"error: {type(error).__name__}: {error} (rerun with --debug for the traceback)", file=sys.stderr)
+        print(
+            f"error: {type(error).__name__}: {error} (rerun with --debug for the traceback)",
+            file=sys.stderr,
+        )
         return EXIT_FAILED
 
 

@@ -7,13 +7,15 @@ the queue holds under another name than this sweep's (``tvls-<sweep>``, ``tvls-<
 or for another user is left alone: SLURM reuses ids after a reset of its state, and the
 manifest's ids are kept for ever.
 
-The storage is not touched. A trial whose task is cancelled stays RUNNING; the next
-``tvls-launch`` finds its stamped task gone from ``squeue`` and fails it with that reason and
-re-queues it with its parameters and checkpoint folder (:mod:`tunevlseg.cluster.liveness`,
-:func:`tunevlseg.tuning.recovery.recover_stale`), which costs the trial one of its
-``search.max_retries`` re-runs. Trials whose tasks were still pending stay WAITING and are
-simply submitted again. Telling any trial FAIL here would be wrong: an error of the trial's own
-counts in the budget.
+The storage is touched once: each RUNNING trial whose owner is stopped is marked "stopped by
+tvls-cancel" first (:func:`tunevlseg.tuning.recovery.mark_stopped`). A trial whose task is
+cancelled stays RUNNING; the next ``tvls-launch`` finds its stamped task gone (from ``squeue``,
+or its process gone) and fails it with that reason and re-queues it with its parameters and
+checkpoint folder (:mod:`tunevlseg.cluster.liveness`,
+:func:`tunevlseg.tuning.recovery.recover_stale`). Thanks to the mark, that re-run does not use
+one of the trial's ``search.max_retries``: cancelling and resuming a sweep must not fail trials
+for good. Trials whose tasks were still pending stay WAITING and are simply submitted again.
+Telling any trial FAIL here would be wrong: an error of the trial's own counts in the budget.
 
 Order and timing matter for that resume:
 
@@ -40,6 +42,7 @@ run because its input happened to be redirected.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import json
 import os
@@ -51,6 +54,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -58,9 +62,12 @@ from typing import TYPE_CHECKING, Any
 from rich.table import Table
 
 from tunevlseg.cli import _app
+from tunevlseg.tuning import recovery
+from tunevlseg.tuning.trial_attrs import trial_attrs
 
 if TYPE_CHECKING:
     from tunevlseg.cluster.manifest import Manifest
+    from tunevlseg.config.loader import Experiment
 
 EPILOG = """\
 examples:
@@ -120,17 +127,24 @@ class SweepJob:
 
 
 def sweep_jobs(manifest: Manifest) -> dict[str, str]:
-    """Every job id the sweep ever submitted -> ``array`` or ``collector``."""
-    jobs = {job_id: "array" for job_id in manifest.array_job_ids()}
+    """Every job id the sweep ever submitted -> ``array``, ``collector`` or ``proxy`` (the
+    storage proxy job, ``cluster/proxy.py``)."""
+    jobs = dict.fromkeys(manifest.array_job_ids(), "array")
     for launch in manifest.launches:
         if launch.get("collector_job_id"):
             jobs[str(launch["collector_job_id"])] = "collector"
+    for job_id in manifest.proxy_job_ids():
+        jobs[job_id] = "proxy"
     return jobs
 
 
 def expected_names(sweep: str) -> dict[str, str]:
     """The names ``tvls-launch`` gives the sweep's jobs (``cluster.launch.slurm_setup``)."""
-    return {"array": f"tvls-{sweep}", "collector": f"tvls-{sweep}-collect"}
+    return {
+        "array": f"tvls-{sweep}",
+        "collector": f"tvls-{sweep}-collect",
+        "proxy": f"tvls-{sweep}-storage-proxy",
+    }
 
 
 def _owners(job_ids: list[str]) -> dict[str, tuple[str, str]]:
@@ -140,7 +154,9 @@ def _owners(job_ids: list[str]) -> dict[str, tuple[str, str]]:
         return {}
     done = subprocess.run(
         ["squeue", "-h", "-j", ",".join(job_ids), "-o", "%F|%j|%u"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     if done.returncode != 0:
         if "Invalid job id" in done.stderr + done.stdout:
@@ -168,7 +184,9 @@ def queued_jobs(jobs: dict[str, str]) -> list[SweepJob]:
     held = sorted({task.job_id for task in tasks}, key=int)
     owners = _owners(held)
     return [
-        SweepJob(job_id, jobs[job_id], pending[job_id], running[job_id], *owners.get(job_id, ("", "")))
+        SweepJob(
+            job_id, jobs[job_id], pending[job_id], running[job_id], *owners.get(job_id, ("", ""))
+        )
         for job_id in held
         if job_id in jobs
     ]
@@ -188,7 +206,8 @@ def split_ours(found: list[SweepJob], sweep: str) -> tuple[list[SweepJob], list[
     is the manifest's, and cancelling a job that has ended does nothing.
     """
     names, user = expected_names(sweep), _user()
-    ours, foreign = [], []
+    ours: list[SweepJob] = []
+    foreign: list[SweepJob] = []
     for job in found:
         matches = not job.name or (job.name == names[job.kind] and job.user in ("", user))
         (ours if matches else foreign).append(job)
@@ -284,11 +303,11 @@ def stop_local_launch(pid: int, lock: Path) -> bool:
     """Do what Ctrl-C in the launch's terminal does, then wait for the launch to let go of the
     sweep's lock; True when it did.
 
-    The terminal sends SIGINT to every process of the foreground job: the launch, submitit's
-    controller of each task (and the shell around it) and each trial process. The launch alone
-    is not enough: submitit's local cancel signals the shell, which does not pass the signal
-    on, so the trials would train to their end. Each trial process then stops, leaving its
-    trial RUNNING with its checkpoint, and the launch exits as after Ctrl-C. A second pass
+    The terminal sends SIGINT to every process of the foreground job: the launch, its local
+    worker (the fork server, which ignores it; ``cluster/local.py``) and each trial process
+    forked from it. Each trial process then stops, leaving its trial RUNNING with its
+    checkpoint, and the launch exits as after Ctrl-C (it also interrupts its trials itself and
+    waits for them; the worker ends with the launch). A second pass
     catches a task started while the first was sent. Returns once the lock is free and every
     signalled process has exited.
     """
@@ -298,10 +317,8 @@ def stop_local_launch(pid: int, lock: Path) -> bool:
             if process in signalled:
                 continue
             signalled.add(process)
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(process, signal.SIGINT)
-            except ProcessLookupError:
-                pass
         time.sleep(1.0)
     deadline = time.monotonic() + LOCAL_STOP_S
     # The trial processes too: one still dying after the launch let go would look alive to the
@@ -322,6 +339,43 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
+# --------------------------------------------------------------------------- the storage
+
+
+def mark_running_trials(experiment: Experiment, owned: Callable[[dict[str, Any]], bool]) -> int:
+    """Mark the sweep's RUNNING trials whose owner ``owned`` accepts as stopped by tvls-cancel,
+    so that their re-runs do not use a retry; returns how many were marked.
+
+    A storage that cannot be reached does not stop the cancel: the re-runs then count as
+    retries, as a crash's would, and the warning says so.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    from tunevlseg.config.grid import expand
+    from tunevlseg.tuning.storage import open_storage, sweep_storage
+
+    marked = 0
+    try:
+        storage = open_storage(sweep_storage(experiment))
+        names = set(optuna.get_all_study_names(storage))
+        for spec in expand(experiment).studies:
+            if spec.name not in names:
+                continue
+            study = optuna.load_study(study_name=spec.name, storage=storage)
+            for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                if owned(trial_attrs(trial)):
+                    recovery.mark_stopped(storage, trial, "tvls-cancel")
+                    marked += 1
+    except Exception as error:  # noqa: BLE001 - any storage failure; the cancel goes on
+        _app.messages().print(
+            f"warning: could not mark the running trials as cancelled ({error}); their re-runs "
+            "will count toward search.max_retries",
+            markup=False,
+        )
+    return marked
+
+
 # --------------------------------------------------------------------------- the command
 
 
@@ -332,7 +386,8 @@ def confirm(question: str, yes: bool) -> None:
     if not sys.stdin.isatty():
         raise _app.CommandError(
             "nothing was cancelled: standard input is not a terminal, so nobody can confirm; "
-            "run again with --yes", _app.EXIT_USAGE,
+            "run again with --yes",
+            _app.EXIT_USAGE,
         )
     try:
         answer = _app.messages().input(f"{question} [y/N] ", markup=False).strip().lower()
@@ -367,8 +422,12 @@ def command(args: argparse.Namespace) -> int:
     paths = SweepPaths.of(experiment)
     err = _app.messages()
     report: dict[str, Any] = {
-        "sweep": experiment.spec.name, "cancelled": [], "left_alone": [], "local_launch": None,
+        "sweep": experiment.spec.name,
+        "cancelled": [],
+        "left_alone": [],
+        "local_launch": None,
         "resume": None,
+        "marked_stopped": 0,
     }
     manifest = read_manifest(paths.manifest)
     if manifest is None:
@@ -389,6 +448,13 @@ def command(args: argparse.Namespace) -> int:
             markup=False,
         )
         confirm(f"Interrupt the local launch (pid {pid})?", args.yes)
+        tree, host = set(process_tree(pid)), socket.gethostname()
+        report["marked_stopped"] = mark_running_trials(
+            experiment,
+            lambda owner: (
+                owner.get(recovery.HOST_ATTR) == host and owner.get(recovery.PID_ATTR) in tree
+            ),
+        )
         stopped = stop_local_launch(pid, paths.launch_lock)
         report["local_launch"] = {"pid": pid, "holder": holder, "stopped": stopped}
         if not stopped:
@@ -409,16 +475,18 @@ def command(args: argparse.Namespace) -> int:
                 markup=False,
             )
         return _finish(args, report)
-    return _cancel_slurm(args, experiment.spec.name, paths, report)
+    return _cancel_slurm(args, experiment, paths, report)
 
 
-def _cancel_slurm(args: argparse.Namespace, sweep: str, paths: Any, report: dict[str, Any]) -> int:
-    """Under the sweep's lock: the queue, the confirmation, scancel, the wait for the queue."""
+def _cancel_slurm(
+    args: argparse.Namespace, experiment: Experiment, paths: Any, report: dict[str, Any]
+) -> int:
+    """Under the sweep's lock: the queue, the confirmation, the marks, scancel, the wait."""
     from tunevlseg.cluster import slurm
     from tunevlseg.cluster.lock import SweepBusyError, sweep_lock
     from tunevlseg.cluster.manifest import read_manifest
 
-    err = _app.messages()
+    err, sweep = _app.messages(), experiment.spec.name
     if not slurm.available():
         raise _app.CommandError("SLURM does not answer (scontrol ping): nothing was cancelled")
 
@@ -450,9 +518,14 @@ def _cancel_slurm(args: argparse.Namespace, sweep: str, paths: Any, report: dict
             confirm(f"Cancel {_describe(ours)}?", args.yes)
             collectors = [job.job_id for job in ours if job.kind == "collector"]
             arrays = [job.job_id for job in ours if job.kind == "array"]
+            report["marked_stopped"] = mark_running_trials(
+                experiment, lambda owner: str(owner.get(recovery.SLURM_JOB_ATTR)) in arrays
+            )
             scancel(collectors)  # first: without its arrays, a collector would start
             scancel(arrays)
-            left = wait_until_gone(collectors + arrays, LEAVE_QUEUE_S)
+            proxies = [job.job_id for job in ours if job.kind == "proxy"]
+            scancel(proxies)  # last: nothing of the sweep is left to use it
+            left = wait_until_gone(collectors + arrays + proxies, LEAVE_QUEUE_S)
     except SweepBusyError as error:
         raise _app.CommandError(
             f"{error}. If it is a local launch on another machine, stop it with Ctrl-C there."
@@ -489,7 +562,7 @@ def _finish(args: argparse.Namespace, report: dict[str, Any], table: Table | Non
     if report["resume"]:
         err.print(
             f"Resume with `{report['resume']}`: it re-runs the interrupted trials from their "
-            "checkpoints (each such re-run counts toward search.max_retries) and submits the rest.",
+            "checkpoints (without using their search.max_retries) and submits the rest.",
             markup=False,
         )
     return _app.EXIT_OK

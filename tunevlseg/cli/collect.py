@@ -5,7 +5,7 @@
     tvls-collect --results paper.csv --out tables/              # outside numbers only
     tvls-collect --storage journal:///shared/med.log --sweep medical --out tables/
     tvls-collect experiments/natural.yaml --main-metric mdice   # class-mean Dice in the main table
-    tvls-collect experiments/medical.yaml --only learner=coop   # a selection: results/only-learner=coop/
+    tvls-collect experiments/medical.yaml --only learner=coop   # results/only-learner=coop/
 
 The main table goes to stdout as Markdown; warnings and the list of written files to stderr.
 With ``--json``, stdout gets one JSON object instead (:data:`JSON_KEYS` lists its keys).
@@ -29,13 +29,16 @@ if TYPE_CHECKING:
 JSON_KEYS = {
     "folder": "the results folder (absolute path)",
     "studies": "number of studies read from the storage",
-    "only": "the --only selection the tables cover, as one --only argument (null: the whole "
-    "sweep)",
+    "only": "the --only selection the tables cover, as one --only argument (null: the whole sweep)",
     "main_metric": "what the main table shows: dice or mdice",
     "results": "the main table, one object per cell (model, learner, data set, grid cell) with "
     "the keys of main_table.csv: grid, model, learner, learner_title, category, dataset, "
     "test_dice, test_mdice, test_iou, val_dice (in [0, 1], null when missing), best_trial, "
     "source (storage or an outside file), study",
+    "zero_shot": "per study with data.unseen_classes, the keys of zero_shot.csv: grid, model, "
+    "learner, learner_title, category, dataset, seen_classes, unseen_classes (';'-joined), "
+    "miou_seen, miou_unseen, hiou, mdice_seen, mdice_unseen (in [0, 1], null when missing), "
+    "basis (pooled or per-image), best_trial, study; [] when no study has unseen classes",
     "files": "every file written (absolute paths)",
     "warnings": "the warnings also printed to stderr",
 }
@@ -50,12 +53,16 @@ def build_parser() -> argparse.ArgumentParser:
         _app.examples(
             "tvls-collect experiments/demo.yaml            # tables in runs/demo/demo/results/",
             "tvls-collect --storage runs/demo/optuna.journal --sweep demo --out tables/ --json",
-            "tvls-collect experiments/demo.yaml --only learner=coop,learner=vpt   # part of the sweep",
+            "tvls-collect experiments/demo.yaml --only learner=coop,vpt   # part of the sweep",
         )
         + "\n\n"
         + _app.json_keys_help(JSON_KEYS),
     )
-    p.add_argument("experiment", nargs="?", help="the experiment YAML file (optional with --results or --storage)")
+    p.add_argument(
+        "experiment",
+        nargs="?",
+        help="the experiment YAML file (optional with --results or --storage)",
+    )
     p.add_argument(
         "--results",
         type=Path,
@@ -77,9 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--only",
         action="append",
         metavar="KEY=VALUE[,KEY=VALUE...]",
-        help="tables over part of the sweep, written to <output_dir>/<sweep>/results/only-<selection> "
-        "(default) so the whole sweep's tables stay: keys model, learner, dataset and the grid "
-        "axes, as for tvls-launch --only; needs the experiment file",
+        help="tables over part of the sweep, written to "
+        "<output_dir>/<sweep>/results/only-<selection> (default) so the whole sweep's tables "
+        "stay: keys model, learner, dataset and the grid axes, as for tvls-launch --only; needs "
+        "the experiment file",
     )
     p.add_argument(
         "--format",
@@ -95,12 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--json",
         action="store_true",
-        help="print what was collected as one JSON object (keys below) instead of the Markdown table",
+        help="print what was collected as one JSON object (keys below) instead of the Markdown "
+        "table",
     )
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    p.add_argument(
-        "--no-importance", action="store_true", help="skip hyperparameter importances"
-    )
+    p.add_argument("--no-importance", action="store_true", help="skip hyperparameter importances")
     p.add_argument(
         "--gpus-per-task",
         type=int,
@@ -139,7 +146,9 @@ def command(args: argparse.Namespace) -> int:
         raise _usage(f"--format: {error}") from None
     main_metric = args.main_metric.strip().lower()
     if main_metric not in METRICS:
-        raise _usage(f"--main-metric: unknown metric {args.main_metric!r}; choose from {', '.join(METRICS)}")
+        raise _usage(
+            f"--main-metric: unknown metric {args.main_metric!r}; choose from {', '.join(METRICS)}"
+        )
     try:
         outside = read_outside_results(args.results)
     except OutsideResultsError as error:
@@ -169,7 +178,7 @@ def command(args: argparse.Namespace) -> int:
                     storage = parse_storage_url(args.storage).resolved(Path.cwd())
                 except StorageURLError as error:
                     raise _usage(str(error)) from None
-            report = write_sweep_reports(storage, args.sweep, args.out, **options)  # type: ignore[arg-type]
+            report = write_sweep_reports(storage, args.sweep, args.out, **options)
     except FileNotFoundError as error:
         raise _app.CommandError(str(error)) from None
     if args.json:
@@ -179,6 +188,7 @@ def command(args: argparse.Namespace) -> int:
             "only": None if selection is None else selection.text,
             "main_metric": main_metric,
             "results": report.results,
+            "zero_shot": report.zero_shot,
             "files": [str(path.resolve()) for path in report.files],
             "warnings": report.warnings,
         }
@@ -193,7 +203,9 @@ def command(args: argparse.Namespace) -> int:
     shown = [p.name for p in report.files if p.parent == report.folder]
     err.print(
         f"wrote {len(report.files)} files under {report.folder}: {', '.join(shown)}"
-        + (f" and {len(report.files) - len(shown)} plots" if len(shown) < len(report.files) else ""),
+        + (
+            f" and {len(report.files) - len(shown)} plots" if len(shown) < len(report.files) else ""
+        ),
         markup=False,
     )
     return _app.EXIT_OK
@@ -204,13 +216,12 @@ def _selection_report(
 ) -> tuple[Report, Selection]:
     """The tables over the studies ``--only`` selects, by default in their own folder below the
     sweep's results (the collector job's whole-sweep tables stay as they are)."""
-    from tunevlseg.tuning.storage import sweep_storage
     from tunevlseg.collect.report import build_report
     from tunevlseg.collect.results import collect_studies
     from tunevlseg.config.grid import expand
     from tunevlseg.config.select import SelectionError, select
     from tunevlseg.paths import SweepPaths
-    from tunevlseg.tuning.storage import open_storage
+    from tunevlseg.tuning.storage import open_storage, sweep_storage
 
     try:
         expansion, selection = select(expand(experiment), only)

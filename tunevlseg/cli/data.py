@@ -297,8 +297,8 @@ def binarize(args: argparse.Namespace) -> int:
         )
     # Without --split the check reads what training reads: for binarize's train and val, test =
     # the official val and val = a share of train (it prints the effective splits).
-    split_flags = "" if set(splits) == set(DEFAULT_SPLITS) else " " + " ".join(
-        f"--split {s}" for s in splits
+    split_flags = (
+        "" if set(splits) == set(DEFAULT_SPLITS) else " " + " ".join(f"--split {s}" for s in splits)
     )
     messages.print(f"check it with: tvls-data check {dst} --format natural{split_flags}")
     return _app.EXIT_OK

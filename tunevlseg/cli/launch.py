@@ -23,8 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Launch (or resume) the sweep an experiment file describes: SLURM arrays by default.",
         _app.examples(
             "tvls-launch experiments/demo.yaml --local        # run the demo sweep on this machine",
-            "tvls-launch experiments/medical.yaml --dry-run   # the plan and its problems; changes nothing",
-            "tvls-launch experiments/medical.yaml --only learner=coop,learner=vpt --only dataset=kvasir",
+            "tvls-launch experiments/medical.yaml --dry-run   # the plan and its problems only",
+            "tvls-launch experiments/medical.yaml --only learner=coop,vpt --only dataset=kvasir",
         ),
     )
     p.add_argument("experiment", help="the experiment YAML file")
@@ -32,7 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dry-run", action="store_true", help="print the plan and job scripts; change nothing"
     )
-    p.add_argument("--json", action="store_true", help="with --dry-run: the plan and its problems as JSON")
+    p.add_argument(
+        "--json", action="store_true", help="with --dry-run: the plan and its problems as JSON"
+    )
     p.add_argument("--force", action="store_true", help="accept changed study definitions")
     p.add_argument(
         "--retry-failed",
@@ -41,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
         "parameters; a study stopped by repeated errors takes trials again",
     )
     p.add_argument(
-        "--parallelism", type=_app.positive_int, help="local trials at once (default: cluster.parallelism)"
+        "--parallelism",
+        type=_app.positive_int,
+        help="local trials at once (default: cluster.parallelism)",
     )
     p.add_argument(
         "--only",
@@ -85,10 +89,15 @@ def _matrix_table(plan: Plan) -> Table:
     for column in columns:
         table.add_column(column, justify="right")
     for row in rows:
-        table.add_row(row, *(
-            f"{cells[(row, column)][0]}/{cells[(row, column)][1]}" if (row, column) in cells else "–"
-            for column in columns
-        ))
+        table.add_row(
+            row,
+            *(
+                f"{cells[(row, column)][0]}/{cells[(row, column)][1]}"
+                if (row, column) in cells
+                else "–"
+                for column in columns
+            ),
+        )
     return table
 
 
@@ -109,7 +118,9 @@ def _dry_run(
     from tunevlseg.cluster.submit import render_array_script, render_script
 
     out = _app.data()
-    checked = run_preflight(experiment, local=local, force=force, parallelism=parallelism, only=only)
+    checked = run_preflight(
+        experiment, local=local, force=force, parallelism=parallelism, only=only
+    )
     plan = make_plan(checked.expansion, checked.storage)
     selection = checked.selection
     # What the manifest will record: the whole file's digest, with or without --only.
@@ -124,7 +135,10 @@ def _dry_run(
             if slurm.available():
                 max_array, source = slurm.max_array_size(), "from scontrol"
             else:
-                max_array, source = slurm.DEFAULT_MAX_ARRAY_SIZE, "SLURM's default; SLURM not reachable"
+                max_array, source = (
+                    slurm.DEFAULT_MAX_ARRAY_SIZE,
+                    "SLURM's default; SLURM not reachable",
+                )
         chunks = chunk(list(range(plan.n_tasks)), max_array)
         setup = slurm_setup(experiment, plan.expansion, checked.storage_url)
     if as_json:
@@ -136,8 +150,14 @@ def _dry_run(
             "only": None if selection is None else selection.text,
             "sweep_studies": len(checked.sweep.studies),
             "studies": [
-                {**study.progress.to_dict(), "to_run": study.n_tasks, "learner": study.spec.learner,
-                 "model": study.spec.model.key, "dataset": study.spec.dataset.name, "grid": study.spec.grid}
+                {
+                    **study.progress.to_dict(),
+                    "to_run": study.n_tasks,
+                    "learner": study.spec.learner,
+                    "model": study.spec.model.key,
+                    "dataset": study.spec.dataset.name,
+                    "grid": study.spec.grid,
+                }
                 for study in plan.studies
             ],
             "arrays": [len(part) for part in chunks],
@@ -155,7 +175,9 @@ def _dry_run(
         out.print(f"note: {note}")
     studies = f"{plan.n_studies} studies"
     if selection is not None:
-        studies = f"{plan.n_studies} of {len(checked.sweep.studies)} studies (only {selection.text})"
+        studies = (
+            f"{plan.n_studies} of {len(checked.sweep.studies)} studies (only {selection.text})"
+        )
     summary = f"{studies}, {plan.n_trials} trials, {plan.n_done} done, {plan.n_tasks} tasks to run"
     if setup is not None:
         summary += f" as {len(chunks)} array job(s) (MaxArraySize {max_array}, {source})"
@@ -163,7 +185,9 @@ def _dry_run(
         out.print("\n# Interpreter command of every task", markup=False)
         out.print(setup.python, markup=False)
         out.print(f"\n# Job script of the first array ({len(chunks[0])} tasks)", markup=False)
-        out.print(render_array_script(folder, setup.python, setup.arrays, len(chunks[0])), markup=False)
+        out.print(
+            render_array_script(folder, setup.python, setup.arrays, len(chunks[0])), markup=False
+        )
         whole = "" if selection is None else " (it collects the whole sweep)"
         out.print(f"# Job script of the collector{whole}", markup=False)
         after = [f"<array {i + 1}>" for i in range(len(chunks))]
@@ -199,8 +223,12 @@ def command(args: argparse.Namespace) -> int:
             )
             return _app.EXIT_OK
         result = launch_local(
-            experiment, force=args.force, console=err, parallelism=args.parallelism,
-            retry_failed=args.retry_failed, only=only,
+            experiment,
+            force=args.force,
+            console=err,
+            parallelism=args.parallelism,
+            retry_failed=args.retry_failed,
+            only=only,
         )
     except SelectionError as error:  # checked against the sweep before any other check or write
         raise _app.CommandError(f"--only: {error}", _app.EXIT_USAGE) from None

@@ -8,9 +8,9 @@ submitit's pickles; this command does that mapping:
 
 * SLURM: the manifest's arrays give each ``<job>_<index>`` its (study, trial), and the trial's
   owner stamp (``tvls.slurm_job_id`` / ``tvls.slurm_array_task_id``) names the task that ran it.
-* local: the manifest keeps no local job ids (submitit's local job id is the pid of its
-  controller), so each local job's pickled task (``<pid>_submitted.pkl``, written by the
-  launcher itself) is read back for its (study, trial).
+* local: the manifest keeps no local job ids (a local job id is the pid of the trial process,
+  ``cluster/trial_process.py``), so each local job's pickled task (``<pid>_submitted.pkl``,
+  written by the trial process itself) is read back for its (study, trial).
 
 A trial may have run more than once: a task killed before it claimed the trial is followed by
 another task for the same trial, and a trial whose task died is failed and re-run as a new trial
@@ -83,11 +83,15 @@ def build_parser() -> argparse.ArgumentParser:
         "number; without it, the study's most recent trial that has a log",
     )
     p.add_argument(
-        "-f", "--follow", action="store_true",
+        "-f",
+        "--follow",
+        action="store_true",
         help="keep printing the log as it grows until the trial ends (Ctrl-C stops)",
     )
     p.add_argument(
-        "--attempt", type=_app.positive_int, metavar="N",
+        "--attempt",
+        type=_app.positive_int,
+        metavar="N",
         help="the trial's N-th run (1 = its first) instead of the latest",
     )
     return p
@@ -101,7 +105,7 @@ class TaskLog:
     """The two files one submitit task wrote, and when that task first started."""
 
     kind: str  # "slurm" or "local"
-    task: str  # "<job>_<index>" (SLURM) or the local job id (its controller's pid)
+    task: str  # "<job>_<index>" (SLURM) or the local job id (its trial process's pid)
     out: Path
     err: Path
     started: float
@@ -127,9 +131,10 @@ def _started(out: Path, err: Path) -> float:
             head = file.read(4096)
         match = _STAMP.search(head)
         if match:
-            return datetime.strptime(match.group(1).decode(), "%Y-%m-%d %H:%M:%S").timestamp() + int(
-                match.group(2)
-            ) / 1000
+            return (
+                datetime.strptime(match.group(1).decode(), "%Y-%m-%d %H:%M:%S").timestamp()
+                + int(match.group(2)) / 1000
+            )
     except (OSError, ValueError):
         pass
     times = [path.stat().st_mtime for path in (out, err) if path.is_file()]
@@ -157,8 +162,8 @@ def slurm_task_log(jobs: Path, key: str) -> TaskLog | None:
 def local_task_logs(folder: Path) -> dict[tuple[str, int], list[TaskLog]]:
     """(study, trial) -> the local tasks that ran it, from each local job's pickled task.
 
-    The pickles are the launcher's own (``LocalLauncher`` submits ``TrialWorker(TrialTask)``);
-    one that cannot be read (cut short, another program's) is skipped.
+    The pickles are the launch's own (each trial process writes its ``TrialWorker`` and
+    ``TrialTask``); one that cannot be read (cut short, another program's) is skipped.
     """
     from submitit.core.utils import DelayedSubmission
 
@@ -226,7 +231,9 @@ def resolve_study(query: str, names: Iterable[str]) -> str:
     first of these rules that matches anything decides, and must match one study only."""
     names = sorted(set(names))
     if not names:
-        raise _app.CommandError("the sweep has no studies yet: nothing was launched", _app.EXIT_FAILED)
+        raise _app.CommandError(
+            "the sweep has no studies yet: nothing was launched", _app.EXIT_FAILED
+        )
 
     def parts(name: str) -> set[str]:
         pieces = name.split("/")
@@ -316,7 +323,10 @@ def _state(trial: FrozenTrial) -> str:
 
 
 def _no_log_message(
-    study: str, number: int, runs: list[FrozenTrial], logs: dict[int, list[TaskLog]],
+    study: str,
+    number: int,
+    runs: list[FrozenTrial],
+    logs: dict[int, list[TaskLog]],
     manifest: Manifest | None,
 ) -> str:
     """Why trial ``number`` has no log, and which trials of the study have one."""
@@ -360,7 +370,8 @@ def select(
         if not logs:
             raise _app.CommandError(
                 f"no trial of {study} has a log yet ({len(trials)} trial(s): "
-                f"{_state_counts(trials)})", _app.EXIT_FAILED,
+                f"{_state_counts(trials)})",
+                _app.EXIT_FAILED,
             )
         # the trial whose task started last (among trials the storage knows)
         latest = max(
@@ -372,11 +383,15 @@ def select(
         number = latest[1]
     if number not in known:
         span = f"#{min(known)}-#{max(known)}" if known else "none yet"
-        raise _app.CommandError(f"{study} has no trial #{number} (its trials: {span})", _app.EXIT_USAGE)
+        raise _app.CommandError(
+            f"{study} has no trial #{number} (its trials: {span})", _app.EXIT_USAGE
+        )
     runs = runs_of(trials, number)
     attempts = [Attempt(trial, log) for trial in runs for log in logs.get(trial.number, [])]
     if not attempts:
-        raise _app.CommandError(_no_log_message(study, number, runs, logs, manifest), _app.EXIT_FAILED)
+        raise _app.CommandError(
+            _no_log_message(study, number, runs, logs, manifest), _app.EXIT_FAILED
+        )
     if attempt is not None and attempt > len(attempts):
         listed = "; ".join(
             f"{i} = trial #{a.trial.number} ({a.log.describe()})" for i, a in enumerate(attempts, 1)
@@ -493,18 +508,23 @@ def task_alive(log: TaskLog, trial: FrozenTrial) -> bool | None:
 
     if log.kind == "slurm":
         try:
-            return any(task.key == log.task for task in slurm.queued_tasks([log.task.split("_")[0]]))
+            return any(
+                task.key == log.task for task in slurm.queued_tasks([log.task.split("_")[0]])
+            )
         except slurm.SlurmError:
             return None
     host = trial_attrs(trial).get(recovery.HOST_ATTR)
     if host is not None and host != socket.gethostname():
         return None
-    # submitit's local job id is the pid of the task's controller, alive as long as the task
+    # A local job id is the pid of the trial process, forked from the launch's fork server
+    # (logs written before: of submitit's local controller, alive as long as its task).
     try:
         command = Path(f"/proc/{int(log.task)}/cmdline").read_bytes()
-    except (OSError, ValueError):
+        state = Path(f"/proc/{int(log.task)}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+    except (OSError, ValueError, IndexError):
         return False if Path("/proc/self").exists() else None
-    return b"submitit.local._local" in command
+    ours = b"multiprocessing.forkserver" in command or b"submitit.local._local" in command
+    return ours and state != "Z"
 
 
 def _ending(trial: FrozenTrial) -> str:
@@ -519,7 +539,9 @@ def _ending(trial: FrozenTrial) -> str:
     return f"trial #{trial.number} is {trial.state.name}"
 
 
-def follow(printer: LogPrinter, storage: BaseStorage, selection: Selection, experiment: Path) -> int:
+def follow(
+    printer: LogPrinter, storage: BaseStorage, selection: Selection, experiment: Path
+) -> int:
     """Print what the task writes until nothing more will come (see the module docstring)."""
     attempt = selection.attempt
     trial = attempt.trial
@@ -617,7 +639,9 @@ def _run_count(out: Path) -> int:
 def _study_names(storage: BaseStorage, experiment_names: list[str], sweep: str) -> list[str]:
     """The file's studies, and any other study of this sweep the storage holds (the file may
     have changed since they were created)."""
-    stored = [s.study_name for s in storage.get_all_studies() if s.study_name.startswith(f"{sweep}/")]
+    stored = [
+        s.study_name for s in storage.get_all_studies() if s.study_name.startswith(f"{sweep}/")
+    ]
     return sorted(set(experiment_names) | set(stored))
 
 
@@ -647,7 +671,8 @@ def _show(args: argparse.Namespace) -> int:
     if storage is None:
         raise _app.CommandError(
             f"sweep {experiment.spec.name} has no study storage yet: nothing was launched, so "
-            "there is no log", _app.EXIT_FAILED,
+            "there is no log",
+            _app.EXIT_FAILED,
         )
     listed = [spec.name for spec in expand(experiment).studies]
     names = _study_names(storage, listed, experiment.spec.name)

@@ -120,8 +120,7 @@ def open_existing_storage(experiment: Experiment) -> BaseStorage | None:
 
     Opened once for both the counts and the failures: replaying a big journal takes seconds.
     """
-    from tunevlseg.tuning.storage import sweep_storage
-    from tunevlseg.tuning.storage import open_storage
+    from tunevlseg.tuning.storage import open_storage, sweep_storage
 
     url = sweep_storage(experiment)
     return open_storage(url) if url.exists else None
@@ -144,7 +143,8 @@ def study_failures(storage: BaseStorage | None, plan: Plan) -> dict[str, list[di
         trials = storage.get_all_trials(study_id, deepcopy=False)
         reruns = {
             int(t.user_attrs[recovery.RETRY_OF_ATTR]): t.number
-            for t in trials if recovery.RETRY_OF_ATTR in t.user_attrs
+            for t in trials
+            if recovery.RETRY_OF_ATTR in t.user_attrs
         }
         failures[study.spec.name] = [
             {
@@ -208,8 +208,11 @@ def command(args: argparse.Namespace) -> int:
         busy = [study.spec for study in plan.studies if study.progress.running]
         running = [trial.to_dict() for trial in running_trials(storage, busy)]
         report = {
-            "sweep": experiment.spec.name, "studies": rows, "totals": totals,
-            "running_trials": running, "only": selection.text if selection else None,
+            "sweep": experiment.spec.name,
+            "studies": rows,
+            "totals": totals,
+            "running_trials": running,
+            "only": selection.text if selection else None,
         }
         out.print_json(json.dumps(report))
         return _app.EXIT_OK
@@ -227,14 +230,21 @@ def command(args: argparse.Namespace) -> int:
     if failed:
         out.print(f"\n{len(failed)} failed trial(s):", markup=False)
         for name, failure in failed:
-            then = "" if failure["retried_as"] is None else f" -> re-run as #{failure['retried_as']}"
+            then = (
+                "" if failure["retried_as"] is None else f" -> re-run as #{failure['retried_as']}"
+            )
             out.print(
-                f"  {name} #{failure['trial']} (attempt {failure['attempt']}): {failure['reason']}{then}",
+                f"  {name} #{failure['trial']} (attempt {failure['attempt']}): "
+                f"{failure['reason']}{then}",
                 markup=False,
             )
     for row in rows:
         if row["stopped"]:
-            out.print(f"\n{row['name']} {row['stopped']}; fix the cause, then relaunch with --retry-failed", markup=False)
+            out.print(
+                f"\n{row['name']} {row['stopped']}; fix the cause, then relaunch with "
+                "--retry-failed",
+                markup=False,
+            )
     state = "complete" if totals["remaining"] == 0 else f"{totals['remaining']} trial(s) remaining"
     if totals["remaining"] == 0 and totals["failed"]:
         state = f"finished, {totals['failed']} trial(s) failed for good"

@@ -116,7 +116,12 @@ def run_folder(spec: StudySpec, params: dict[str, Any], seed: int) -> Path:
     from tunevlseg.tuning.identity import trial_identity
 
     digest = identity_digest(trial_identity(spec, params, 0, seed))
-    return SweepPaths(Path(spec.output_dir), spec.sweep).sweep_dir / "train" / spec.folder / f"run-{digest[:10]}"
+    return (
+        SweepPaths(Path(spec.output_dir), spec.sweep).sweep_dir
+        / "train"
+        / spec.folder
+        / f"run-{digest[:10]}"
+    )
 
 
 def _format(value: Any) -> str:

@@ -319,7 +319,9 @@ def render(
         # Title, header and total lines (~6), the running table (its rows + ~4), the footer.
         max_rows = max(3, height - 6 - (len(view.running) + 4 if view.running else 1) - 2)
     parts: list[RenderableType] = [
-        studies_table(view, max_rows, width), Text(""), running_table(view.running, now, width)
+        studies_table(view, max_rows, width),
+        Text(""),
+        running_table(view.running, now, width),
     ]
     if interval is not None:
         stamp = datetime.fromtimestamp(view.read_at).strftime("%H:%M:%S")
@@ -364,7 +366,10 @@ def watch(
     def frame() -> RenderableType:
         height = console.size.height if console.is_terminal else None
         return render(
-            shown.view, clock(), interval=None if shown.final else interval, height=height,
+            shown.view,
+            clock(),
+            interval=None if shown.final else interval,
+            height=height,
             width=console.width,
         )
 

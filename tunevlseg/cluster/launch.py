@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -85,7 +85,9 @@ def _open(
     opened (created when new): the first write of a launch."""
     from tunevlseg.tuning.storage import open_storage
 
-    checked = run_preflight(experiment, local=local, force=force, parallelism=parallelism, only=only)
+    checked = run_preflight(
+        experiment, local=local, force=force, parallelism=parallelism, only=only
+    )
     if checked.problems:
         raise LaunchError(checked.message)
     storage = checked.storage
@@ -93,8 +95,10 @@ def _open(
         try:
             storage = open_storage(checked.storage_url)
             storage.get_all_studies()
-        except Exception as error:  # any driver error: its message is what the user needs
-            raise LaunchError(f"cannot open the study storage {checked.storage_url}: {error}") from None
+        except Exception as error:  # noqa: BLE001 - any driver error: its message is what the user needs
+            raise LaunchError(
+                f"cannot open the study storage {checked.storage_url}: {error}"
+            ) from None
     return checked, storage
 
 
@@ -215,7 +219,10 @@ def _lock(experiment: Experiment, wait_s: float, console: Console | None = None)
 
     def told(holder: str) -> None:
         if console is not None:
-            console.print(f"Waiting for another launch of this sweep to finish ({holder}) ...", highlight=False)
+            console.print(
+                f"Waiting for another launch of this sweep to finish ({holder}) ...",
+                highlight=False,
+            )
 
     try:
         with sweep_lock(SweepPaths.of(experiment).launch_lock, wait_s=wait_s, on_wait=told):
@@ -240,11 +247,20 @@ def launch_local(
     trials meanwhile, and any trial of an earlier local launch still RUNNING is known stale.
     """
     console = console or Console(stderr=True)
-    checked, storage = _open(experiment, local=True, force=force, parallelism=parallelism, only=only)
+    checked, storage = _open(
+        experiment, local=True, force=force, parallelism=parallelism, only=only
+    )
     with _lock(experiment, LOCAL_LOCK_WAIT_S, console):
         return _run_local(
-            experiment, checked.expansion, checked.storage_url, storage, force=force, console=console,
-            parallelism=parallelism, retry_failed=retry_failed, sweep=checked.sweep,
+            experiment,
+            checked.expansion,
+            checked.storage_url,
+            storage,
+            force=force,
+            console=console,
+            parallelism=parallelism,
+            retry_failed=retry_failed,
+            sweep=checked.sweep,
             selection=checked.selection,
         )
 
@@ -262,19 +278,26 @@ def _run_local(
     sweep: Expansion | None = None,
     selection: Selection | None = None,
 ) -> LaunchResult:
-    from tunevlseg.cluster.local import LocalLauncher
-    from tunevlseg.cluster.progress import local_progress
-
     import os
 
+    from tunevlseg.cluster.local import LocalLauncher
+    from tunevlseg.cluster.progress import local_progress
     from tunevlseg.tuning.retry import BUDGET_ENV
 
     paths = SweepPaths.of(experiment)
     os.environ[BUDGET_ENV] = str(experiment.spec.cluster.storage_retry_s)  # the tasks inherit it
     liveness = SweepLiveness(read_manifest(paths.manifest), queued=None)
     prepared = _prepare(
-        experiment, expansion, storage_url, storage, force=force, console=console,
-        liveness=liveness, retry_failed=retry_failed, sweep=sweep, selection=selection,
+        experiment,
+        expansion,
+        storage_url,
+        storage,
+        force=force,
+        console=console,
+        liveness=liveness,
+        retry_failed=retry_failed,
+        sweep=sweep,
+        selection=selection,
     )
     tasks = prepared.waiting
     if tasks:
@@ -296,15 +319,45 @@ def _run_local(
         paths.jobs / "local", parallelism=width, timeout_min=experiment.spec.cluster.timeout_min
     )
     try:
-        with local_progress(console, len(tasks)) as on_event:
+        with local_progress(console, len(tasks), specs=expansion.studies) as on_event:
             events = launcher.run(tasks, on_event)
     except KeyboardInterrupt:
+        mark_interrupted(storage, tasks)
         raise LaunchInterrupted(
             f"interrupted: the running trial(s) stopped and keep their checkpoints; resume with "
             f"`tvls-launch {experiment.path} --local`"
         ) from None
-    failed = [f"{e.task.study} #{e.task.trial_number}: {e.error}" for e in events if e.kind == "failed"]
+    failed = [
+        f"{e.task.study} #{e.task.trial_number}: {e.error}" for e in events if e.kind == "failed"
+    ]
     return LaunchResult(make_plan(expansion, storage), len(tasks), failed)
+
+
+def mark_interrupted(storage: BaseStorage, tasks: list[TrialTask]) -> int:
+    """Mark the trials of ``tasks`` that Ctrl-C stopped (RUNNING, owned by a process of this
+    host that is gone) as stopped on purpose, so their re-runs do not use one of their
+    ``search.max_retries`` (:func:`tunevlseg.tuning.recovery.mark_stopped`). A trial
+    ``tvls-cancel`` marked already keeps its mark. Best effort: it never hides the interrupt."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from tunevlseg.tuning import recovery
+
+    numbers: dict[str, set[int]] = {}
+    for task in tasks:
+        numbers.setdefault(task.study, set()).add(task.trial_number)
+    marked = 0
+    try:
+        for name, wanted in numbers.items():
+            study = optuna.load_study(study_name=name, storage=storage)
+            for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                stopped = recovery.local_liveness(name, trial) is False
+                if trial.number in wanted and stopped and recovery.stopped_by(trial) is None:
+                    recovery.mark_stopped(storage, trial, "Ctrl-C")
+                    marked += 1
+    except Exception:  # noqa: BLE001 - the re-runs then count as retries, as after a crash
+        pass
+    return marked
 
 
 def repair(experiment: Experiment, only: Selection | None = None) -> list[str]:
@@ -356,10 +409,17 @@ class SlurmSetup:
     jobs_folder: Path
 
 
-def slurm_setup(experiment: Experiment, expansion: Expansion, storage_url: StorageURL) -> SlurmSetup:
+def slurm_setup(
+    experiment: Experiment, expansion: Expansion, storage_url: StorageURL
+) -> SlurmSetup:
     import os
 
-    from tunevlseg.cluster.container import bind_paths, python_command, setup_lines, task_environment
+    from tunevlseg.cluster.container import (
+        bind_paths,
+        python_command,
+        setup_lines,
+        task_environment,
+    )
     from tunevlseg.cluster.submit import array_parameters, collector_parameters
 
     cluster = experiment.spec.cluster
@@ -408,8 +468,14 @@ def launch_slurm(
     checked, storage = _open(experiment, local=False, force=force, only=only)
     with _lock(experiment, SLURM_LOCK_WAIT_S, console):
         return _submit(
-            experiment, checked.expansion, checked.storage_url, storage, force=force,
-            console=console, retry_failed=retry_failed, sweep=checked.sweep,
+            experiment,
+            checked.expansion,
+            checked.storage_url,
+            storage,
+            force=force,
+            console=console,
+            retry_failed=retry_failed,
+            sweep=checked.sweep,
             selection=checked.selection,
         )
 
@@ -437,8 +503,16 @@ def _submit(
     except slurm.SlurmError as error:
         raise LaunchError(str(error)) from None
     prepared = _prepare(
-        experiment, expansion, storage_url, storage, force=force, console=console,
-        liveness=liveness, retry_failed=retry_failed, sweep=sweep, selection=selection,
+        experiment,
+        expansion,
+        storage_url,
+        storage,
+        force=force,
+        console=console,
+        liveness=liveness,
+        retry_failed=retry_failed,
+        sweep=sweep,
+        selection=selection,
     )
     index = prepared.manifest.task_index()
     assert liveness.queued is not None
@@ -446,19 +520,44 @@ def _submit(
     tasks = [t for t in prepared.waiting if (t.study, t.trial_number) not in covered]
     plan = make_plan(expansion, storage)
     setup = slurm_setup(experiment, expansion, storage_url)
+    launcher = SlurmLauncher(
+        setup.jobs_folder, setup.python, max_array, experiment.spec.cluster.max_timeouts
+    )
+    array_parameters, proxy = setup.arrays, None
+    uses_proxy = (
+        experiment.spec.cluster.storage_proxy is not None and storage_url.scheme == "postgresql"
+    )
+    if uses_proxy and (tasks or covered):  # queued tasks need a proxy too: one gone is replaced
+        from tunevlseg.cluster.proxy import after_proxy, ensure_proxy
+
+        try:
+            proxy = ensure_proxy(
+                experiment,
+                prepared.manifest.proxy_job_ids(),
+                storage_url,
+                launcher.submit_job,
+                setup.setup,
+            )
+        except Exception as error:  # noqa: BLE001 - whatever submitit raised, said once
+            raise LaunchError(f"the storage proxy job could not be submitted: {error}") from None
+        tasks = [replace(task, storage=proxy.task_url.url) for task in tasks]
+        if not proxy.reused:
+            array_parameters = after_proxy(array_parameters, proxy.job_id)
+    new_proxy = [proxy.job_id] if proxy is not None and not proxy.reused else []
     if not tasks:
+        if new_proxy:  # recorded, so that the proxy is found, reused and cancelled
+            prepared.manifest.record_launch("slurm", [], proxy_job_id=new_proxy[0])
+            console.print(f"Started the storage proxy job {new_proxy[0]} for the queued tasks.")
         write_manifest(paths.manifest, prepared.manifest)
         if plan.complete:
             console.print(_complete_message(plan, selection))
         else:
             console.print(f"Nothing to submit: the {len(covered)} remaining trial(s) are queued.")
         return LaunchResult(plan, 0)
-    launcher = SlurmLauncher(
-        setup.jobs_folder, setup.python, max_array, experiment.spec.cluster.max_timeouts
-    )
     try:
-        arrays = launcher.submit_arrays(tasks, setup.arrays)
-    except Exception as error:
+        arrays = launcher.submit_arrays(tasks, array_parameters)
+    except Exception as error:  # noqa: BLE001 - whatever failed, cancel what was submitted
+        slurm.cancel(new_proxy)
         raise LaunchError(f"submission failed, nothing was left queued: {error}") from None
     job_ids = [a.job_id for a in arrays]
     try:
@@ -472,8 +571,8 @@ def _submit(
             ],
             setup.collector(job_ids),
         )
-    except Exception as error:
-        slurm.cancel(job_ids)
+    except Exception as error:  # noqa: BLE001 - whatever failed, cancel what was submitted
+        slurm.cancel(job_ids + new_proxy)
         raise LaunchError(
             f"the collector job could not be submitted, so the arrays {', '.join(job_ids)} were "
             f"cancelled: {error}"
@@ -482,9 +581,17 @@ def _submit(
         "slurm",
         [(a.job_id, [(t.study, t.trial_number) for t in a.tasks]) for a in arrays],
         collector_job_id=collector_id,
+        proxy_job_id=proxy.job_id if proxy is not None else None,
     )
     _record_selection(prepared.manifest, selection)
     write_manifest(paths.manifest, prepared.manifest)
+    if proxy is not None:
+        console.print(
+            f"The tasks use the storage proxy job {proxy.job_id}"
+            f"{' (already running)' if proxy.reused else ' (started now; the arrays wait for it)'}"
+            f"; it ends after the collector.",
+            highlight=False,
+        )
     console.print(
         f"Submitted {len(tasks)} trial(s) of {plan.n_studies} studies{_selection_note(selection)} "
         f"as {len(arrays)} array "
@@ -497,13 +604,13 @@ def _submit(
 
 
 __all__ = [
-    "repair",
     "LaunchError",
     "LaunchInterrupted",
     "LaunchResult",
     "current_plan",
     "launch_local",
     "launch_slurm",
+    "repair",
     "slurm_setup",
     "sweep_storage",
 ]

@@ -36,7 +36,12 @@ class SweepLiveness:
         ended: Final states from ``sacct`` by task key, for the reason (may be empty).
     """
 
-    def __init__(self, manifest: Manifest | None, queued: set[str] | None, ended: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        manifest: Manifest | None,
+        queued: set[str] | None,
+        ended: dict[str, str] | None = None,
+    ) -> None:
         self.queued = queued
         self.ended = ended or {}
         self.slurm_tasks: dict[tuple[str, int], list[str]] = defaultdict(list)
@@ -81,7 +86,9 @@ class SweepLiveness:
             return "its local task ended without recording an owner"
         states = [f"sacct: {self.ended[k]}" for k in keys if k in self.ended]
         shown = ", ".join(keys)
-        return f"SLURM task {shown} is no longer queued" + (f" ({'; '.join(states)})" if states else "")
+        return f"SLURM task {shown} is no longer queued" + (
+            f" ({'; '.join(states)})" if states else ""
+        )
 
 
 def running_job_ids(storage: BaseStorage, expansion: Expansion) -> list[str]:
@@ -101,10 +108,14 @@ def running_job_ids(storage: BaseStorage, expansion: Expansion) -> list[str]:
     return sorted(ids)
 
 
-def slurm_liveness(manifest: Manifest | None, storage: BaseStorage, expansion: Expansion) -> SweepLiveness:
+def slurm_liveness(
+    manifest: Manifest | None, storage: BaseStorage, expansion: Expansion
+) -> SweepLiveness:
     """Liveness from SLURM's queue for every task the sweep submitted or a trial names."""
     from tunevlseg.cluster import slurm
 
-    known = set(running_job_ids(storage, expansion)) | set(manifest.array_job_ids() if manifest else [])
+    known = set(running_job_ids(storage, expansion)) | set(
+        manifest.array_job_ids() if manifest else []
+    )
     queued = {task.key for task in slurm.queued_tasks(sorted(known))}
     return SweepLiveness(manifest, queued, slurm.ended_states(sorted(known)))

@@ -33,19 +33,32 @@ class Manifest:
         arrays: list[tuple[str, list[tuple[str, int]]]],
         collector_job_id: str | None = None,
         local_tasks: list[tuple[str, int]] | None = None,
+        proxy_job_id: str | None = None,
     ) -> None:
+        """``proxy_job_id``: the storage proxy job the launch's tasks use (started or reused)."""
         self.launches.append(
             {
                 "at": time.time(),
                 "mode": mode,
                 "plan_sha256": self.plan_sha256,
                 "arrays": [
-                    {"job_id": job_id, "tasks": [list(t) for t in tasks]} for job_id, tasks in arrays
+                    {"job_id": job_id, "tasks": [list(t) for t in tasks]}
+                    for job_id, tasks in arrays
                 ],
                 "collector_job_id": collector_job_id,
                 "local_tasks": [list(t) for t in local_tasks or []],
+                **({"proxy_job_id": proxy_job_id} if proxy_job_id else {}),
             }
         )
+
+    def proxy_job_ids(self) -> list[str]:
+        """The storage proxy jobs of the launches, oldest first, each once."""
+        ids: list[str] = []
+        for launch in self.launches:
+            job_id = launch.get("proxy_job_id")
+            if job_id and str(job_id) not in ids:
+                ids.append(str(job_id))
+        return ids
 
     def array_job_ids(self) -> list[str]:
         return [a["job_id"] for launch in self.launches for a in launch["arrays"]]

@@ -6,7 +6,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from tunevlseg.config.grid import Expansion, StudySpec
 from tunevlseg.tuning.studies import StudyProgress, progress
@@ -92,7 +92,11 @@ def make_plan(expansion: Expansion, storage: BaseStorage | None) -> Plan:
     return Plan(studies, expansion, notes)
 
 
-def chunk(tasks: Sequence[Task], max_array_size: int) -> list[list[Task]]:
+T = TypeVar("T")
+"""Whatever is split into arrays: tasks, or their indices."""
+
+
+def chunk(tasks: Sequence[T], max_array_size: int) -> list[list[T]]:
     """Split tasks into arrays whose indices stay below SLURM's ``MaxArraySize``."""
     if max_array_size < 1:
         raise ValueError("max_array_size must be at least 1")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tunevlseg.assets import preflight as asset_problems
+from tunevlseg.assets import preflight as asset_problems, unseen_class_problems
 from tunevlseg.cluster.storage_safety import (
     connection_problems,
     journal_problems,
@@ -66,8 +66,10 @@ def slurm_path_problems(experiment: Experiment) -> list[str]:
     if not bad:
         return []
     return [
-        f"output_dir {experiment.output_dir} contains {' and '.join(repr(c) for c in bad)}, "
-        "which SLURM rewrites in job log file names; choose a folder without them"
+        (
+            f"output_dir {experiment.output_dir} contains {' and '.join(repr(c) for c in bad)}, "
+            "which SLURM rewrites in job log file names; choose a folder without them"
+        )
     ]
 
 
@@ -75,9 +77,11 @@ def sqlite_problems(experiment: Experiment, parallelism: int, force: bool) -> li
     """SQLite has no row locks: two parallel workers can claim the same trial (measured)."""
     if sweep_storage(experiment).scheme == "sqlite" and parallelism > 1 and not force:
         return [
-            "sqlite storage cannot take parallel tasks (no row locks, so two tasks can claim the "
-            "same trial; its file locks break on NFS): use journal:// (the default) or "
-            "postgresql://, set parallelism to 1, or pass --force"
+            (
+                "sqlite storage cannot take parallel tasks (no row locks, so two tasks can claim "
+                "the same trial; its file locks break on NFS): use journal:// (the default) or "
+                "postgresql://, set parallelism to 1, or pass --force"
+            )
         ]
     return []
 
@@ -107,6 +111,13 @@ def open_existing_storage(url: StorageURL) -> BaseStorage | None:
 
     if url.path is not None:
         return open_storage(url) if url.path.exists() else None
+    if url.scheme == "grpc":  # a proxy serves an existing database (it creates its tables)
+        from tunevlseg.tuning.proxy_client import ProxyStorage
+
+        proxy = open_storage(url)
+        assert isinstance(proxy, ProxyStorage)
+        proxy.wait_ready(PROXY_ANSWER_S)
+        return proxy
     import sqlalchemy
 
     engine = sqlalchemy.create_engine(url.url, connect_args={"connect_timeout": 10})
@@ -116,6 +127,20 @@ def open_existing_storage(url: StorageURL) -> BaseStorage | None:
     finally:
         engine.dispose()
     return open_storage(url) if has_studies else None
+
+
+PROXY_ANSWER_S = 5.0
+"""How long preflight waits for a ``grpc://`` storage proxy to accept a connection."""
+
+
+def grpc_problems(experiment: Experiment, storage_url: StorageURL, *, local: bool) -> list[str]:
+    """A gRPC storage (a proxy the user runs, or the launcher's) needs ``grpcio`` installed."""
+    import importlib.util
+
+    proxy = experiment.spec.cluster.storage_proxy is not None and not local
+    if (storage_url.scheme != "grpc" and not proxy) or importlib.util.find_spec("grpc") is not None:
+        return []
+    return ["a gRPC storage proxy needs grpcio: pip install 'tunevlseg[grpc]'"]
 
 
 def run_preflight(
@@ -143,20 +168,26 @@ def run_preflight(
     problems: list[str] = []
     if not local:
         problems += slurm_path_problems(experiment)
-    problems += sqlite_problems(experiment, parallelism or experiment.spec.cluster.parallelism, force)
+    problems += sqlite_problems(
+        experiment, parallelism or experiment.spec.cluster.parallelism, force
+    )
     problems += writable_problems(experiment.output_dir, "output_dir")
     if storage_url.path is not None:
         problems += writable_problems(storage_url.path.parent, "storage folder")
     problems += asset_problems(expansion.studies)
+    problems += unseen_class_problems(experiment, expansion.studies)
+    problems += grpc_problems(experiment, storage_url, local=local)
     slurm_answers = not local and slurm.available()
     storage = None
     try:
         # The server's connection counts first, before this process holds any connection.
-        server = server_connections(storage_url) if storage_url.scheme == "postgresql" else None
+        # Behind a pooler the server's max_connections is not the limit that applies.
+        counted = storage_url.scheme == "postgresql" and not experiment.spec.cluster.postgres_pooler
+        server = server_connections(storage_url) if counted else None
         storage = open_existing_storage(storage_url)
         if storage is not None:
             storage.get_all_studies()
-    except Exception as error:  # any driver error: its message is what the user needs
+    except Exception as error:  # noqa: BLE001 - any driver error: its message is what the user needs
         storage, server = None, None
         problems.append(f"cannot open the study storage {storage_url}: {error}".strip())
     if storage is not None and not force:
@@ -171,7 +202,10 @@ def run_preflight(
             parallelism=(parallelism or cluster.parallelism) if local else cluster.parallelism,
             max_array_size=1 if local else max_array_size(experiment, slurm_answers),
         )
-        problems += connection_problems(storage_url, concurrency, server)
+        proxy = None if local else cluster.storage_proxy  # a local launch has no proxy job
+        problems += connection_problems(
+            storage_url, concurrency, server, proxy.connections if proxy is not None else None
+        )
     if slurm_answers:
         problems += journal_problems(experiment, storage_url, local=local)
     if not local and not slurm_answers:

@@ -16,16 +16,24 @@ tasks' storage itself, once. If the storage cannot be read, the lines show the e
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task
-from rich.progress import TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.text import Text
 
 from tunevlseg.cluster.local import TaskEvent
@@ -68,6 +76,8 @@ class LaunchProgress:
         total: Trials the launch runs.
         storage: The sweep's storage, or ``None`` to open the tasks' storage when first read.
         clock: Monotonic seconds (a test passes its own).
+        specs: The launch's studies, so a trial that ends before its curve was first read
+            still names its objective.
     """
 
     def __init__(
@@ -75,6 +85,7 @@ class LaunchProgress:
         total: int,
         storage: BaseStorage | None = None,
         clock: Callable[[], float] = time.monotonic,
+        specs: Iterable[StudySpec] = (),
     ) -> None:
         self.total = total
         self.storage = storage
@@ -86,7 +97,7 @@ class LaunchProgress:
         self._unreadable = False
         self._study_ids: dict[str, int] = {}
         self._trial_ids: dict[Key, int] = {}
-        self._specs: dict[str, StudySpec] = {}
+        self._specs: dict[str, StudySpec] = {spec.name: spec for spec in specs}
 
     # -- the launch's events --------------------------------------------------------------
 
@@ -113,7 +124,7 @@ class LaunchProgress:
         for key in keys:
             try:
                 curve = self._read(storage, key)
-            except Exception:  # a storage hiccup: keep what was shown, try again next time
+            except Exception:  # noqa: BLE001 - a storage hiccup: keep what was shown, try again next time
                 continue
             with self._lock:
                 if key in self.running and curve is not None:
@@ -127,8 +138,8 @@ class LaunchProgress:
                 parsed = parse_storage_url(url)
                 if parsed.exists:  # never create one: a display only reads
                     self.storage = open_storage(parsed)
-            except Exception:
-                self._unreadable = True  # the lines show the elapsed time only
+            except Exception:  # noqa: BLE001 - unreadable: the lines show the elapsed time only
+                self._unreadable = True
         return self.storage
 
     def _read(self, storage: BaseStorage, key: Key) -> RunningTrial | None:
@@ -162,8 +173,8 @@ class LaunchProgress:
         """Seconds left, from the rate trials have been done at (epochs of the running ones
         counting as fractions of a trial; skipped trials take no time and do not count)."""
         with self._lock:
-            worked = sum(n for status, n in self.ended.items() if status != "skipped")
-            left = self.total - sum(self.ended.values())
+            worked = float(sum(n for status, n in self.ended.items() if status != "skipped"))
+            left = float(self.total - sum(self.ended.values()))
             for entry in self.running.values():
                 curve = entry.curve
                 if curve is not None and curve.epoch and curve.max_epochs:
@@ -228,7 +239,7 @@ MIN_NAME = 12
 
 
 def lay_out(
-    rows: list[tuple[str, ...]], width: int, indent: str = "  ", gap: str = "  "
+    rows: Sequence[tuple[str, ...]], width: int, indent: str = "  ", gap: str = "  "
 ) -> Iterator[Text]:
     """Rows of ``(study, #n, epoch, value, elapsed)`` as aligned lines of at most ``width``
     characters: the study name takes what the other cells leave and is cut in the middle;
@@ -341,11 +352,12 @@ def local_progress(
     *,
     poll_seconds: float = POLL_SECONDS,
     clock: Callable[[], float] = time.monotonic,
+    specs: Iterable[StudySpec] = (),
 ) -> Iterator[ProgressHandler]:
     """Yield the event handler that moves the bar, prints each trial's end and shows the
     running trials; ``poll_seconds`` 0 reads no curve by itself (a test calls
     ``handler.display.read_curves()``)."""
-    display = LaunchProgress(total, storage, clock)
+    display = LaunchProgress(total, storage, clock, specs)
     columns = (
         TextColumn("[bold]trials"),
         BarColumn(bar_width=30),
@@ -359,10 +371,9 @@ def local_progress(
 
         def read_until_stopped() -> None:
             while not stop.wait(poll_seconds):
-                try:
+                # the display must never stop the launch
+                with contextlib.suppress(Exception):
                     display.read_curves()
-                except Exception:  # the display must never stop the launch
-                    pass
 
         reader = threading.Thread(target=read_until_stopped, name="tvls-progress", daemon=True)
     with _LaunchBar(display, *columns, console=console, get_time=clock) as bar:

@@ -59,19 +59,21 @@ _SUBMITIT_REQUEUE = SlurmJobEnvironment._requeue  # what install() replaces, kep
 WRAPPER = "; ".join(
     [
         "trap : USR2 TERM",
-        'dir=$1',
+        "dir=$1",
         "shift",
         f'export {MARKER_DIR_ENV}="$dir" APPTAINERENV_{MARKER_DIR_ENV}="$dir"',
-        'id=${SLURM_ARRAY_JOB_ID:+${SLURM_ARRAY_JOB_ID}_$SLURM_ARRAY_TASK_ID}',
-        'id=${id:-${SLURM_JOB_ID-}}',
+        "id=${SLURM_ARRAY_JOB_ID:+${SLURM_ARRAY_JOB_ID}_$SLURM_ARRAY_TASK_ID}",
+        "id=${id:-${SLURM_JOB_ID-}}",
         'if [ -n "$id" ]; then rm -f -- "$dir/$id"; fi',
         '"$@"',
         "status=$?",
-        'if [ -n "$id" ] && [ -e "$dir/$id" ]; then '
-        'rm -f -- "$dir/$id"; '
-        f'if scontrol requeue "$id"; then echo "{WRAPPER_NAME}: requeued $id from the host" >&2; '
-        f'else echo "{WRAPPER_NAME}: scontrol requeue $id failed" >&2; fi; '
-        "fi",
+        (
+            'if [ -n "$id" ] && [ -e "$dir/$id" ]; then '
+            'rm -f -- "$dir/$id"; '
+            f'if scontrol requeue "$id"; then echo "{WRAPPER_NAME}: requeued $id from the host" >&2; '
+            f'else echo "{WRAPPER_NAME}: scontrol requeue $id failed" >&2; fi; '
+            "fi"
+        ),
         "exit $status",
     ]
 )
@@ -93,7 +95,9 @@ def write_marker(marker_dir: Path, job_id: str, countdown: int) -> Path:
     """Ask the host wrapper to requeue ``job_id`` once this task has exited."""
     path = marker_path(marker_dir, job_id)
     marker_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"requeue {job_id} (remaining time-outs {countdown}) asked at {time.time():.0f}\n")
+    path.write_text(
+        f"requeue {job_id} (remaining time-outs {countdown}) asked at {time.time():.0f}\n"
+    )
     return path
 
 
@@ -111,7 +115,9 @@ def _requeue_through_host(env: SlurmJobEnvironment, countdown: int) -> None:
         except (OSError, subprocess.SubprocessError) as error:
             _LOG.warning("scontrol requeue failed in the task (%s): asking the host", error)
     path = write_marker(Path(os.environ[MARKER_DIR_ENV]), env.job_id, countdown)
-    _LOG.warning("no working scontrol in the task: the host wrapper requeues %s (%s)", env.job_id, path)
+    _LOG.warning(
+        "no working scontrol in the task: the host wrapper requeues %s (%s)", env.job_id, path
+    )
 
 
 def install(environ: Mapping[str, str] | None = None) -> bool:
@@ -124,7 +130,7 @@ def install(environ: Mapping[str, str] | None = None) -> bool:
     """
     if not (os.environ if environ is None else environ).get(MARKER_DIR_ENV):
         return False
-    SlurmJobEnvironment._requeue = _requeue_through_host  # type: ignore[method-assign]
+    SlurmJobEnvironment._requeue = _requeue_through_host  # type: ignore[method-assign, assignment]
     return True
 
 
@@ -143,4 +149,3 @@ class HostRequeueWorker(TrialWorker):
     def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission:
         install()
         return super().checkpoint(*args, **kwargs)
-

@@ -168,7 +168,7 @@ def fit_width(text: str, width: int) -> str:
     if len(text) <= width:
         return text
     if width <= 1:
-        return "…"[:max(width, 0)]
+        return "…"[: max(width, 0)]
     keep = width - 1
     head = (keep + 1) // 2
     tail = keep - head

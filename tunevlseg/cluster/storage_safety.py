@@ -13,7 +13,10 @@
   :data:`~tunevlseg.tuning.storage.POSTGRES_CONNECTIONS_PER_PROCESS` connections, and so do the
   launcher and the collector. The sweep's peak must fit in what the server accepts besides the
   connections it already serves; a server that runs out refuses tasks with "too many clients"
-  (optuna issues #1347, #1115), one failed trial each.
+  (optuna issues #1347, #1115), one failed trial each. Behind a storage proxy
+  (``cluster.storage_proxy``) the tasks hold none: the proxy's connections count instead. Behind
+  a pooler (``cluster.postgres_pooler``) the server's limit is not the one that applies, and
+  the check is left out.
 
 Every lookup (the mount table, a partition's nodes, the server's connection counts) is a small
 function of its own, so tests call it for real and hand the checks other values. See
@@ -42,15 +45,42 @@ if TYPE_CHECKING:
 
 NETWORK_FILE_SYSTEMS = frozenset(
     {
-        "nfs", "nfs4", "lustre", "gpfs", "beegfs", "ceph", "cifs", "smb3", "smbfs", "smb2",
-        "glusterfs", "afs", "panfs", "wekafs", "pvfs2", "orangefs", "ocfs2", "gfs2",
+        "nfs",
+        "nfs4",
+        "lustre",
+        "gpfs",
+        "beegfs",
+        "ceph",
+        "cifs",
+        "smb3",
+        "smbfs",
+        "smb2",
+        "glusterfs",
+        "afs",
+        "panfs",
+        "wekafs",
+        "pvfs2",
+        "orangefs",
+        "ocfs2",
+        "gfs2",
     }
 )
 """Kernel file system types (``/proc/mounts``' third field) whose files other machines share."""
 NETWORK_FUSE_SUBTYPES = frozenset(
     {
-        "sshfs", "glusterfs", "ceph-fuse", "ceph", "s3fs", "gcsfuse", "juicefs", "rclone",
-        "quobyte", "lizardfs", "moosefs", "mfs", "beegfs",
+        "sshfs",
+        "glusterfs",
+        "ceph-fuse",
+        "ceph",
+        "s3fs",
+        "gcsfuse",
+        "juicefs",
+        "rclone",
+        "quobyte",
+        "lizardfs",
+        "moosefs",
+        "mfs",
+        "beegfs",
     }
 )
 """The same for FUSE mounts, listed as ``fuse.<subtype>``."""
@@ -206,20 +236,26 @@ def journal_problems(
         names = eligible_nodes(table, cluster.slurm)
     except slurm.SlurmError as error:
         return [
-            f"the journal {storage_url.path} is on {mount.fstype}, a network file system, and "
-            f"the nodes of {where} could not be listed ({error}), so the tasks may run on "
-            "several machines; use a postgresql:// storage (docs/storage.md) or set "
-            "cluster.allow_journal_on_network_fs: true"
+            (
+                f"the journal {storage_url.path} is on {mount.fstype}, a network file system, and "
+                f"the nodes of {where} could not be listed ({error}), so the tasks may run on "
+                "several machines; use a postgresql:// storage (docs/storage.md; with "
+                "cluster.storage_proxy for many tasks) or set "
+                "cluster.allow_journal_on_network_fs: true"
+            )
         ]
     if len(names) <= 1:
         return []
     return [
-        f"the journal {storage_url.path} is on {mount.fstype} (a network file system mounted "
-        f"at {mount.point}), and the tasks can run on {len(names)} nodes of {where} "
-        f"({_examples(names)}): Optuna's journal lock file is not reliable across machines, "
-        "so two tasks' records can be lost or fused into one line (docs/storage.md). Use a "
-        "postgresql:// storage, keep the tasks on one node (cluster.slurm.extra: {nodelist: "
-        "NODE}), or accept the risk with cluster.allow_journal_on_network_fs: true"
+        (
+            f"the journal {storage_url.path} is on {mount.fstype} (a network file system mounted "
+            f"at {mount.point}), and the tasks can run on {len(names)} nodes of {where} "
+            f"({_examples(names)}): Optuna's journal lock file is not reliable across machines, "
+            "so two tasks' records can be lost or fused into one line (docs/storage.md). Use a "
+            "postgresql:// storage (behind a storage proxy, cluster.storage_proxy, when the tasks "
+            "outnumber the server's connections), keep the tasks on one node (cluster.slurm.extra: {nodelist: "
+            "NODE}), or accept the risk with cluster.allow_journal_on_network_fs: true"
+        )
     ]
 
 
@@ -281,13 +317,17 @@ def server_connections(url: StorageURL) -> ServerConnections:
     try:
         with engine.connect() as connection:
             connection.execute(sqlalchemy.text("SET TRANSACTION READ ONLY"))
-            connection.execute(sqlalchemy.text(f"SET LOCAL statement_timeout = {STATEMENT_TIMEOUT_MS}"))
+            connection.execute(
+                sqlalchemy.text(f"SET LOCAL statement_timeout = {STATEMENT_TIMEOUT_MS}")
+            )
             row = connection.execute(sqlalchemy.text(SERVER_QUERY)).one()
             connection.rollback()
     finally:
         engine.dispose()
     return ServerConnections(
-        max_connections=int(row[0]), superuser_reserved=int(row[1]), reserved=int(row[2]),
+        max_connections=int(row[0]),
+        superuser_reserved=int(row[1]),
+        reserved=int(row[2]),
         in_use=int(row[3]),
     )
 
@@ -326,9 +366,12 @@ def sweep_concurrency(
     return Concurrency(parallelism, arrays, budget, local)
 
 
-def peak_connections(concurrency: Concurrency) -> int:
+def peak_connections(concurrency: Concurrency, proxy_connections: int | None = None) -> int:
+    """The tasks' connections (or, behind a storage proxy, the proxy's) + the launcher's and
+    the collector's (or the local progress display's)."""
     per = POSTGRES_CONNECTIONS_PER_PROCESS
-    return concurrency.tasks * per + OWN_PROCESSES * per
+    tasks = concurrency.tasks * per if proxy_connections is None else proxy_connections
+    return tasks + OWN_PROCESSES * per
 
 
 def _server_name(url: StorageURL) -> str:
@@ -337,27 +380,60 @@ def _server_name(url: StorageURL) -> str:
 
 
 def connection_problems(
-    url: StorageURL, concurrency: Concurrency, server: ServerConnections
+    url: StorageURL,
+    concurrency: Concurrency,
+    server: ServerConnections,
+    proxy_connections: int | None = None,
 ) -> list[str]:
-    """The sweep's peak connections against what ``server`` accepts besides its current ones."""
+    """The sweep's peak connections against what ``server`` accepts besides its current ones.
+
+    ``proxy_connections``: the tasks go through a storage proxy holding that many.
+    """
     per = POSTGRES_CONNECTIONS_PER_PROCESS
     own = OWN_PROCESSES * per
-    peak = peak_connections(concurrency)
+    peak = peak_connections(concurrency, proxy_connections)
     if peak <= server.free:
         return []
-    setting = "--parallelism (default: cluster.parallelism)" if concurrency.local else "cluster.parallelism"
-    others = "the launcher and its progress display" if concurrency.local else "the launcher and the collector"
+    if proxy_connections is not None:
+        return [
+            (
+                f"the PostgreSQL server {_server_name(url)} cannot take this sweep's connections: "
+                f"the storage proxy's {proxy_connections} (cluster.storage_proxy.connections) + "
+                f"{own} for the launcher and the collector = {peak}, but the server accepts "
+                f"{max(0, server.free)} more ({server.describe()}). To fix: lower "
+                "cluster.storage_proxy.connections (at least 2), close other clients or raise the "
+                "server's max_connections"
+            )
+        ]
+    setting = (
+        "--parallelism (default: cluster.parallelism)"
+        if concurrency.local
+        else "cluster.parallelism"
+    )
+    others = (
+        "the launcher and its progress display"
+        if concurrency.local
+        else "the launcher and the collector"
+    )
     fits = (server.free - own) // (per * concurrency.arrays)
     if fits >= 1:
         fix = f"lower {setting} to {fits}, or raise the server's max_connections"
     else:
         fix = "not even one task fits: close other clients or raise the server's max_connections"
+    if not concurrency.local:
+        fix += (
+            "; or put the tasks behind a storage proxy (cluster.storage_proxy: {}), which holds "
+            "a few connections for all of them; or, if the URL names a pooler such as "
+            "PgBouncer, say so with cluster.postgres_pooler: true"
+        )
     return [
-        f"the PostgreSQL server {_server_name(url)} cannot take this sweep's connections: "
-        f"{concurrency.tasks} tasks at once ({concurrency.describe()}) x {per} connections "
-        f"each + {own} for {others} = {peak}, but the server accepts "
-        f"{max(0, server.free)} more ({server.describe()}). To fix: {fix} (docs/storage.md: "
-        "how many tasks a server takes)"
+        (
+            f"the PostgreSQL server {_server_name(url)} cannot take this sweep's connections: "
+            f"{concurrency.tasks} tasks at once ({concurrency.describe()}) x {per} connections "
+            f"each + {own} for {others} = {peak}, but the server accepts "
+            f"{max(0, server.free)} more ({server.describe()}). To fix: {fix} (docs/storage.md: "
+            "how many tasks a server takes)"
+        )
     ]
 
 

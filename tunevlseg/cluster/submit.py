@@ -101,13 +101,17 @@ def render_array_script(folder: Path, python: str, parameters: dict[str, Any], n
 
 def render_script(folder: Path, python: str, parameters: dict[str, Any]) -> str:
     """The sbatch script of a single job (the collector), for --dry-run."""
-    return _make_sbatch_string(command=_submit_command(python, folder), folder=str(folder), **parameters)
+    return _make_sbatch_string(
+        command=_submit_command(python, folder), folder=str(folder), **parameters
+    )
 
 
 class SlurmLauncher:
     """Submits trial arrays and the collector through submitit's ``SlurmExecutor``."""
 
-    def __init__(self, folder: Path, python: str, max_array_size: int, max_timeouts: int = 3) -> None:
+    def __init__(
+        self, folder: Path, python: str, max_array_size: int, max_timeouts: int = 3
+    ) -> None:
         self.folder = folder
         self.python = python
         self.max_array_size = max_array_size
@@ -142,5 +146,11 @@ class SlurmLauncher:
     def submit_collector(
         self, function: Callable[..., Any], args: Sequence[Any], parameters: dict[str, Any]
     ) -> str:
+        return self.submit_job(function, args, parameters)
+
+    def submit_job(
+        self, function: Callable[..., Any], args: Sequence[Any], parameters: dict[str, Any]
+    ) -> str:
+        """One plain job (the collector, the storage proxy); returns its id."""
         job = self._executor(parameters).submit(function, *args)
         return str(job.job_id)

@@ -125,14 +125,16 @@ def _is_mine(trial: FrozenTrial) -> bool:
     """A RUNNING trial this same SLURM task owned before it was requeued."""
     owner, stamped = _owner(), trial_attrs(trial)
     return bool(owner[recovery.SLURM_JOB_ATTR]) and all(
-        stamped.get(key) == owner[key] for key in (recovery.SLURM_JOB_ATTR, recovery.SLURM_TASK_ATTR)
+        stamped.get(key) == owner[key]
+        for key in (recovery.SLURM_JOB_ATTR, recovery.SLURM_TASK_ATTR)
     )
 
 
 def _stamp(storage: BaseStorage, trial_id: int, attrs: dict[str, Any]) -> None:
     for key, value in attrs.items():
         with_retries(
-            lambda k=key, v=value: storage.set_trial_user_attr(trial_id, k, v), what="stamping the trial"
+            functools.partial(storage.set_trial_user_attr, trial_id, key, value),
+            what="stamping the trial",
         )
 
 
@@ -175,7 +177,9 @@ def claim_trial(storage: BaseStorage, task: TrialTask) -> Claim | TaskOutcome:
 
     def read() -> tuple[optuna.Study, int, Any]:
         study = optuna.load_study(study_name=task.study, storage=storage)
-        trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, task.trial_number)
+        trial_id = storage.get_trial_id_from_study_id_trial_number(
+            study._study_id, task.trial_number
+        )
         return study, trial_id, storage.get_trial(trial_id)
 
     study, trial_id, frozen = with_retries(read, what="reading the trial")
@@ -243,13 +247,21 @@ def _record_failure(claim: Claim, storage: BaseStorage, error: Exception) -> Non
     if failures.is_infrastructure(error):
         frozen = with_retries(lambda: storage.get_trial(trial_id), what="reading the trial")
         with_retries(
-            lambda: recovery.fail_and_requeue(claim.study, frozen, detail, claim.spec.search.max_retries),
+            lambda: recovery.fail_and_requeue(
+                claim.study, frozen, detail, claim.spec.search.max_retries
+            ),
             what="re-queueing the trial",
         )
         return
-    _stamp(storage, trial_id, {
-        recovery.FAILURE_ATTR: detail, failures.KIND_ATTR: "error", failures.FINAL_ATTR: True,
-    })
+    _stamp(
+        storage,
+        trial_id,
+        {
+            recovery.FAILURE_ATTR: detail,
+            failures.KIND_ATTR: "error",
+            failures.FINAL_ATTR: True,
+        },
+    )
     with_retries(
         lambda: claim.study.tell(claim.trial, state=TrialState.FAIL, skip_if_finished=True),
         what="telling the failure",
@@ -260,7 +272,6 @@ def run_task(task: TrialTask) -> TaskOutcome:
     """Run (or resume) one trial to its end and tell the study."""
     limit_threads()
     import optuna
-    from optuna.trial import TrialState
 
     from tunevlseg.tuning.objective import run_trial
     from tunevlseg.tuning.pruners import VAL_IMAGES_ATTR, rounded_scores
@@ -269,7 +280,9 @@ def run_task(task: TrialTask) -> TaskOutcome:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     watch = InterruptionWatch()
     watch.install()
-    storage = with_retries(lambda: open_storage(parse_storage_url(task.storage)), what="opening the storage")
+    storage = with_retries(
+        lambda: open_storage(parse_storage_url(task.storage)), what="opening the storage"
+    )
     claim = claim_trial(storage, task)
     if isinstance(claim, TaskOutcome):
         return claim
@@ -279,7 +292,11 @@ def run_task(task: TrialTask) -> TaskOutcome:
     started = time.monotonic()
     try:
         result = run_trial(
-            claim.spec, claim.params, claim.run_dir, seed=claim.seed, identity=claim.identity,
+            claim.spec,
+            claim.params,
+            claim.run_dir,
+            seed=claim.seed,
+            identity=claim.identity,
             on_epoch_end=reporter,
         )
     except TrialPrunedAt as pruned:
@@ -293,11 +310,18 @@ def run_task(task: TrialTask) -> TaskOutcome:
         raise
     val_images = result.pop("val_images", {})
     if per_image and val_images.get(per_image):
-        _stamp(storage, claim.trial._trial_id, {VAL_IMAGES_ATTR: rounded_scores(val_images[per_image])})
+        _stamp(
+            storage, claim.trial._trial_id, {VAL_IMAGES_ATTR: rounded_scores(val_images[per_image])}
+        )
     bundle = {**result, "tvls.task_seconds": time.monotonic() - started}
-    with_retries(lambda: claim.trial.set_user_attr(RESULT_ATTR, bundle), what="recording the result")
+    with_retries(
+        lambda: claim.trial.set_user_attr(RESULT_ATTR, bundle), what="recording the result"
+    )
     value = float(result[search.objective])
-    with_retries(lambda: claim.study.tell(claim.trial, value, skip_if_finished=True), what="telling the result")
+    with_retries(
+        lambda: claim.study.tell(claim.trial, value, skip_if_finished=True),
+        what="telling the result",
+    )
     return TaskOutcome(task.study, task.trial_number, "complete", value)
 
 

@@ -78,7 +78,8 @@ def _complete_trials(data: StudyData) -> list[FrozenTrial]:
     from optuna.trial import TrialState
 
     return [
-        t for t in data.trials
+        t
+        for t in data.trials
         if t.state == TrialState.COMPLETE and t.value is not None and t.distributions
     ]
 
@@ -150,7 +151,9 @@ def pooled_importance(trials: list[FrozenTrial]) -> dict[str, float]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "regime with < 2 trials" and the like, per parameter
         evaluator = optuna.importance.PedAnovaImportanceEvaluator()
-        return dict(optuna.importance.get_param_importances(_pooled_study(trials), evaluator=evaluator))
+        return dict(
+            optuna.importance.get_param_importances(_pooled_study(trials), evaluator=evaluator)
+        )
 
 
 def learner_importances(studies: Sequence[StudyData]) -> Importances:
@@ -181,14 +184,18 @@ def learner_importances(studies: Sequence[StudyData]) -> Importances:
     for learner in order:
         try:
             values = pooled_importance(pools[learner])
-        except Exception as error:  # an evaluator failure must not stop the report
+        except Exception as error:  # noqa: BLE001 - an evaluator failure must not stop the report
             failed.append(f"{titles[learner]}: {type(error).__name__}: {error}")
             continue
         ranked = sorted(values, key=lambda p: (-values[p], p))
         rows += [
             LearnerImportance(
-                learner, titles[learner], param, float(values[param]),
-                n_studies[learner], len(pools[learner]),
+                learner,
+                titles[learner],
+                param,
+                float(values[param]),
+                n_studies[learner],
+                len(pools[learner]),
             )
             for param in ranked
         ]

@@ -42,7 +42,9 @@ class _Seen:
     where: str
 
 
-def _read_one(path: Path, seen: dict[tuple[str, str, str, str], _Seen], problems: list[str]) -> list[StudyResult]:
+def _read_one(
+    path: Path, seen: dict[tuple[str, str, str, str], _Seen], problems: list[str]
+) -> list[StudyResult]:
     try:
         handle = path.open(newline="", encoding="utf-8-sig")
     except OSError as error:
@@ -53,16 +55,22 @@ def _read_one(path: Path, seen: dict[tuple[str, str, str, str], _Seen], problems
             return _rows(path, csv.DictReader(handle), seen, problems)
     except UnicodeDecodeError as error:
         problems.append(
-            f"{path}: not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset {error.start}); "
-            "save it as a UTF-8 CSV file"
+            f"{path}: not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset "
+            f"{error.start}); save it as a UTF-8 CSV file"
         )
     except csv.Error as error:
-        problems.append(f"{path}: not a CSV file ({error}); give a text file with the columns {', '.join(REQUIRED)}")
+        problems.append(
+            f"{path}: not a CSV file ({error}); give a text file with the columns "
+            f"{', '.join(REQUIRED)}"
+        )
     return []
 
 
 def _rows(
-    path: Path, reader: csv.DictReader[str], seen: dict[tuple[str, str, str, str], _Seen], problems: list[str]
+    path: Path,
+    reader: csv.DictReader[str],
+    seen: dict[tuple[str, str, str, str], _Seen],
+    problems: list[str],
 ) -> list[StudyResult]:
     results = []
     header = [name.strip() for name in reader.fieldnames or []]
@@ -78,7 +86,9 @@ def _rows(
         if not any(values.values()):
             continue
         if any(ch < " " and ch != "\t" for value in values.values() for ch in value):
-            problems.append(f"{path}:{line}: control characters (NUL, ...) in a cell: not a CSV text file")
+            problems.append(
+                f"{path}:{line}: control characters (NUL, ...) in a cell: not a CSV text file"
+            )
             continue
         empty = [name for name in REQUIRED if not values.get(name)]
         if empty:
@@ -91,24 +101,41 @@ def _rows(
             continue
         if not (math.isfinite(dice) and 0.0 <= dice <= 1.0):
             hint = " (give Dice as a fraction, not × 100)" if 1.0 < dice <= 100.0 else ""
-            problems.append(f"{path}:{line}: test_dice {values['test_dice']} is outside [0, 1]{hint}")
+            problems.append(
+                f"{path}:{line}: test_dice {values['test_dice']} is outside [0, 1]{hint}"
+            )
             continue
         key, title = _learner(values["learner"])
         grid = values.get("grid", "")
         cell = (grid, values["model"], title, values["dataset"])
         if cell in seen:
             problems.append(
-                f"{path}:{line}: duplicate result for model {cell[1]}, learner {title}, "
-                f"data set {cell[3]}{', grid ' + grid if grid else ''} (first at {seen[cell].where})"
+                f"{path}:{line}: duplicate result for model {cell[1]}, learner {title}, data set "
+                f"{cell[3]}{', grid ' + grid if grid else ''} (first at {seen[cell].where})"
             )
             continue
         seen[cell] = _Seen(f"{path}:{line}")
         results.append(
             StudyResult(
-                study="", sweep="", model=values["model"], learner=key, learner_title=title,
-                dataset=values["dataset"], category=values["category"], grid=grid,
-                n_trials=0, complete=0, failed=0, pruned=0, running=0, waiting=0,
-                best_trial=None, best_value=None, test_dice=dice, test_iou=None, val_dice=None,
+                study="",
+                sweep="",
+                model=values["model"],
+                learner=key,
+                learner_title=title,
+                dataset=values["dataset"],
+                category=values["category"],
+                grid=grid,
+                n_trials=0,
+                complete=0,
+                failed=0,
+                pruned=0,
+                running=0,
+                waiting=0,
+                best_trial=None,
+                best_value=None,
+                test_dice=dice,
+                test_iou=None,
+                val_dice=None,
                 source=path.name,
             )
         )
@@ -174,7 +201,9 @@ def merge_results(
         for grid in grids if result.grid == "" else [result.grid]:
             cell = (grid, result.model, result.learner_title, result.dataset)
             study = have.get(cell)
-            where = f"{result.model} {result.learner_title} on {result.dataset}" + (f" ({grid})" if grid else "")
+            where = f"{result.model} {result.learner_title} on {result.dataset}" + (
+                f" ({grid})" if grid else ""
+            )
             if study is not None and study.test_dice is not None:
                 warnings.append(
                     f"{where}: the storage ({100 * study.test_dice:.2f}) wins over "

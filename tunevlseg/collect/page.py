@@ -53,7 +53,9 @@ def render_page(title: str, sections: Sequence[Section], warnings: Sequence[str]
     if warnings:
         items = "".join(f"<li>{html.escape(w)}</li>" for w in warnings)
         parts.append(f'<ul class="warnings">{items}</ul>')
-    for section in sections:
-        parts.append(f"<section><h2>{html.escape(section.title)}</h2>\n{section.body}</section>")
+    parts.extend(
+        f"<section><h2>{html.escape(section.title)}</h2>\n{section.body}</section>"
+        for section in sections
+    )
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"

@@ -81,7 +81,9 @@ def text_width(text: str, size: float) -> float:
 
     if _MEASURE is None:
         _MEASURE = RendererAgg(1, 1, DPI)
-    width, _, _ = _MEASURE.get_text_width_height_descent(text, FontProperties(size=size), ismath=False)
+    width, _, _ = _MEASURE.get_text_width_height_descent(
+        text, FontProperties(size=size), ismath=False
+    )
     return float(width) / DPI
 
 
@@ -167,10 +169,21 @@ def plot_prompt_depth(studies: Sequence[StudyData], path: Path) -> Path | None:
             colour = colours.get(learner, "C9")
             xs = [d for d in depths for _ in by_depth[d]]
             ys = [v for d in depths for v in by_depth[d]]
-            ax.scatter(np.asarray(xs, float), np.asarray(ys, float), s=6, alpha=0.25,
-                       color=colour, linewidths=0)
-            ax.fill_between(depths, [m - s for m, s in zip(means, stds, strict=True)],
-                            [m + s for m, s in zip(means, stds, strict=True)], color=colour, alpha=0.15)
+            ax.scatter(
+                np.asarray(xs, float),
+                np.asarray(ys, float),
+                s=6,
+                alpha=0.25,
+                color=colour,
+                linewidths=0,
+            )
+            ax.fill_between(
+                depths,
+                [m - s for m, s in zip(means, stds, strict=True)],
+                [m + s for m, s in zip(means, stds, strict=True)],
+                color=colour,
+                alpha=0.15,
+            )
             ax.plot(depths, means, marker="o", markersize=3, color=colour, label=learner)
         ax.set_title(model)
         ax.set_xlabel("prompt depth")
@@ -184,7 +197,9 @@ def plot_prompt_depth(studies: Sequence[StudyData], path: Path) -> Path | None:
                 handles.append(handle)
                 labels.append(label)
     figure.legend(handles, labels, loc="center right", fontsize="small", frameon=False)
-    figure.subplots_adjust(left=0.07, right=1 - 1.5 / figure.get_figwidth(), bottom=0.15, top=0.88, wspace=0.08)
+    figure.subplots_adjust(
+        left=0.07, right=1 - 1.5 / figure.get_figwidth(), bottom=0.15, top=0.88, wspace=0.08
+    )
     return _save(figure, path)
 
 
@@ -216,16 +231,19 @@ def history_pages(studies: Sequence[StudyData]) -> list[tuple[list[str], list[st
     order = list(LEARNERS)
     models = list(dict.fromkeys(d.result.model for d in studies))
     row_keys = sorted(
-        {(d.result.model, d.result.learner, d.result.learner_title, d.result.grid) for d in studies},
+        {
+            (d.result.model, d.result.learner, d.result.learner_title, d.result.grid)
+            for d in studies
+        },
         key=lambda k: (models.index(k[0]), order.index(k[1]) if k[1] in order else 99, k[2], k[3]),
     )
     rows = [_row_label(model, title, grid) for model, _, title, grid in row_keys]
     columns = list(dict.fromkeys(d.result.dataset for d in studies))
-    pages = []
-    for r in range(0, len(rows), PAGE_ROWS):
-        for c in range(0, len(columns), PAGE_COLUMNS):
-            pages.append((rows[r:r + PAGE_ROWS], columns[c:c + PAGE_COLUMNS]))
-    return pages
+    return [
+        (rows[r : r + PAGE_ROWS], columns[c : c + PAGE_COLUMNS])
+        for r in range(0, len(rows), PAGE_ROWS)
+        for c in range(0, len(columns), PAGE_COLUMNS)
+    ]
 
 
 def _row_label(model: str, learner_title: str, grid: str) -> str:
@@ -246,8 +264,10 @@ def plot_history_pages(studies: Sequence[StudyData], folder: Path) -> list[Path]
     """
     if not studies:
         return []
-    by_cell = {(_row_label(d.result.model, d.result.learner_title, d.result.grid), d.result.dataset): d
-               for d in studies}
+    by_cell = {
+        (_row_label(d.result.model, d.result.learner_title, d.result.grid), d.result.dataset): d
+        for d in studies
+    }
     series = {key: _history_series(d) for key, d in by_cell.items()}
     ranges: dict[str, tuple[float, float]] = {}
     for (_, dataset), (_, values, _) in series.items():
@@ -312,12 +332,16 @@ def _draw_history_page(
         low, high = ranges.get(dataset, (0.0, 1.0))
         name, size = fit_text(dataset, PANEL_SIZE[0] - pad, 7.0)
         headers.append((name, size, f"{low:.2f}–{high:.2f}"))
-    header_h = max(_text_height(name, size) for name, size, _ in headers) + _text_height("", 6.0) + pad
+    header_h = (
+        max(_text_height(name, size) for name, size, _ in headers) + _text_height("", 6.0) + pad
+    )
     width = label_w + PANEL_SIZE[0] * len(columns)
     title, title_size = fit_text(
         f"Optimisation history, page {number}/{len(pages)}\n"
         "dots: each complete trial's objective; red: the running best",
-        width - 2 * pad, 8.0, shrink=False,
+        width - 2 * pad,
+        8.0,
+        shrink=False,
     )
     title_h = _text_height(title, title_size) + pad
     height = title_h + header_h + PANEL_SIZE[1] * len(rows) + pad
@@ -331,12 +355,28 @@ def _draw_history_page(
     for c, (name, size, span_text) in enumerate(headers):
         x = label_w + PANEL_SIZE[0] * (c + 0.5)
         ax.text(x, top + 0.03, span_text, fontsize=6, ha="center", va="bottom", color="0.35")
-        ax.text(x, top + 0.03 + _text_height("", 6.0), name, fontsize=size, ha="center",
-                va="bottom", multialignment="center", linespacing=LINE_SPACING)
+        ax.text(
+            x,
+            top + 0.03 + _text_height("", 6.0),
+            name,
+            fontsize=size,
+            ha="center",
+            va="bottom",
+            multialignment="center",
+            linespacing=LINE_SPACING,
+        )
     for r, (row, (label, size)) in enumerate(zip(rows, row_labels, strict=True)):
         y_top = top - PANEL_SIZE[1] * r
-        ax.text(label_w - pad, y_top - PANEL_SIZE[1] / 2, label, fontsize=size, ha="right",
-                va="center", multialignment="right", linespacing=LINE_SPACING)
+        ax.text(
+            label_w - pad,
+            y_top - PANEL_SIZE[1] / 2,
+            label,
+            fontsize=size,
+            ha="right",
+            va="center",
+            multialignment="right",
+            linespacing=LINE_SPACING,
+        )
         for c, dataset in enumerate(columns):
             data = by_cell.get((row, dataset))
             if data is None:
@@ -351,23 +391,35 @@ def _draw_history_page(
             low, high = ranges[dataset]
             span = (high - low) or 1.0
             n_max = max(data.result.n_trials - 1, numbers[-1], 1)
-            x_left, x_span = x0 + 0.04 * w, 0.92 * w  # inset: the first and last dots clear the frame
+            x_left, x_span = (
+                x0 + 0.04 * w,
+                0.92 * w,
+            )  # inset: the first and last dots clear the frame
             px = [x_left + x_span * n / n_max for n in numbers]
             py = [y0 + h * (0.08 + 0.84 * (v - low) / span) for v in values]
             pb = [y0 + h * (0.08 + 0.84 * (b - low) / span) for b in best]
             xs += px
             ys += py
             last = min(1.0, max(numbers[-1], data.result.n_trials - 1) / n_max)
-            ends = px[1:] + [x_left + x_span * last]
+            ends = [*px[1:], x_left + x_span * last]
             steps = []
             for x, x_end, y in zip(px, ends, pb, strict=True):
                 steps += [(x, y), (x_end, y)]
             steps_all.append(steps)
     ax.add_collection(LineCollection(frames, colors="0.75", linewidths=0.5))
     ax.add_collection(LineCollection(steps_all, colors="C3", linewidths=1.0))
-    ax.scatter(np.asarray(xs, float), np.asarray(ys, float), s=7, color="C0", linewidths=0, zorder=3)
-    ax.text(pad, height - pad / 2, title, fontsize=title_size, ha="left", va="top",
-            linespacing=LINE_SPACING)
+    ax.scatter(
+        np.asarray(xs, float), np.asarray(ys, float), s=7, color="C0", linewidths=0, zorder=3
+    )
+    ax.text(
+        pad,
+        height - pad / 2,
+        title,
+        fontsize=title_size,
+        ha="left",
+        va="top",
+        linespacing=LINE_SPACING,
+    )
     return _save(figure, folder / f"history-{number:03d}.png")
 
 
@@ -393,13 +445,21 @@ def plot_importance(importances: Importances, path: Path) -> Path | None:
         n_studies, n_trials = counts[learner]
         # A title is centred over its axes: at most as wide as the panel less its tick labels.
         tick_labels = max(text_width(name, 7.0) for name, _ in bars) + 0.3
-        title, size = fit_text(f"{learner} ({n_studies} studies, {n_trials} trials)",
-                               width / columns - tick_labels - 0.2, 9.0, shrink=False)
+        title, size = fit_text(
+            f"{learner} ({n_studies} studies, {n_trials} trials)",
+            width / columns - tick_labels - 0.2,
+            9.0,
+            shrink=False,
+        )
         ax.set_title(title, fontsize=size, linespacing=LINE_SPACING)
         ax.tick_params(labelsize=7)
-    for ax in list(axes.flat)[len(by_learner):]:
+    for ax in list(axes.flat)[len(by_learner) :]:
         ax.set_axis_off()
-    title, size = fit_text("Hyperparameter importance (PED-ANOVA over each learner's studies)",
-                           width - 0.3, 9.0, shrink=False)
+    title, size = fit_text(
+        "Hyperparameter importance (PED-ANOVA over each learner's studies)",
+        width - 0.3,
+        9.0,
+        shrink=False,
+    )
     figure.suptitle(title, fontsize=size, linespacing=LINE_SPACING)
     return _save(figure, path)

@@ -85,7 +85,9 @@ def to_html(table: TextTable) -> str:
         cells = []
         for i, cell in enumerate(row):
             text = f"<b>{esc(cell)}</b>" if (r, i) in table.bold else esc(cell)
-            cells.append(f'<td class="num">{text}</td>' if i in table.numeric else f"<td>{text}</td>")
+            cells.append(
+                f'<td class="num">{text}</td>' if i in table.numeric else f"<td>{text}</td>"
+            )
         parts.append("<tr>" + "".join(cells) + "</tr>")
     parts.append("</tbody></table>")
     parts += [f'<p class="note">{esc(note)}</p>' for note in table.notes]

@@ -1,5 +1,5 @@
-"""Write a sweep's result tables and plots under ``<output_dir>/<sweep>/results`` (also for a partial
-sweep, and from outside result files alone).
+"""Write a sweep's result tables and plots under ``<output_dir>/<sweep>/results`` (also for a
+partial sweep, and from outside result files alone).
 
 Layout of the folder (every file written to a temporary name, then renamed)::
 
@@ -9,6 +9,8 @@ Layout of the folder (every file written to a temporary name, then renamed)::
     per_class.*                       test Dice per class of each multi-class data set, with its
                                       mDice and Dice (only when some study recorded per-class
                                       scores of a multi-class data set)
+    zero_shot.*                       mIoU and mDice on seen and unseen classes and hIoU per
+                                      study (only when some study has data.unseen_classes)
     studies.csv                       one row per study, every collected field
     trial_states.*  best_params.*  parameters.*  compute.*  importance.*   (.md .tex .csv; no
                                       .csv for a table without rows, a note says so instead)
@@ -32,6 +34,7 @@ from typing import Any, TypeVar
 from tunevlseg.collect import render, summaries, tables
 from tunevlseg.collect.page import Section, image_section, render_page
 from tunevlseg.collect.results import StudyData, StudyResult, collect_studies
+from tunevlseg.collect.zero_shot import ZERO_SHOT_COLUMNS, zero_shot_table
 from tunevlseg.config.loader import Experiment
 from tunevlseg.paths import SweepPaths
 from tunevlseg.tuning.storage import StorageURL, parse_storage_url, sweep_storage
@@ -51,6 +54,7 @@ class Report:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     n_studies: int = 0
     results: list[dict[str, Any]] = field(default_factory=list)  # main_table.csv's rows
+    zero_shot: list[dict[str, Any]] = field(default_factory=list)  # zero_shot.csv's rows
 
 
 def parse_formats(text: str) -> tuple[str, ...]:
@@ -107,7 +111,10 @@ def _studies_csv(results: Sequence[StudyResult]) -> str:
     for result in results:
         row = {name: getattr(result, name) for name in columns}
         row["best_params"] = json.dumps(dict(result.best_params), sort_keys=True)
-        row["per_class"] = json.dumps({k: dict(v) for k, v in result.per_class.items()}, sort_keys=True)
+        row["per_class"] = json.dumps(
+            {k: dict(v) for k, v in result.per_class.items()}, sort_keys=True
+        )
+        row["unseen_classes"] = ";".join(result.unseen_classes)
         rows.append(row)
     return _csv(rows, columns)
 
@@ -120,7 +127,9 @@ def render_main_tables(results: list[StudyResult], main_metric: str = "dice") ->
     """One main table per grid cell ("" when the sweep has no grid axes), as Markdown."""
     keys = sorted({r.grid for r in results})
     return {
-        key: tables.to_markdown(tables.build_main_table([r for r in results if r.grid == key], main_metric))
+        key: tables.to_markdown(
+            tables.build_main_table([r for r in results if r.grid == key], main_metric)
+        )
         for key in keys
     }
 
@@ -157,7 +166,9 @@ def build_report(
     from tunevlseg.collect.outside import merge_results
 
     if main_metric not in tables.METRICS:
-        raise ValueError(f"unknown main metric {main_metric!r}; choose from {', '.join(tables.METRICS)}")
+        raise ValueError(
+            f"unknown main metric {main_metric!r}; choose from {', '.join(tables.METRICS)}"
+        )
     clock = clock or _Clock()
     formats = tuple(formats)
     folder.mkdir(parents=True, exist_ok=True)
@@ -166,12 +177,15 @@ def build_report(
         warnings.append("main metric mdice: no result has per-class scores, so every cell is –")
     files: list[Path] = []
     sections: list[Section] = []
+    zero_shot = zero_shot_table(results)
 
     def tables_stage() -> str:
         shown = []
         for key in sorted({r.grid for r in results}):
             table = tables.build_main_table([r for r in results if r.grid == key], main_metric)
-            heading = f"{title}{' (' + key + ')' if key else ''}: {tables.METRIC_TITLES[main_metric]}"
+            heading = (
+                f"{title}{' (' + key + ')' if key else ''}: {tables.METRIC_TITLES[main_metric]}"
+            )
             markdown = f"## {heading}\n\n" + tables.to_markdown(table)
             shown.append(markdown)
             stem = f"main_table{_grid_suffix(key)}"
@@ -185,16 +199,33 @@ def build_report(
             rows = tables.main_table_rows(results)
             files.append(_write(folder / "main_table.csv", _csv(rows, tables.MAIN_TABLE_COLUMNS)))
             if studies:
-                files.append(_write(folder / "studies.csv", _studies_csv([d.result for d in studies])))
+                files.append(
+                    _write(folder / "studies.csv", _studies_csv([d.result for d in studies]))
+                )
         per_class = tables.per_class_table(results)
         if per_class is not None:  # no per-class scores: no empty per_class files
             text = per_class.text
             if "md" in formats:
-                files.append(_write(folder / "per_class.md", f"## {text.title}\n\n" + render.to_markdown(text)))
+                files.append(
+                    _write(
+                        folder / "per_class.md", f"## {text.title}\n\n" + render.to_markdown(text)
+                    )
+                )
             if "latex" in formats:
                 files.append(_write(folder / "per_class.tex", render.to_latex(text)))
             if "csv" in formats:
                 files.append(_write(folder / "per_class.csv", _csv(per_class.records)))
+            sections.append(Section(text.title, render.to_html(text)))
+        if zero_shot is not None:  # no study with unseen classes: no zero_shot files
+            text = zero_shot.text
+            if "md" in formats:
+                markdown = f"## {text.title}\n\n" + render.to_markdown(text)
+                files.append(_write(folder / "zero_shot.md", markdown))
+            if "latex" in formats:
+                files.append(_write(folder / "zero_shot.tex", render.to_latex(text)))
+            if "csv" in formats:
+                csv_text = _csv(zero_shot.records, ZERO_SHOT_COLUMNS)
+                files.append(_write(folder / "zero_shot.csv", csv_text))
             sections.append(Section(text.title, render.to_html(text)))
         return "\n".join(shown)
 
@@ -224,7 +255,11 @@ def build_report(
             no_csv = "csv" in formats and not summary.records
             note = f"No rows, so no {text.name}.csv was written." if no_csv else ""
             if "md" in formats:
-                markdown = f"## {text.title}\n\n" + render.to_markdown(text) + (f"\n{note}\n" if note else "")
+                markdown = (
+                    f"## {text.title}\n\n"
+                    + render.to_markdown(text)
+                    + (f"\n{note}\n" if note else "")
+                )
                 files.append(_write(folder / f"{text.name}.md", markdown))
             if "latex" in formats:
                 files.append(_write(folder / f"{text.name}.tex", render.to_latex(text)))
@@ -234,13 +269,16 @@ def build_report(
                     files.append(_write(path, _csv(summary.records)))
                 else:  # one from an earlier run with rows would contradict this one
                     path.unlink(missing_ok=True)
-            body = render.to_html(text) + (f'<p class="note">{html.escape(note)}</p>\n' if note else "")
+            body = render.to_html(text) + (
+                f'<p class="note">{html.escape(note)}</p>\n' if note else ""
+            )
             sections.append(Section(text.title, body))
 
     if studies:  # outside results alone have no trials to tabulate
         clock.run("summaries", summary_stage)
 
     if plots:
+
         def plot_stage() -> None:
             from tunevlseg.collect import plots as figures
 
@@ -249,12 +287,16 @@ def build_report(
             if depth:
                 files.append(depth)
                 sections.append(image_section("Test Dice against prompt depth", [depth]))
-            weights = figures.plot_importance(importances, plot_dir / "importance.png") if importance else None
+            weights = (
+                figures.plot_importance(importances, plot_dir / "importance.png")
+                if importance
+                else None
+            )
             if weights:
                 files.append(weights)
                 sections.append(image_section("Hyperparameter importance", [weights]))
             pages = figures.plot_history_pages(studies, plot_dir / "history")
-            for stale in sorted((plot_dir / "history").glob("history-*.png"))[len(pages):]:
+            for stale in sorted((plot_dir / "history").glob("history-*.png"))[len(pages) :]:
                 stale.unlink()
             files.extend(pages)
             if pages:
@@ -266,7 +308,14 @@ def build_report(
         page = clock.run("html", lambda: render_page(f"{title}: results", sections, warnings))
         files.append(_write(folder / "report.html", page))
     return Report(
-        folder, main_markdown, files, warnings, clock.timings, len(studies), tables.main_table_rows(results)
+        folder,
+        main_markdown,
+        files,
+        warnings,
+        clock.timings,
+        len(studies),
+        tables.main_table_rows(results),
+        zero_shot.records if zero_shot is not None else [],
     )
 
 
@@ -310,9 +359,13 @@ def write_sweep_reports(
     )
 
 
-def collector_job(storage_url: str, sweep: str, folder: str, gpus_per_task: int | None = None) -> list[str]:
+def collector_job(
+    storage_url: str, sweep: str, folder: str, gpus_per_task: int | None = None
+) -> list[str]:
     """Entry point of the collector job submitted after the arrays; returns the files written."""
-    report = write_sweep_reports(parse_storage_url(storage_url), sweep, Path(folder), gpus_per_task=gpus_per_task)
+    report = write_sweep_reports(
+        parse_storage_url(storage_url), sweep, Path(folder), gpus_per_task=gpus_per_task
+    )
     return [str(path) for path in report.files]
 
 

@@ -65,9 +65,11 @@ def _per_class(attrs: Mapping[str, Any]) -> dict[str, dict[str, float | int]]:
         if not isinstance(scores, Mapping) or _number(scores, "dice") is None:
             continue
         entry: dict[str, float | int] = {"dice": float(scores["dice"])}
-        iou, n = _number(scores, "iou"), _int(scores, "n")
-        if iou is not None:
-            entry["iou"] = iou
+        for key in ("iou", "iou_pooled", "dice_pooled"):
+            value = _number(scores, key)
+            if value is not None:
+                entry[key] = value
+        n = _int(scores, "n")
         if n is not None:
             entry["n"] = n
         kept[str(name)] = entry
@@ -82,7 +84,8 @@ class StudyResult:
     ``per_class`` holds the best trial's test scores per class name (empty when not recorded);
     :attr:`test_mdice` is their class mean. ``epochs_trained`` counts the epochs of every
     finished trial (complete and pruned); ``epochs_saved`` is what pruning spared, see
-    :func:`epochs_saved`.
+    :func:`epochs_saved`. ``unseen_classes`` are the classes the study's training and validation
+    left out (``data.unseen_classes``; the zero-shot table splits ``per_class`` by them).
     """
 
     study: str
@@ -119,6 +122,7 @@ class StudyResult:
     per_class: Mapping[str, ClassScores] = field(default_factory=dict)
     epochs_trained: int = 0
     epochs_saved: int = 0
+    unseen_classes: tuple[str, ...] = ()
 
     @property
     def test_mdice(self) -> float | None:
@@ -215,7 +219,9 @@ def epochs_saved(trials: Sequence[FrozenTrial], max_epochs: int) -> int:
     """
     from optuna.trial import TrialState
 
-    complete = [e for t in trials if t.state == TrialState.COMPLETE and (e := trial_epochs(t)) is not None]
+    complete = [
+        e for t in trials if t.state == TrialState.COMPLETE and (e := trial_epochs(t)) is not None
+    ]
     typical = sum(complete) / len(complete) if complete else float(max_epochs)
     saved = 0.0
     for trial in trials:
@@ -269,7 +275,8 @@ def _result(spec: StudySpec, trials: list[FrozenTrial], gpus: int | None) -> Stu
         sweep=spec.sweep,
         model=spec.model.key,
         learner=spec.learner,
-        learner_title=LEARNERS[spec.learner].title + (f" ({spec.learner_label})" if spec.learner_label else ""),
+        learner_title=LEARNERS[spec.learner].title
+        + (f" ({spec.learner_label})" if spec.learner_label else ""),
         dataset=spec.dataset.name,
         category=spec.dataset.category,
         grid=spec.name.split("/", 3)[3] if spec.grid else "",
@@ -298,6 +305,7 @@ def _result(spec: StudySpec, trials: list[FrozenTrial], gpus: int | None) -> Stu
         per_class=_per_class(attrs),
         epochs_trained=trained,
         epochs_saved=epochs_saved(trials, spec.training.max_epochs),
+        unseen_classes=tuple(spec.data.unseen_classes),
     )
 
 

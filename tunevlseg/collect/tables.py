@@ -159,7 +159,9 @@ def build_main_table(results: Sequence[StudyResult], metric: str = "dice") -> Ma
                 "before they were recorded)"
             )
         table.footnotes.append(f"{MISSING}: {why}; left out of the means.")
-    outside = sorted({(r.model, r.learner_title, r.source) for r in results if r.source != "storage"})
+    outside = sorted(
+        {(r.model, r.learner_title, r.source) for r in results if r.source != "storage"}
+    )
     for model, learner, source in outside:
         table.footnotes.append(f"{model} {learner}: from {source}, not from the study storage.")
     return table
@@ -188,12 +190,12 @@ def to_markdown(table: MainTable) -> str:
         previous_model = model
         values = [_cell(table.cells[(model, learner)][name]) for _, name in table.datasets]
         lines.append(
-            "| " + " | ".join([shown_model, learner, *values, table.row_text((model, learner))]) + " |"
+            "| "
+            + " | ".join([shown_model, learner, *values, table.row_text((model, learner))])
+            + " |"
         )
     blanks = [""] * len(table.datasets)
-    lines.append(
-        "| " + " | ".join([AVERAGE, "", *blanks, table.average_text()]) + " |"
-    )
+    lines.append("| " + " | ".join([AVERAGE, "", *blanks, table.average_text()]) + " |")
     notes = [f"\n{note}" for note in table.footnotes]
     return "\n".join(lines) + "".join(notes) + "\n"
 
@@ -260,13 +262,17 @@ def to_latex(table: MainTable, caption: str | None = None, label: str | None = N
         lines.append(" & ".join([shown_model, latex_escape(learner), *values, mean]) + " \\\\")
     lines.append("\\midrule")
     lines.append(
-        " & ".join([f"\\multicolumn{{2}}{{l}}{{{AVERAGE}}}", *[""] * n, _latex_mean(table.average_text())])
+        " & ".join(
+            [f"\\multicolumn{{2}}{{l}}{{{AVERAGE}}}", *[""] * n, _latex_mean(table.average_text())]
+        )
         + " \\\\"
     )
     lines.append("\\bottomrule")
     lines.append("\\end{tabular}")
-    for note in table.footnotes:
-        lines.append(f"\\par\\smallskip{{\\footnotesize {latex_escape(note).replace(MISSING, '--')}}}")
+    lines.extend(
+        f"\\par\\smallskip{{\\footnotesize {latex_escape(note).replace(MISSING, '--')}}}"
+        for note in table.footnotes
+    )
     lines.append("\\end{table}")
     return "\n".join(lines) + "\n"
 
@@ -274,7 +280,11 @@ def to_latex(table: MainTable, caption: str | None = None, label: str | None = N
 def to_html(table: MainTable) -> str:
     """An HTML ``<table>``: category header row with colspans, best values in ``<b>``."""
     esc = html.escape
-    parts = ['<table class="main">', "<thead>", '<tr><th rowspan="2">Model</th><th rowspan="2">Learner</th>']
+    parts = [
+        '<table class="main">',
+        "<thead>",
+        '<tr><th rowspan="2">Model</th><th rowspan="2">Learner</th>',
+    ]
     for category, width in _category_spans(table):
         parts.append(f'<th colspan="{width}">{esc(category)}</th>')
     parts.append(f'<th rowspan="2">{esc(MEAN)}</th></tr>')
@@ -295,21 +305,33 @@ def to_html(table: MainTable) -> str:
             cells.append(f"<td>{'<b>' + text + '</b>' if row in best[name] else text}</td>")
         mean = esc(table.row_text(row))
         cells.append(f"<td>{'<b>' + mean + '</b>' if row in best_mean else mean}</td>")
-        parts.append(f"<tr{group}><td>{shown_model}</td><td>{esc(learner)}</td>{''.join(cells)}</tr>")
+        parts.append(
+            f"<tr{group}><td>{shown_model}</td><td>{esc(learner)}</td>{''.join(cells)}</tr>"
+        )
     blanks = "<td></td>" * len(table.datasets)
     parts.append(
         f'<tr class="average"><td colspan="2">{esc(AVERAGE)}</td>{blanks}'
         f"<td>{esc(table.average_text())}</td></tr>"
     )
     parts.append("</tbody></table>")
-    for note in table.footnotes:
-        parts.append(f'<p class="note">{esc(note)}</p>')
+    parts.extend(f'<p class="note">{esc(note)}</p>' for note in table.footnotes)
     return "\n".join(parts) + "\n"
 
 
 MAIN_TABLE_COLUMNS = (
-    "grid", "model", "learner", "learner_title", "category", "dataset", "test_dice", "test_mdice",
-    "test_iou", "val_dice", "best_trial", "source", "study",
+    "grid",
+    "model",
+    "learner",
+    "learner_title",
+    "category",
+    "dataset",
+    "test_dice",
+    "test_mdice",
+    "test_iou",
+    "val_dice",
+    "best_trial",
+    "source",
+    "study",
 )
 """The columns of ``main_table.csv`` (the keys of :func:`main_table_rows`), also with no rows."""
 
@@ -388,7 +410,9 @@ def per_class_table(results: Sequence[StudyResult]) -> Summary | None:
     by_cell = {(r.dataset, r.grid, r.model, r.learner_title): r for r in scored}
     categories = {r.dataset: r.category for r in scored}
     datasets = sorted(categories, key=lambda name: (_category_rank(categories[name]), name))
-    labels = [f"{model} {learner}" + (f" ({grid})" if grid else "") for grid, model, learner in columns]
+    labels = [
+        f"{model} {learner}" + (f" ({grid})" if grid else "") for grid, model, learner in columns
+    ]
     header = ["Data set", "Class", "Images", *labels]
     rows: list[list[str]] = []
     bold: set[tuple[int, int]] = set()
@@ -403,36 +427,74 @@ def per_class_table(results: Sequence[StudyResult]) -> Summary | None:
         present = [r for r in studies if r is not None]
         classes = sorted({name for r in present for name in r.per_class})
         for index, name in enumerate(classes):
-            counts = sorted({int(r.per_class[name]["n"]) for r in present
-                             if name in r.per_class and "n" in r.per_class[name]})
+            counts = sorted(
+                {
+                    int(r.per_class[name]["n"])
+                    for r in present
+                    if name in r.per_class and "n" in r.per_class[name]
+                }
+            )
             values = [
-                100.0 * float(r.per_class[name]["dice"]) if r is not None and name in r.per_class else None
+                100.0 * float(r.per_class[name]["dice"])
+                if r is not None and name in r.per_class
+                else None
                 for r in studies
             ]
-            add_row(dataset if index == 0 else "", name or UNNAMED_CLASS,
-                    "/".join(map(str, counts)) or MISSING, values)
+            add_row(
+                dataset if index == 0 else "",
+                name or UNNAMED_CLASS,
+                "/".join(map(str, counts)) or MISSING,
+                values,
+            )
             for r in present:
                 if name not in r.per_class:
                     continue
                 scores = r.per_class[name]
-                records.append({
-                    "grid": r.grid, "model": r.model, "learner": r.learner,
-                    "learner_title": r.learner_title, "category": r.category, "dataset": dataset,
-                    "class_name": name, "test_dice": scores.get("dice"),
-                    "test_iou": scores.get("iou"), "n": scores.get("n"),
-                    "best_trial": r.best_trial, "study": r.study,
-                })
-        add_row("", "mDice (class mean)", "",
-                [None if r is None or r.test_mdice is None else 100.0 * r.test_mdice for r in studies])
-        add_row("", "Dice (sample mean)", "",
-                [None if r is None or r.test_dice is None else 100.0 * r.test_dice for r in studies])
+                records.append(
+                    {
+                        "grid": r.grid,
+                        "model": r.model,
+                        "learner": r.learner,
+                        "learner_title": r.learner_title,
+                        "category": r.category,
+                        "dataset": dataset,
+                        "class_name": name,
+                        "test_dice": scores.get("dice"),
+                        "test_iou": scores.get("iou"),
+                        "n": scores.get("n"),
+                        "best_trial": r.best_trial,
+                        "study": r.study,
+                    }
+                )
+        add_row(
+            "",
+            "mDice (class mean)",
+            "",
+            [None if r is None or r.test_mdice is None else 100.0 * r.test_mdice for r in studies],
+        )
+        add_row(
+            "",
+            "Dice (sample mean)",
+            "",
+            [None if r is None or r.test_dice is None else 100.0 * r.test_dice for r in studies],
+        )
     notes = [
-        "Test Dice × 100 of each study's best trial (chosen on validation), per class. " + MDICE_NOTE,
-        "Images: test samples of the class. Data sets with a single class are left out "
-        "(its Dice is the main table's).",
+        "Test Dice × 100 of each study's best trial (chosen on validation), per class. "
+        + MDICE_NOTE,
+        (
+            "Images: test samples of the class. Data sets with a single class are left out "
+            "(its Dice is the main table's)."
+        ),
     ]
     if any(v == MISSING for row in rows for v in row[3:]):
         notes.append(f"{MISSING}: no per-class score of that study for that class.")
-    text = TextTable("per_class", "Test Dice per class (best trial of each study)", header, rows,
-                     frozenset(range(2, len(header))), notes, frozenset(bold))
+    text = TextTable(
+        "per_class",
+        "Test Dice per class (best trial of each study)",
+        header,
+        rows,
+        frozenset(range(2, len(header))),
+        notes,
+        frozenset(bold),
+    )
     return Summary(records, text)

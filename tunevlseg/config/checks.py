@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
 from tunevlseg.catalog import LEARNERS, MAX_PROMPT_DEPTH, MODELS, PromptLayers, is_viable
 from tunevlseg.config.schema import (
+    UPSAMPLER_INPUT_MODELS,
     DataSettings,
     ExperimentSpec,
     ModelEntry,
@@ -36,8 +38,9 @@ GRID_SECTIONS: dict[str, type[BaseModel]] = {
 Finding = tuple[tuple[str | int, ...], str]
 
 
-def check_experiment(spec: ExperimentSpec) -> Iterator[Finding]:
-    """Yield ``(key path, message)`` for every cross-key problem."""
+def check_experiment(spec: ExperimentSpec, base_dir: Path | None = None) -> Iterator[Finding]:
+    """Yield ``(key path, message)`` for every cross-key problem; ``base_dir`` is the experiment
+    file's folder, against which relative paths (a plain journal path) are read."""
     yield from _check_unique(spec)
     yield from _check_spaces(spec)
     yield from _check_prompt_depth(spec)
@@ -46,11 +49,47 @@ def check_experiment(spec: ExperimentSpec) -> Iterator[Finding]:
     yield from _check_viable(spec)
     yield from _check_learner_datasets(spec)
     yield from _check_pruner(spec)
+    yield from _check_upsampler_input(spec)
+    yield from _check_unseen_classes(spec)
+    yield from _check_storage(spec, base_dir)
+
+
+def _check_storage(spec: ExperimentSpec, base_dir: Path | None) -> Iterator[Finding]:
+    """The URL's form; a storage proxy or a pooler only in front of ``postgresql://``."""
+    scheme = None
     if spec.storage is not None:
         try:
-            parse_storage_url(spec.storage)
+            scheme = parse_storage_url(spec.storage, base_dir).scheme
         except StorageURLError as error:
             yield ("storage",), str(error)
+            return
+        if spec.storage.startswith("grpc+file://"):
+            yield (
+                ("storage",),
+                (
+                    "grpc+file:// is what the launcher gives the tasks of its own storage proxy; "
+                    "write postgresql://... with cluster.storage_proxy, or grpc://host:port for a "
+                    "proxy you run"
+                ),
+            )
+            return
+    cluster = spec.cluster
+    if cluster.storage_proxy is not None and scheme != "postgresql":
+        fix = (
+            "drop cluster.storage_proxy: the storage already is a proxy you run"
+            if scheme == "grpc"
+            else "the proxy serves a postgresql:// storage (Optuna's gRPC proxy does not serve "
+            "journal files, and SQLite has no row locks)"
+        )
+        yield (
+            ("cluster", "storage_proxy"),
+            f"a storage proxy needs storage: postgresql://...; {fix}",
+        )
+    if cluster.postgres_pooler and scheme != "postgresql":
+        yield (
+            ("cluster", "postgres_pooler"),
+            "a pooler sits in front of PostgreSQL: it needs storage: postgresql://...",
+        )
 
 
 def _check_unique(spec: ExperimentSpec) -> Iterator[Finding]:
@@ -71,8 +110,9 @@ def _check_spaces(spec: ExperimentSpec) -> Iterator[Finding]:
         owners = [learner for learner in learners if name in PAPER_SPACES[learner]]
         if not owners:
             known = sorted({p for learner in learners for p in PAPER_SPACES[learner]})
-            yield ("search", "space", name), (
-                f"no listed learner has this parameter (parameters: {', '.join(known)})"
+            yield (
+                ("search", "space", name),
+                (f"no listed learner has this parameter (parameters: {', '.join(known)})"),
             )
             continue
         try:
@@ -193,8 +233,10 @@ def _check_prompt_depth(spec: ExperimentSpec) -> Iterator[Finding]:
                 continue
             layers, source = catalogued_layers(model)
             # A shared range may suit the other learners: say where to narrow it for this one.
-            alone = "" if own is not None else (
-                f"for {entry.name} alone: learners[{index}].space.prompt_depth"
+            alone = (
+                ""
+                if own is not None
+                else (f"for {entry.name} alone: learners[{index}].space.prompt_depth")
             )
             for message in prompt_depth_problems(
                 param, entry.name, model=model.name, layers=layers, source=source, alone=alone
@@ -210,26 +252,34 @@ def _is_block(settings_type: type[BaseModel], key: str) -> bool:
     return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 
-
 def _check_space_axis(spec: ExperimentSpec, axis: str, values: list[Any]) -> Iterator[Finding]:
     name = axis.removeprefix(SPACE_AXIS)
     owners = [entry for entry in spec.learners if name in PAPER_SPACES[entry.name]]
     if not owners:
         known = sorted({p for entry in spec.learners for p in PAPER_SPACES[entry.name]})
-        yield ("grid", axis), f"{name!r} is not a parameter of any learner in this file (parameters: {', '.join(known)})"
+        yield (
+            ("grid", axis),
+            f"{name!r} is not a parameter of any learner in this file (parameters: {', '.join(known)})",
+        )
         return
     without = [entry.key for entry in spec.learners if entry not in owners]
     if without:
-        yield ("grid", axis), (
-            f"learner(s) {', '.join(without)} have no {name}: every cell would repeat their "
-            "studies; put them in a sweep of their own"
+        yield (
+            ("grid", axis),
+            (
+                f"learner(s) {', '.join(without)} have no {name}: every cell would repeat their "
+                "studies; put them in a sweep of their own"
+            ),
         )
     if not values:
         yield ("grid", axis), "an axis needs at least one value"
     seen: list[Any] = []
     for index, value in enumerate(values):
         if isinstance(value, (dict, list)):
-            yield ("grid", axis, index), "a grid value must be a single value (it fixes the parameter)"
+            yield (
+                ("grid", axis, index),
+                "a grid value must be a single value (it fixes the parameter)",
+            )
             continue
         if value in seen:
             yield ("grid", axis, index), f"{value!r} appears twice"
@@ -250,15 +300,20 @@ def _check_grid(spec: ExperimentSpec) -> Iterator[Finding]:
         section, _, key = axis.partition(".")
         settings_type = GRID_SECTIONS.get(section)
         block = key.split(".")[0]
-        if settings_type is not None and block in settings_type.model_fields and _is_block(
-            settings_type, block
+        if (
+            settings_type is not None
+            and block in settings_type.model_fields
+            and _is_block(settings_type, block)
         ):
             # Grid cells replace top-level keys of a section with single values: a block, or a
             # key inside one, cannot be varied; saying so beats "unknown" or "single value".
-            yield ("grid", axis), (
-                f"{section}.{block} is a block of settings; a grid axis varies one single "
-                f"setting of {section}, not a block or a key inside one (set {section}.{block} "
-                "in the file, or use one sweep per value)"
+            yield (
+                ("grid", axis),
+                (
+                    f"{section}.{block} is a block of settings; a grid axis varies one single "
+                    f"setting of {section}, not a block or a key inside one (set {section}.{block} "
+                    "in the file, or use one sweep per value)"
+                ),
             )
             continue
         if settings_type is None or key not in settings_type.model_fields:
@@ -303,23 +358,32 @@ def _check_patience(spec: ExperimentSpec) -> Iterator[Finding]:
     if long_form is None:
         return
     if "patience" in training.model_fields_set and training.patience != long_form:
-        yield ("training", "early_stopping", "patience"), (
-            f"{long_form} disagrees with training.patience ({training.patience}), its short "
-            "form; set only one of them"
+        yield (
+            ("training", "early_stopping", "patience"),
+            (
+                f"{long_form} disagrees with training.patience ({training.patience}), its short "
+                "form; set only one of them"
+            ),
         )
     if "training.patience" in spec.grid:
-        yield ("grid", "training.patience"), (
-            f"training.early_stopping.patience ({long_form}) is set and takes precedence, so "
-            "this axis would change nothing; remove one of them"
+        yield (
+            ("grid", "training.patience"),
+            (
+                f"training.early_stopping.patience ({long_form}) is set and takes precedence, so "
+                "this axis would change nothing; remove one of them"
+            ),
         )
 
 
 def _check_viable(spec: ExperimentSpec) -> Iterator[Finding]:
     combos = [(m.name, e.name) for m in spec.models for e in spec.learners]
     if not any(is_viable(model, learner) for model, learner in combos):
-        yield ("learners",), (
-            "no listed learner can run on the listed models: visual and multimodal learners "
-            f"need a ViT image encoder ({', '.join(n for n, i in MODELS.items() if i.image_encoder == 'vit')})"
+        yield (
+            ("learners",),
+            (
+                "no listed learner can run on the listed models: visual and multimodal learners "
+                f"need a ViT image encoder ({', '.join(n for n, i in MODELS.items() if i.image_encoder == 'vit')})"
+            ),
         )
     for index, entry in enumerate(spec.learners):
         if not LEARNERS[entry.name].trains and entry.space:
@@ -339,16 +403,20 @@ def _check_learner_datasets(spec: ExperimentSpec) -> Iterator[Finding]:
         if entry.datasets is None:
             continue
         if not entry.datasets:
-            yield ("learners", index, "datasets"), (
-                f"an empty list runs {entry.name} on no data set; name some of the file's data "
-                f"sets ({valid}) or leave `datasets` out to run it on all of them"
+            yield (
+                ("learners", index, "datasets"),
+                (
+                    f"an empty list runs {entry.name} on no data set; name some of the file's data "
+                    f"sets ({valid}) or leave `datasets` out to run it on all of them"
+                ),
             )
         for position, name in enumerate(entry.datasets):
             if name not in names:
                 close = difflib.get_close_matches(name, names, n=1)
                 hint = f"did you mean {close[0]!r}? " if close else ""
-                yield ("learners", index, "datasets", position), (
-                    f"unknown data set {name!r}; {hint}the file's data sets: {valid}"
+                yield (
+                    ("learners", index, "datasets", position),
+                    (f"unknown data set {name!r}; {hint}the file's data sets: {valid}"),
                 )
             elif name in entry.datasets[:position]:
                 yield ("learners", index, "datasets", position), f"{name!r} is listed twice"
@@ -377,18 +445,83 @@ def _check_pruner(spec: ExperimentSpec) -> Iterator[Finding]:
     if first is not None:
         key, epochs = first()
         if epochs >= max_epochs:
-            yield where + (key,), (
-                f"{epochs} epochs is not below training.max_epochs ({max_epochs}), so this "
-                f"pruner would never stop a trial; lower {key} or set `pruner: none`"
+            yield (
+                (*where, key),
+                (
+                    f"{epochs} epochs is not below training.max_epochs ({max_epochs}), so this "
+                    f"pruner would never stop a trial; lower {key} or set `pruner: none`"
+                ),
             )
     max_resource = getattr(pruner, "max_resource", None)
     if max_resource is not None and max_resource > max_epochs:
-        yield where + ("max_resource",), (
-            f"{max_resource} epochs is more than training.max_epochs ({max_epochs}); leave it "
-            "out to use max_epochs"
+        yield (
+            (*where, "max_resource"),
+            (
+                f"{max_resource} epochs is more than training.max_epochs ({max_epochs}); leave it "
+                "out to use max_epochs"
+            ),
         )
     if pruner.name == "wilcoxon" and spec.search.objective == "val_loss":
-        yield where + ("name",), (
-            "the Wilcoxon pruner compares per-image validation Dice or IoU, and "
-            "search.objective is val_loss; use val_dice or val_iou, or another pruner"
+        yield (
+            (*where, "name"),
+            (
+                "the Wilcoxon pruner compares per-image validation Dice or IoU, and "
+                "search.objective is val_loss; use val_dice or val_iou, or another pruner"
+            ),
         )
+
+
+def _check_upsampler_input(spec: ExperimentSpec) -> Iterator[Finding]:
+    """``model.upsampler_input`` chooses among CRIS's feature maps; CLIPSeg has no choice.
+
+    Set to ``decoder`` in a file without a CRIS model, it would change nothing, so it is
+    refused. As a grid axis beside a CLIPSeg model, every cell would repeat the CLIPSeg studies
+    (they always keep the default, :func:`tunevlseg.config.grid.expand`).
+    """
+    others = sorted({m.name for m in spec.models if m.name not in UPSAMPLER_INPUT_MODELS})
+    takers = ", ".join(UPSAMPLER_INPUT_MODELS)
+    default = ModelSettings.model_fields["upsampler_input"].default
+    if spec.model.upsampler_input != default and all(
+        m.name not in UPSAMPLER_INPUT_MODELS for m in spec.models
+    ):
+        yield (
+            ("model", "upsampler_input"),
+            (
+                f"applies to {takers} only, and this file's models are {', '.join(others)}, whose "
+                f"upsampler always reads the decoder's last feature map; remove the setting"
+            ),
+        )
+    if "model.upsampler_input" in spec.grid and others:
+        yield (
+            ("grid", "model.upsampler_input"),
+            (
+                f"applies to {takers} only: every cell would repeat the studies of "
+                f"{', '.join(others)}; vary it in a sweep of {takers} models alone"
+            ),
+        )
+
+
+def _check_unseen_classes(spec: ExperimentSpec) -> Iterator[Finding]:
+    """Unseen classes only on natural sets: a MedVLSM set's samples are prompts describing one
+    kind of lesion or organ, with no class names to hold out. Whether each name is a class of
+    the data set needs its files (the launch's preflight, :mod:`tunevlseg.assets`)."""
+    inherit = [d.name for d in spec.datasets if d.unseen_classes is None and d.format != "natural"]
+    if spec.data.unseen_classes and inherit:
+        yield (
+            ("data", "unseen_classes"),
+            (
+                f"applies to every data set without its own `unseen_classes:`, and "
+                f"{', '.join(inherit)} {'is a MedVLSM set' if len(inherit) == 1 else 'are MedVLSM sets'} "
+                "(one prompt per image, no classes to hold out); set `unseen_classes:` on the "
+                "natural data sets' entries instead"
+            ),
+        )
+    for index, dataset in enumerate(spec.datasets):
+        if dataset.unseen_classes and dataset.format != "natural":
+            yield (
+                ("datasets", index, "unseen_classes"),
+                (
+                    f"{dataset.name!r} is a MedVLSM set (one prompt per image, no classes to hold "
+                    "out); unseen classes need a natural, multi-class set (format: natural)"
+                ),
+            )

@@ -16,8 +16,9 @@ from pydantic import BaseModel, ConfigDict
 from tunevlseg.catalog import LEARNERS, MODELS, is_viable
 from tunevlseg.config.loader import Experiment
 from tunevlseg.config.schema import (
-    DataSettings,
+    UPSAMPLER_INPUT_MODELS,
     DatasetEntry,
+    DataSettings,
     ModelEntry,
     ModelSettings,
     SearchSettings,
@@ -108,9 +109,10 @@ def _cells(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
 
 
 def _with_cell(settings: BaseModel, section: str, cell: dict[str, Any]) -> Any:
-    changes = {axis.split(".", 1)[1]: v for axis, v in cell.items() if axis.split(".")[0] == section}
+    changes = {
+        axis.split(".", 1)[1]: v for axis, v in cell.items() if axis.split(".")[0] == section
+    }
     return type(settings).model_validate({**settings.model_dump(), **changes})
-
 
 
 def expand(experiment: Experiment) -> Expansion:
@@ -140,14 +142,19 @@ def expand(experiment: Experiment) -> Expansion:
         model_settings = _with_cell(spec.model, "model", cell)
         if not LEARNERS[entry.name].trains:
             model_settings = model_settings.model_copy(update={"use_upsampler": False})
+        if model.name not in UPSAMPLER_INPUT_MODELS:  # no choice there: keep its definition
+            model_settings = model_settings.model_copy(update={"upsampler_input": "projector"})
         data = _with_cell(spec.data, "data", cell)
         if data.cache_dir is not None:
             data = data.model_copy(update={"cache_dir": experiment.resolve(data.cache_dir)})
+        if dataset.unseen_classes is not None:  # the study's data block holds the one list used
+            data = data.model_copy(update={"unseen_classes": list(dataset.unseen_classes)})
         prompt_key = data.prompt_key if "data.prompt_key" in cell else dataset.prompt_key
         resolved_dataset = dataset.model_copy(
             update={
                 "root": experiment.resolve(dataset.root),
                 "prompt_key": prompt_key or data.prompt_key,
+                "unseen_classes": None,
             }
         )
         resolved_model = model
@@ -159,7 +166,8 @@ def expand(experiment: Experiment) -> Expansion:
         fixed = {
             axis.removeprefix(SPACE_AXIS): value
             for axis, value in cell.items()
-            if axis.startswith(SPACE_AXIS) and axis.removeprefix(SPACE_AXIS) in PAPER_SPACES[entry.name]
+            if axis.startswith(SPACE_AXIS)
+            and axis.removeprefix(SPACE_AXIS) in PAPER_SPACES[entry.name]
         }
         space = resolve_space(entry.name, shared, entry.space, fixed)
         name = f"{spec.name}/{model.key}-{entry.key}/{dataset.name}"

@@ -110,9 +110,12 @@ class _LineIndex:
             for key_node, value_node in node.value:
                 if key_node.value == str(part):
                     return key_node, value_node
-        if isinstance(node, yaml.SequenceNode) and isinstance(part, int):
-            if 0 <= part < len(node.value):
-                return None, node.value[part]
+        if (
+            isinstance(node, yaml.SequenceNode)
+            and isinstance(part, int)
+            and 0 <= part < len(node.value)
+        ):
+            return None, node.value[part]
         return None
 
 
@@ -125,20 +128,22 @@ def _duplicate_keys(node: yaml.Node | None, loc: Loc = ()) -> list[Problem]:
             line = key_node.start_mark.line + 1
             if key in seen:
                 problems.append(
-                    Problem(loc + (key,), f"key repeated (first at line {seen[key]})", line)
+                    Problem((*loc, key), f"key repeated (first at line {seen[key]})", line)
                 )
             seen.setdefault(key, line)
-            problems += _duplicate_keys(value_node, loc + (key,))
+            problems += _duplicate_keys(value_node, (*loc, key))
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
-            problems += _duplicate_keys(item, loc + (index,))
+            problems += _duplicate_keys(item, (*loc, index))
     return problems
 
 
 def _pydantic_problems(error: ValidationError, data: Any) -> list[Problem]:
     problems = []
     for item in error.errors():
-        loc = tuple(p for p in item["loc"] if not isinstance(p, str) or not p.startswith("function-"))
+        loc = tuple(
+            p for p in item["loc"] if not isinstance(p, str) or not p.startswith("function-")
+        )
         loc, model = _file_loc(loc)
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
@@ -175,8 +180,9 @@ def _file_loc(loc: Loc) -> tuple[Loc, type[BaseModel] | None]:
         field = model.model_fields.get(str(part))
         members = _models_of(field.annotation) if field else []
         tagged = {_tag_of(m): m for m in members}
-        if parts[position] in tagged and len(members) > 1:
-            model = tagged[parts[position]]
+        tag = parts[position]
+        if isinstance(tag, str) and tag in tagged and len(members) > 1:
+            model = tagged[tag]
             position += 1  # the tag: not a key of the file
         else:
             model = members[0] if members else None
@@ -186,7 +192,7 @@ def _file_loc(loc: Loc) -> tuple[Loc, type[BaseModel] | None]:
 def _tag_of(model: type[BaseModel]) -> str | None:
     """The ``name`` literal that tags a member of a discriminated union, if any."""
     field = model.model_fields.get("name")
-    values = getattr(field.annotation, "__args__", ()) if field else ()
+    values: tuple[object, ...] = getattr(field.annotation, "__args__", ()) if field else ()
     return values[0] if len(values) == 1 and isinstance(values[0], str) else None
 
 
@@ -249,14 +255,27 @@ def parse_experiment(text: str, path: Path | str = "<experiment>") -> Experiment
     except ValidationError as error:
         problems += _pydantic_problems(error, data)
     if spec is not None:
-        problems += [Problem(loc, message) for loc, message in check_experiment(spec)]
+        findings = check_experiment(spec, path.resolve().parent)
+        problems += [Problem(loc, message) for loc, message in findings]
     if problems:
         located = [Problem(p.loc, p.message, p.line or index.line(p.loc)) for p in problems]
-        located.sort(key=lambda p: (p.line or 0))
+        located.sort(key=lambda p: p.line or 0)
         raise ConfigError(path, located)
     assert spec is not None
     digest = hashlib.sha256(text.encode()).hexdigest()
     return Experiment(spec=spec, path=path.resolve(), text_sha256=digest)
+
+
+def located(experiment: Experiment, loc: Loc, message: str) -> str:
+    """A problem found after loading (e.g. by the launch's preflight, against the data on
+    disk), in the loader's own ``file:line: key: message`` form."""
+    try:
+        root = yaml.compose(experiment.path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+        line = _LineIndex(root).line(loc)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        line = None
+    where = f"{experiment.path}:{line}" if line else str(experiment.path)
+    return f"{where}: {format_loc(loc)}: {message}"
 
 
 def load_experiment(path: Path | str) -> Experiment:

@@ -21,6 +21,15 @@ from pydantic import (
 )
 
 from tunevlseg.catalog import LEARNERS, MODELS
+from tunevlseg.data.unseen import duplicate_problems
+from tunevlseg.learners.hclip_options import HCLIP_OPTIONS, hclip_problems
+from tunevlseg.learners.options import (
+    INIT_CHOICES,
+    OPTIONS,
+    TEXT_INITS,
+    option_problems,
+)
+from tunevlseg.learners.vlpt_options import VLPT_OPTIONS, vlpt_problems
 from tunevlseg.train.settings import monitor_mode
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -118,20 +127,60 @@ class LearnerEntry(Strict):
 
     @field_validator("options")
     @classmethod
-    def _known_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+    def _known_options(cls, options: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         unknown = set(options) - set(LEARNER_OPTIONS)
         if unknown:
             valid = ", ".join(f"{k} ({v})" for k, v in LEARNER_OPTIONS.items())
             raise ValueError(f"unknown option(s) {sorted(unknown)}; valid options: {valid}")
-        init = options.get("init", "embedding")
-        if init not in ("embedding", "gaussian", "layerwise"):
-            raise ValueError(f"init must be embedding, gaussian or layerwise, got {init!r}")
+        inits = INIT_CHOICES.get(info.data.get("name", ""), TEXT_INITS)
+        if "init" in options and options["init"] not in inits:
+            raise ValueError(f"init must be {' | '.join(inits)}, got {options['init']!r}")
+        problems = option_problems(info.data.get("name"), options)  # no name: it was refused
+        if problems:
+            raise ValueError("; ".join(problems))
+        return options
+
+    @field_validator("options")
+    @classmethod
+    def _vlpt_options(cls, options: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        """vlpt's own options only on vlpt, with valid values (the learner's rules, written
+        once in :mod:`tunevlseg.learners.vlpt_options`, checked here without torch)."""
+        given = {key: value for key, value in options.items() if key in VLPT_OPTIONS}
+        learner = info.data.get("name")  # absent when the name itself was refused
+        if given and learner not in (None, "vlpt"):
+            raise ValueError(f"option(s) {', '.join(sorted(given))} belong to vlpt, not {learner}")
+        problems = vlpt_problems(given)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return options
+
+    @field_validator("options")
+    @classmethod
+    def _hclip_options(cls, options: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        """hclip's own options only on hclip, with valid values
+        (:mod:`tunevlseg.learners.hclip_options`, checked here without torch)."""
+        given = {key: value for key, value in options.items() if key in HCLIP_OPTIONS}
+        learner = info.data.get("name")  # absent when the name itself was refused
+        if given and learner not in (None, "hclip"):
+            raise ValueError(f"option(s) {', '.join(sorted(given))} belong to hclip, not {learner}")
+        problems = hclip_problems(given)
+        if problems:
+            raise ValueError("; ".join(problems))
         return options
 
 
 LEARNER_OPTIONS = {
-    "init": "text context initialisation: embedding | gaussian | layerwise",
+    "init": "text context initialisation: embedding | gaussian | layerwise; "
+    "vpt: uniform | gaussian",
+    **VLPT_OPTIONS,
+    **OPTIONS,
+    **HCLIP_OPTIONS,
 }
+
+
+UPSAMPLER_INPUT_MODELS = ("cris",)
+"""Model families whose upsampler can read another map than its default
+(``model.upsampler_input``); CLIPSeg's reads its decoder's last map, with no choice."""
 
 
 class DatasetEntry(Strict):
@@ -147,6 +196,15 @@ class DatasetEntry(Strict):
     synthetic: bool = Field(
         default=False, description="write a small synthetic set at `root` if it is absent"
     )
+    unseen_classes: list[str] | None = Field(
+        default=None,
+        description="this data set's own data.unseen_classes (natural sets); [] = none unseen",
+    )
+
+    @field_validator("unseen_classes")
+    @classmethod
+    def _unseen_form(cls, names: list[str] | None) -> list[str] | None:
+        return _unseen_names_form(names)
 
 
 class ModelSettings(Strict):
@@ -164,6 +222,18 @@ class ModelSettings(Strict):
         default="",
         description="appended to every text prompt before it is tokenized, in training, "
         "validation and test alike (the paper's authors append '.'); '' leaves prompts as read",
+    )
+    upsampler_padding: Literal["zeros", "replicate"] = Field(
+        default="zeros",
+        description="border padding of the upsampler's 5x5 convolution: zeros, or replicate "
+        "(the edge pixels repeated, as the authors' code does)",
+    )
+    upsampler_input: Literal["projector", "decoder"] = Field(
+        default="projector",
+        description="CRIS only: the map its upsampler reads, projector = the projector's "
+        "stride-4 map (256 channels), decoder = the decoder output (512 channels at stride 16, "
+        "narrowed to 64 by a 1x1 convolution; the authors' head). CLIPSeg studies keep "
+        "projector, and a file without a CRIS model may not set decoder",
     )
 
     @field_validator("prompt_suffix")
@@ -222,6 +292,27 @@ class DataSettings(Strict):
         "node-local disk, e.g. /tmp/tvls-cache; none = decode every epoch",
     )
     augmentation: AugmentationSettings = AugmentationSettings()
+    unseen_classes: list[str] = Field(
+        default_factory=list,
+        description="natural (multi-class) sets: classes whose samples are left out of training "
+        "and validation and tested like the others (the zero_shot table: mIoU on seen and "
+        "unseen classes, hIoU); class folder names or their natural spelling ('potted plant' "
+        "for potted_plant); a data set's own `unseen_classes:` replaces this list",
+    )
+
+    @field_validator("unseen_classes")
+    @classmethod
+    def _unseen_form(cls, names: list[str]) -> list[str]:
+        return _unseen_names_form(names) or []
+
+
+def _unseen_names_form(names: list[str] | None) -> list[str] | None:
+    """The form of an unseen-class list: real names, each class once (up to spelling). Whether
+    they are classes of the data set is known only with its files (the launch's preflight)."""
+    problems = duplicate_problems(names or [])
+    if problems:
+        raise ValueError("; ".join(f"[{index}] {message}" for index, message in problems))
+    return names
 
 
 class SchedulerSettings(Strict):
@@ -277,9 +368,7 @@ class TrainingSettings(Strict):
         """A field validator (not a model one) so the error names ``training.min_epochs``."""
         max_epochs = info.data.get("max_epochs")  # absent when it failed validation itself
         if max_epochs is not None and min_epochs > max_epochs:
-            raise ValueError(
-                f"min_epochs ({min_epochs}) must be at most max_epochs ({max_epochs})"
-            )
+            raise ValueError(f"min_epochs ({min_epochs}) must be at most max_epochs ({max_epochs})")
         return min_epochs
 
     @property
@@ -380,12 +469,16 @@ class SearchSettings(Strict):
         "val_dice and val_iou are maximised, val_loss (Dice + 0.2 BCE) minimised",
     )
     max_retries: int = Field(
-        default=2, ge=0, description="re-runs of a trial whose process died or met an "
-        "infrastructure error (lost node, storage outage, out of memory)"
+        default=2,
+        ge=0,
+        description="re-runs of a trial whose process died or met an "
+        "infrastructure error (lost node, storage outage, out of memory)",
     )
     max_failures: int = Field(
-        default=3, ge=1, description="trials failed by an error of their own (configuration, "
-        "data, a bug: not retried) after which a study stops taking new trials"
+        default=3,
+        ge=1,
+        description="trials failed by an error of their own (configuration, "
+        "data, a bug: not retried) after which a study stops taking new trials",
     )
     space: dict[str, Any] = Field(
         default_factory=dict, description="overrides for every learner that has the parameter"
@@ -473,6 +566,37 @@ class ContainerSettings(Strict):
         return binds
 
 
+class StorageProxySettings(Strict):
+    """The storage proxy job a SLURM launch starts in front of its PostgreSQL storage
+    (``docs/storage.md``): tasks talk to it over gRPC and hold no database connection."""
+
+    port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="port the proxy listens on (default: any free port; tasks find it in "
+        "<output_dir>/<sweep>/storage-proxy.json)",
+    )
+    connections: int = Field(
+        default=5,
+        ge=2,
+        le=100,
+        description="PostgreSQL connections the proxy holds (and calls it serves at once)",
+    )
+    timeout_min: int = Field(
+        default=1440,
+        ge=10,
+        description="the proxy job's time limit; it is requeued when it runs out (tasks wait "
+        "up to storage_retry_s for it), so a long sweep wants the partition's maximum",
+    )
+    mem_gb: int = Field(default=2, ge=1, description="memory of the proxy job")
+    partition: str | None = Field(
+        default=None,
+        pattern=SAFE_TEXT,
+        description="partition of the proxy job (default: collector_partition, else partition)",
+    )
+
+
 class ClusterSettings(Strict):
     """Where and how trials run."""
 
@@ -505,6 +629,17 @@ class ClusterSettings(Strict):
         "Lustre, GPFS, BeeGFS, CephFS, SMB) although the tasks can land on several nodes, "
         "where Optuna's journal file lock is not reliable (docs/storage.md); by default such "
         "a launch is refused and postgresql:// is the safe choice",
+    )
+    storage_proxy: StorageProxySettings | None = Field(
+        default=None,
+        description="start Optuna's gRPC storage proxy as a SLURM job in front of the "
+        "postgresql:// storage; the tasks talk only to it (docs/storage.md)",
+    )
+    postgres_pooler: bool = Field(
+        default=False,
+        description="the postgresql:// URL names a connection pooler (PgBouncer), not the "
+        "server: the launch does not count the sweep's connections against the server's "
+        "max_connections (the pooler's own limits apply)",
     )
     slurm: SlurmSettings = SlurmSettings()
     container: ContainerSettings = ContainerSettings()
@@ -553,5 +688,7 @@ class ExperimentSpec(Strict):
         """A newline or other control character would break job scripts and log names."""
         bad = sorted({repr(c) for c in str(output_dir) if ord(c) < 32 or ord(c) == 127})
         if bad:
-            raise ValueError(f"output_dir contains the control character(s) {', '.join(bad)}; choose a plain folder name")
+            raise ValueError(
+                f"output_dir contains the control character(s) {', '.join(bad)}; choose a plain folder name"
+            )
         return output_dir

@@ -78,7 +78,9 @@ class Selection:
         for key, values in self.terms:
             canonical = aliases.get(key)
             if canonical is None:
-                problems.append(f"unknown key {key!r}{_nearest(key, aliases)}; valid keys: {_keys_text(axes)}")
+                problems.append(
+                    f"unknown key {key!r}{_nearest(key, aliases)}; valid keys: {_keys_text(axes)}"
+                )
                 continue
             known = _known_values(canonical, expansion.studies)
             for value in values:
@@ -86,7 +88,8 @@ class Selection:
                 if spelled is None:
                     problems.append(
                         f"{key}={value} matches no study{_nearest(value, known)}; valid values of "
-                        f"{canonical}: {', '.join(known) or 'none'}{_skipped_value(canonical, value, expansion)}"
+                        f"{canonical}: {', '.join(known) or 'none'}"
+                        f"{_skipped_value(canonical, value, expansion)}"
                     )
                     continue
                 accepted = merged.setdefault(canonical, [])
@@ -139,7 +142,9 @@ def parse_only(texts: Iterable[str] | None) -> Selection | None:
     return Selection(tuple((key, tuple(values)) for key, values in terms.items()))
 
 
-def select(expansion: Expansion, only: Selection | Sequence[str] | None) -> tuple[Expansion, Selection | None]:
+def select(
+    expansion: Expansion, only: Selection | Sequence[str] | None
+) -> tuple[Expansion, Selection | None]:
     """The studies of the sweep that ``--only`` selects, and the selection made canonical.
 
     No selection (None or no arguments) is the whole sweep: ``(expansion, None)``.
@@ -179,11 +184,15 @@ def _skipped(selection: Selection, expansion: Expansion) -> list[SkippedCombinat
     terms = dict(selection.terms)
     models, learners = terms.get("model"), terms.get("learner")
     if learners is not None:  # a label stands for its learner
-        labels = {spec.learner_label: spec.learner for spec in expansion.studies if spec.learner_label}
+        labels = {
+            spec.learner_label: spec.learner for spec in expansion.studies if spec.learner_label
+        }
         learners = tuple(labels.get(value, value) for value in learners)
     return [
-        combo for combo in expansion.skipped
-        if (models is None or combo.model in models) and (learners is None or combo.learner in learners)
+        combo
+        for combo in expansion.skipped
+        if (models is None or combo.model in models)
+        and (learners is None or combo.learner in learners)
     ]
 
 
@@ -209,7 +218,9 @@ def _keys_text(axes: Sequence[str]) -> str:
     if not axes:
         return ", ".join(STUDY_KEYS) + " (the experiment has no grid axes)"
     short = {full: alias for alias, full in _key_aliases(axes).items() if alias != full}
-    return ", ".join([*STUDY_KEYS, *(f"{axis} ({short[axis]})" if axis in short else axis for axis in axes)])
+    return ", ".join(
+        [*STUDY_KEYS, *(f"{axis} ({short[axis]})" if axis in short else axis for axis in axes)]
+    )
 
 
 def _known_values(key: str, studies: Sequence[StudySpec]) -> list[str]:
@@ -233,7 +244,10 @@ def _nearest(text: str, candidates: Iterable[str]) -> str:
 
 
 def _skipped_text(selection: Selection, expansion: Expansion) -> str:
-    reasons = [f"{combo.model} + {combo.learner} is skipped ({combo.reason})" for combo in _skipped(selection, expansion)]
+    reasons = [
+        f"{combo.model} + {combo.learner} is skipped ({combo.reason})"
+        for combo in _skipped(selection, expansion)
+    ]
     return f"; {'; '.join(reasons)}" if reasons else ""
 
 
@@ -241,11 +255,13 @@ def _skipped_value(key: str, value: str, expansion: Expansion) -> str:
     """Why a model or learner of the file has no study: its combinations were all skipped."""
     if key not in ("model", "learner"):
         return ""
-    reasons = list(dict.fromkeys(
-        f"{combo.model} + {combo.learner} is skipped ({combo.reason})"
-        for combo in expansion.skipped
-        if getattr(combo, key) == value
-    ))
+    reasons = list(
+        dict.fromkeys(
+            f"{combo.model} + {combo.learner} is skipped ({combo.reason})"
+            for combo in expansion.skipped
+            if getattr(combo, key) == value
+        )
+    )
     return f" ({'; '.join(reasons)})" if reasons else ""
 
 

@@ -53,6 +53,8 @@ class ParamSpace:
             return self.fixed
         if self.kind == "choice":
             return trial.suggest_categorical(name, list(self.choices))
+        if self.low is None or self.high is None:
+            raise ValueError(f"{name}: a {self.kind} range needs low and high")
         if self.kind == "int":
             return trial.suggest_int(name, int(self.low), int(self.high), log=self.log)
         return trial.suggest_float(name, float(self.low), float(self.high), log=self.log)
@@ -98,6 +100,19 @@ PAPER_SPACES: dict[str, dict[str, ParamSpace]] = {
         "ff_dim": ParamSpace("choice", choices=(1280, 1420)),
         "norm_first": ParamSpace("choice", choices=(True, False)),
     },
+    # Not in the paper (tunevlseg.learners.vlpt). lr, weight decay and depth: the paper's ranges
+    # (ours, for comparability with the rows above). n_ctx_vision: LDVC's 40-100 visual tokens,
+    # widened by us down to 4 (model.n_ctx, what VPT and MaPLe use); log scale, default 20.
+    # The adapter and consensus switches are options, not searched: each variant is its own row.
+    "vlpt": {
+        **COMMON,
+        **PROMPT_DEPTH,
+        "n_ctx_vision": ParamSpace("int", low=4, high=100, log=True),
+    },
+    # H-CLIP trained CLIP with Adam at lr 5e-6, weight decay 1e-4 (Sec. 5.1) for 80k iterations;
+    # the lr range is ours, wide enough to hold that point and the faster rates short medical
+    # runs need; weight decay is COMMON's (it holds 1e-4). q, orthogonal, dcrc are options.
+    "hclip": {"lr": _log_float(1e-6, 1e-3), "weight_decay": COMMON["weight_decay"]},
     "e2e": dict(COMMON),
     "decoder": dict(COMMON),  # searched like e2e; the authors fixed lr 2e-4, wd 1e-3
     "zeroshot": {},
@@ -133,9 +148,7 @@ def apply_override(base: ParamSpace, override: Any) -> ParamSpace:
         return _fixed(base, override)
     unknown = set(override) - {"low", "high", "log", "choices", "fixed"}
     if unknown:
-        raise SpaceError(
-            f"unknown field(s) {sorted(unknown)}; use low/high/log, choices, or fixed"
-        )
+        raise SpaceError(f"unknown field(s) {sorted(unknown)}; use low/high/log, choices, or fixed")
     if "fixed" in override:
         if len(override) > 1:
             raise SpaceError("'fixed' cannot be combined with other fields")

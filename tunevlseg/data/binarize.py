@@ -47,6 +47,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -489,7 +490,7 @@ def run_plan(
                 record = result()
             except BinarizeError as error:
                 failures.append(str(error))
-            except Exception as error:  # e.g. disk full: name the image, keep going
+            except Exception as error:  # noqa: BLE001 - e.g. disk full: name the image, keep going
                 failures.append(f"{job.image}: {type(error).__name__}: {error}")
             else:
                 journal.append(record)
@@ -500,7 +501,7 @@ def run_plan(
 
         if jobs == 1 or len(plan.todo) <= 1:
             for job in plan.todo:
-                finish(job, lambda job=job: binarize_image(plan.scheme.name, job, plan.dst))
+                finish(job, partial(binarize_image, plan.scheme.name, job, plan.dst))
         else:
             _run_pool(plan, jobs, finish)
     _remove_empty_class_folders(plan)

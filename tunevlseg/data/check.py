@@ -519,12 +519,11 @@ def _decode(path: Path, flags: int, report: CheckReport) -> np.ndarray | None:
 
 def _truncation(path: Path, data: bytes) -> str:
     """Why ``data`` looks cut off ("" if it does not); OpenCV decodes such files without error."""
-    if data.startswith(b"\xff\xd8"):  # JPEG
-        if not data.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9"):
-            return "truncated JPEG (no end-of-image marker)"
-    elif data.startswith(b"\x89PNG\r\n\x1a\n"):
-        if b"IEND" not in data[-32:]:
-            return "truncated PNG (no IEND chunk)"
+    is_jpeg, is_png = data.startswith(b"\xff\xd8"), data.startswith(b"\x89PNG\r\n\x1a\n")
+    if is_jpeg and not data.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9"):
+        return "truncated JPEG (no end-of-image marker)"
+    if is_png and b"IEND" not in data[-32:]:
+        return "truncated PNG (no IEND chunk)"
     return ""
 
 

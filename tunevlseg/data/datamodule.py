@@ -22,8 +22,9 @@ from tunevlseg.data.natural import (
     read_natural_split,
     split_policy,
 )
-from tunevlseg.data.sample import Sample
+from tunevlseg.data.sample import DatasetFormatError, Sample
 from tunevlseg.data.transforms import Augmentation, build_transform, normalize_pixels
+from tunevlseg.data.unseen import class_folders, is_unseen, unseen_problems
 
 __all__ = ["DataFormat", "SegmentationDataModule", "read_split"]
 
@@ -97,6 +98,10 @@ class SegmentationDataModule(L.LightningDataModule):
             experiment's ``data.augmentation``); ``None``: the paper's defaults.
         prompt_suffix: Appended to every prompt of every split before tokenisation (the
             experiment's ``model.prompt_suffix``); see :class:`TokenizeCollate`.
+        unseen_classes: Natural sets only: classes whose samples train and val leave out while
+            test keeps them (the unseen-class protocol, :mod:`tunevlseg.data.unseen`; any
+            spelling of the class folder's name). Checked against the class folders when the
+            first split is read.
 
     On CUDA, loaders pin memory (so Lightning's ``non_blocking`` copy overlaps the step);
     workers stay alive between epochs. Workers are not told to run OpenCV single-threaded:
@@ -123,6 +128,7 @@ class SegmentationDataModule(L.LightningDataModule):
         augmentation: Augmentation | None = None,
         prompt_suffix: str = "",
         val_fraction: float = DEFAULT_VAL_FRACTION,
+        unseen_classes: Sequence[str] = (),
     ) -> None:
         super().__init__()
         if format not in ("medvlsm", "natural"):
@@ -133,6 +139,8 @@ class SegmentationDataModule(L.LightningDataModule):
             raise ValueError(f"train_fraction must be in (0, 1], got {train_fraction}")
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        if unseen_classes and format != "natural":
+            raise ValueError("unseen_classes needs a natural (multi-class) data set")
         self.root = Path(root)
         self.format: DataFormat = format
         self.prompt_key = prompt_key
@@ -144,6 +152,8 @@ class SegmentationDataModule(L.LightningDataModule):
         self.seed = seed
         self.train_fraction = train_fraction
         self.val_fraction = val_fraction
+        self.unseen_classes = tuple(unseen_classes)
+        self._unseen_checked = False
         self._split_policy: SplitPolicy | None = None
         # Per split read: {"images": ..., "samples": ...}, i.e. what the policy gave.
         self.split_sizes: dict[str, dict[str, int]] = {}
@@ -176,6 +186,14 @@ class SegmentationDataModule(L.LightningDataModule):
         """
         policy = self.split_policy
         samples = read_split(self.root, self.format, split, self.prompt_key, policy)
+        if self.unseen_classes and split in ("train", "val"):
+            self._check_unseen_classes()
+            samples = [s for s in samples if not is_unseen(s.class_name, self.unseen_classes)]
+            if not samples:
+                raise DatasetFormatError(
+                    f"{self.root}: the {split} split has no sample of a seen class (unseen: "
+                    f"{', '.join(self.unseen_classes)})"
+                )
         if split == "train" and self.train_fraction is not None:
             keep = max(1, round(len(samples) * self.train_fraction))
             chosen = np.random.default_rng([self.seed, 1]).choice(len(samples), keep, replace=False)
@@ -192,6 +210,16 @@ class SegmentationDataModule(L.LightningDataModule):
             "" if source == split else f" (from the official {source} split)",
         )
         return samples
+
+    def _check_unseen_classes(self) -> None:
+        """The preflight's rule again, for runs that did not come through a launch."""
+        if self._unseen_checked:
+            return
+        problems = unseen_problems(self.unseen_classes, class_folders(self.root))
+        if problems:
+            found = "; ".join(message for _, message in problems)
+            raise DatasetFormatError(f"{self.root}: unseen_classes: {found}")
+        self._unseen_checked = True
 
     def setup(self, stage: str | None = None) -> None:
         wanted = {
@@ -229,7 +257,10 @@ class SegmentationDataModule(L.LightningDataModule):
 
     def normalize(self, batch: dict[str, Any]) -> dict[str, Any]:
         """The batch with float32 ``pixel_values``, normalised with the model's mean and std."""
-        return {**batch, "pixel_values": normalize_pixels(batch["pixel_values"], self.mean, self.std)}
+        return {
+            **batch,
+            "pixel_values": normalize_pixels(batch["pixel_values"], self.mean, self.std),
+        }
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         return self.normalize(batch)

@@ -174,7 +174,9 @@ def _parse_entry(root: Path, entry: Any, *, path: Path, index: int, prompt_key: 
         if field:
             detail = f"{field}: {detail}"
         sep = " " if field else ": "  # "<file> entry 3 img_name: ...", "<file> entry 3: ..."
-        return EntryError(f"{where}{sep}{detail}", path=path, index=index, entry=entry, detail=detail)
+        return EntryError(
+            f"{where}{sep}{detail}", path=path, index=index, entry=entry, detail=detail
+        )
 
     if not isinstance(entry, dict):
         raise fail(f"expected an object, got {type(entry).__name__}")

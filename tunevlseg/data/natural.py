@@ -195,9 +195,7 @@ def held_out_images(names: Iterable[str], fraction: float, seed: int = SPLIT_SEE
         raise ValueError(f"val_fraction must be in (0, 1), got {fraction}")
     unique = sorted(set(names))
     if len(unique) < 2:
-        raise ValueError(
-            f"{len(unique)} image(s): holding out a validation split needs at least 2"
-        )
+        raise ValueError(f"{len(unique)} image(s): holding out a validation split needs at least 2")
     count = min(len(unique) - 1, max(1, int(len(unique) * fraction + 0.5)))  # half rounds up
     ranked = sorted(unique, key=lambda name: (_rank(name, seed), name))
     return set(ranked[:count])
@@ -217,7 +215,8 @@ def read_natural_split(root: Path, split: str, policy: SplitPolicy) -> list[Samp
     samples = read_natural(root, "train")
     try:
         held = held_out_images(
-            (s.image.stem for s in samples), policy.val_fraction or DEFAULT_VAL_FRACTION,
+            (s.image.stem for s in samples),
+            policy.val_fraction or DEFAULT_VAL_FRACTION,
             policy.seed if policy.seed is not None else SPLIT_SEED,
         )
     except ValueError as error:

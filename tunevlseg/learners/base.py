@@ -36,6 +36,8 @@ from typing import Any, ClassVar, Protocol
 import torch
 from torch import Tensor, nn
 
+from tunevlseg.learners.options import TEXT_INITS, option_problems
+
 __all__ = [
     "MAX_PROMPT_DEPTH",
     "EncoderDims",
@@ -48,7 +50,6 @@ __all__ = [
 
 MAX_PROMPT_DEPTH = 11
 INIT_TEXT = "a photo of a"
-TEXT_INITS = ("embedding", "gaussian", "layerwise")
 GAUSSIAN_STD = 0.02
 
 
@@ -108,6 +109,8 @@ class Learner(nn.Module):
     trains: ClassVar[bool] = True
     defaults: ClassVar[dict[str, Any]] = {}
     prompt_attributes: ClassVar[tuple[str, ...]] = ()
+    init_choices: ClassVar[tuple[str, ...]] = TEXT_INITS
+    """The values of the ``init`` parameter, for learners that have one."""
 
     def __init__(
         self, dims: EncoderDims, *, n_ctx: int, frozen_text: FrozenText | None = None, **params: Any
@@ -144,10 +147,13 @@ class Learner(nn.Module):
                 raise ValueError(f"{cls.name}: prompt_depth must be an int, got {depth!r}")
             if not 1 <= depth <= MAX_PROMPT_DEPTH:
                 raise ValueError(f"{cls.name}: prompt_depth must be in 1..{MAX_PROMPT_DEPTH}")
-        if "init" in resolved and resolved["init"] not in TEXT_INITS:
+        if "init" in resolved and resolved["init"] not in cls.init_choices:
             raise ValueError(
-                f"{cls.name}: init must be one of {TEXT_INITS}, got {resolved['init']!r}"
+                f"{cls.name}: init must be one of {cls.init_choices}, got {resolved['init']!r}"
             )
+        problems = option_problems(cls.name, params)
+        if problems:
+            raise ValueError(f"{cls.name}: {'; '.join(problems)}")
         for key in ("intermediate_dim", "shared_dim", "ff_dim", "n_heads"):
             if key in resolved and (not isinstance(resolved[key], int) or resolved[key] < 1):
                 raise ValueError(f"{cls.name}: {key} must be a positive int, got {resolved[key]!r}")
@@ -187,10 +193,12 @@ def init_text_context(
     if init != "gaussian" and frozen_text is None:
         raise ValueError(f"init={init!r} needs access to the frozen text encoder")
     contexts = []
-    layer_inputs = frozen_text.layer_inputs(INIT_TEXT) if init == "layerwise" else None
+    layer_inputs = (
+        frozen_text.layer_inputs(INIT_TEXT) if init == "layerwise" and frozen_text else None
+    )
     for d in range(depth):
-        if d == 0 and init in ("embedding", "layerwise"):
-            rows = frozen_text.token_embeddings(INIT_TEXT)  # type: ignore[union-attr]
+        if d == 0 and init in ("embedding", "layerwise") and frozen_text is not None:
+            rows = frozen_text.token_embeddings(INIT_TEXT)
             contexts.append(nn.Parameter(_fit_rows(rows.detach().float(), n_ctx)))
         elif layer_inputs is not None and d < len(layer_inputs):
             contexts.append(nn.Parameter(_fit_rows(layer_inputs[d].detach().float(), n_ctx)))
@@ -199,15 +207,31 @@ def init_text_context(
     return nn.ParameterList(contexts)
 
 
-def low_rank_or_mlp(in_dim: int, hidden: int, out_dim: int, *, use_lora: bool) -> nn.Sequential:
+def low_rank_or_mlp(
+    in_dim: int,
+    hidden: int,
+    out_dim: int,
+    *,
+    use_lora: bool,
+    final_norm: bool = False,
+    norm_bias: bool = True,
+) -> nn.Sequential:
     """A projection ``in_dim -> out_dim`` through ``hidden`` units.
 
     With ``use_lora`` it is a rank-``hidden`` linear map (two linear layers, no nonlinearity,
     the first without bias): cheap and easy to keep close to a linear coupling. Otherwise it is a
     two-layer MLP with ReLU, as in CoCoOp's meta-network.
+
+    ``final_norm`` ends the projection with a LayerNorm over ``out_dim`` (with a bias only if
+    ``norm_bias``), which keeps the output at a fixed scale whatever the input's scale: the
+    TuneVLSeg authors' projection heads do this. The last linear layer then has no bias, since
+    the normalisation would remove it anyway.
     """
     if use_lora:
-        return nn.Sequential(nn.Linear(in_dim, hidden, bias=False), nn.Linear(hidden, out_dim))
-    return nn.Sequential(
-        nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_dim)
-    )
+        layers: list[nn.Module] = [nn.Linear(in_dim, hidden, bias=False)]
+    else:
+        layers = [nn.Linear(in_dim, hidden), nn.ReLU(inplace=True)]
+    layers.append(nn.Linear(hidden, out_dim, bias=not final_norm))
+    if final_norm:
+        layers.append(nn.LayerNorm(out_dim, bias=norm_bias))
+    return nn.Sequential(*layers)

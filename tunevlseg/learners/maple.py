@@ -2,7 +2,9 @@
 
 Khattak et al., "MaPLe: Multi-modal Prompt Learning" (CVPR 2023). Text context vectors are
 learned as in CoOp; the visual prompts of each layer are a learned function of that layer's
-text context, so the two branches are tuned together instead of independently.
+text context, so the two branches are tuned together instead of independently. The TuneVLSeg
+authors' coupling ends with a LayerNorm over the vision width (``proj_norm: true``;
+docs/fidelity.md row 28).
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ class MaPLe(Learner):
         init: text context initialisation (see :class:`tunevlseg.learners.coop.CoOp`).
         intermediate_dim: hidden size (or rank, with ``use_lora``) of each coupling function.
         use_lora: a low-rank linear coupling instead of Linear-ReLU-Linear.
+        proj_norm: end each coupling with a LayerNorm (with bias: its output is the visual
+            prompt itself, which needs an offset of its own), so the prompts keep the scale of
+            the vision tokens whatever the text context's scale.
     """
 
     name: ClassVar[str] = "maple"
@@ -44,6 +49,7 @@ class MaPLe(Learner):
         "init": "embedding",
         "intermediate_dim": 32,
         "use_lora": False,
+        "proj_norm": False,
     }
     prompt_attributes: ClassVar[tuple[str, ...]] = ("text_ctx",)
 
@@ -60,6 +66,7 @@ class MaPLe(Learner):
                 p["intermediate_dim"],
                 dims.vision_width,
                 use_lora=bool(p["use_lora"]),
+                final_norm=p["proj_norm"],
             )
             for _ in range(self.vision_depth)
         )

@@ -28,6 +28,12 @@ inserts the learner's prompts on the way:
   ``CIDAS/clipseg-rd64*``, so J = 11 prompts 11 text and 10 vision layers.
 * The decoder runs part by part, so the learnable upsampler can read its last feature map
   (always the ``(B, reduce_dim, h, w)`` map of the patch grid, prompts or not).
+* Optional learner hooks (``vlpt``, :mod:`tunevlseg.learners.vlpt`): a learner whose class sets
+  ``takes_decoder_width`` gets ``decoder_width=reduce_dim``; its ``n_ctx_text`` sets the text
+  placeholders; with ``adapts_condition`` the vision encoder runs every layer and
+  ``adapt_condition(condition, pooled feature)`` replaces FiLM's condition; its
+  ``refine_features`` maps the decoder's last feature map before the transposed convolutions
+  and the upsampler.
 
 For prompt learners every CLIPSeg weight is frozen and :meth:`PromptedCLIPSeg.train` keeps the
 CLIPSeg submodule in eval mode, so a frozen network behaves exactly as at inference (no dropout)
@@ -47,10 +53,11 @@ from torch import Tensor
 
 from tunevlseg.catalog import LEARNERS, load_object
 from tunevlseg.learners.base import EncoderDims, Learner, Prompts
+from tunevlseg.models.block_rotation import AdaptedWeight, EncoderWeights
 from tunevlseg.models.context_tokens import ContextTokenizerMixin, placeholder_token_id
 from tunevlseg.models.loading import LoadedCLIPSeg, load_clipseg
 from tunevlseg.models.trainable import TrainableParametersMixin
-from tunevlseg.models.upsampler import LearnableUpsampler
+from tunevlseg.models.upsampler import LearnableUpsampler, PaddingMode
 
 if TYPE_CHECKING:
     from transformers import CLIPSegForImageSegmentation, PreTrainedTokenizerBase
@@ -146,6 +153,7 @@ class PromptedCLIPSeg(TrainableParametersMixin, ContextTokenizerMixin):
         n_ctx: int = 4,
         use_upsampler: bool = True,
         vision_prompts_in_decoder: bool = True,
+        upsampler_padding: PaddingMode = "zeros",
     ) -> None:
         super().__init__()
         self.vision_prompts_in_decoder = bool(vision_prompts_in_decoder)
@@ -154,17 +162,26 @@ class PromptedCLIPSeg(TrainableParametersMixin, ContextTokenizerMixin):
         self.image_size = int(loaded.image_size)
         self.image_mean = tuple(loaded.image_mean)
         self.image_std = tuple(loaded.image_std)
+        from transformers import CLIPSegTextConfig, CLIPSegVisionConfig
+
         config = self.clipseg.config
+        text, vision = config.text_config, config.vision_config
+        if not isinstance(text, CLIPSegTextConfig) or not isinstance(vision, CLIPSegVisionConfig):
+            raise TypeError("the CLIPSeg model's config lacks its text or vision config")
         self.extract_layers = tuple(int(i) for i in config.extract_layers)
-        self.patch_size = int(config.vision_config.patch_size)
-        self._eos_token_id = config.text_config.eos_token_id
-        self._max_length = int(config.text_config.max_position_embeddings)
+        self.patch_size = int(vision.patch_size)  # type: ignore[arg-type]  # an int in CLIPSeg
+        if not isinstance(text.eos_token_id, int):
+            raise TypeError(
+                f"the text config's eos_token_id is {text.eos_token_id!r}, not a token id"
+            )
+        self._eos_token_id = text.eos_token_id
+        self._max_length = int(text.max_position_embeddings)
         self.dims = EncoderDims(
-            text_width=config.text_config.hidden_size,
-            vision_width=config.vision_config.hidden_size,
-            text_layers=config.text_config.num_hidden_layers,
+            text_width=text.hidden_size,
+            vision_width=vision.hidden_size,
+            text_layers=text.num_hidden_layers,
             vision_layers=max(self.extract_layers) + 1,
-            projection_dim=config.projection_dim,
+            projection_dim=int(config.projection_dim or 0),
             patch_size=self.patch_size,
         )
         if learner_cls.needs_image_feature and learner_cls.prompts_vision:
@@ -172,13 +189,29 @@ class PromptedCLIPSeg(TrainableParametersMixin, ContextTokenizerMixin):
                 "a learner conditioned on the image feature cannot prompt the vision encoder"
             )
 
-        self.learner = learner_cls(
-            self.dims, n_ctx=n_ctx, frozen_text=_FrozenTextAccess(self), **learner_params
+        # vlpt's hook: a learner with a block on the decoder's map is told its channels.
+        decoder_width = (
+            {"decoder_width": int(config.reduce_dim)}
+            if getattr(learner_cls, "takes_decoder_width", False)
+            else {}
         )
-        self.n_text_ctx = n_ctx if learner_cls.prompts_text else 0
+        self.learner = learner_cls(
+            self.dims,
+            n_ctx=n_ctx,
+            frozen_text=_FrozenTextAccess(self),
+            **decoder_width,
+            **learner_params,
+        )
+        # A learner may use another text token count than n_ctx (vlpt's n_ctx_text).
+        n_text = int(getattr(self.learner, "n_ctx_text", n_ctx))
+        self.n_text_ctx = n_text if learner_cls.prompts_text else 0
         self._placeholder_id = placeholder_token_id(self.tokenizer)
         use_upsampler = use_upsampler and learner_cls.trains
-        self.upsampler = LearnableUpsampler(config.reduce_dim) if use_upsampler else None
+        self.upsampler = (
+            LearnableUpsampler(config.reduce_dim, padding_mode=upsampler_padding)
+            if use_upsampler
+            else None
+        )
 
         self.clipseg.requires_grad_(learner_cls.trains_backbone)
         if self.trains_decoder:
@@ -186,7 +219,15 @@ class PromptedCLIPSeg(TrainableParametersMixin, ContextTokenizerMixin):
         self._freeze_unused()
         if not learner_cls.trains:
             self.requires_grad_(False)
+        if self.adapts_encoder_weights:
+            self.learner.attach(self.encoder_weights())  # type: ignore[operator]
         self.train(False)
+
+    @property
+    def adapts_condition(self) -> bool:
+        """The learner adapts the text condition with the pooled image feature (vlpt's text
+        adapter: ``learner.adapt_condition``), so every vision layer runs."""
+        return bool(getattr(self.learner, "adapts_condition", False))
 
     @property
     def trains_decoder(self) -> bool:
@@ -216,7 +257,7 @@ class PromptedCLIPSeg(TrainableParametersMixin, ContextTokenizerMixin):
         """
         clip = self.clipseg.clip
         clip.logit_scale.requires_grad_(False)
-        if not self.learner.needs_image_feature:
+        if not (self.learner.needs_image_feature or self.adapts_condition):
             vision = clip.vision_model
             for layer in vision.encoder.layers[max(self.extract_layers) + 1 :]:
                 layer.requires_grad_(False)
@@ -227,7 +268,29 @@ class PromptedCLIPSeg(TrainableParametersMixin, ContextTokenizerMixin):
         """Where CLIP pools: the highest id (old configs, eos id 2) or the first EOS."""
         if self._eos_token_id == 2:
             return input_ids.to(torch.int).argmax(dim=-1)
-        return (input_ids == self._eos_token_id).int().argmax(dim=-1)
+        return torch.eq(input_ids, self._eos_token_id).int().argmax(dim=-1)
+
+    def encoder_weights(self) -> EncoderWeights:
+        """The frozen weights a weight-adapting learner (``hclip``) may change: attention
+        q/k/v/out and MLP fc1/fc2 of every text layer and of the vision layers that run."""
+
+        def layer_weights(layer: Any) -> list[AdaptedWeight]:
+            attention, mlp = layer.self_attn, layer.mlp
+            return [
+                AdaptedWeight(attention.q_proj, "weight", "q"),
+                AdaptedWeight(attention.k_proj, "weight", "k"),
+                AdaptedWeight(attention.v_proj, "weight", "v"),
+                AdaptedWeight(attention.out_proj, "weight", "out"),
+                AdaptedWeight(mlp.fc1, "weight", "fc1"),
+                AdaptedWeight(mlp.fc2, "weight", "fc2"),
+            ]
+
+        clip = self.clipseg.clip
+        vision_layers = clip.vision_model.encoder.layers[: self.dims.vision_layers]
+        return EncoderWeights(
+            text=[layer_weights(layer) for layer in clip.text_model.encoder.layers],
+            vision=[layer_weights(layer) for layer in vision_layers],
+        )
 
     # ----------------------------------------------------------------------------- encoders
     def encode_text(
@@ -322,6 +385,9 @@ class PromptedCLIPSeg(TrainableParametersMixin, ContextTokenizerMixin):
             )
         tokens = output[:, 1 : 1 + n_patches].transpose(1, 2)
         features = tokens.reshape(tokens.shape[0], tokens.shape[1], *grid)
+        refine = getattr(self.learner, "refine_features", None)  # vlpt's consensus block
+        if refine is not None:
+            features = refine(features)
         return decoder.transposed_convolution(features), features
 
     def forward(self, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
@@ -332,8 +398,13 @@ class PromptedCLIPSeg(TrainableParametersMixin, ContextTokenizerMixin):
             prompts: Prompts = learner(feature)
         else:
             prompts = learner(None)
-            activations, _ = self.encode_image(pixel_values, prompts.vision)
+            activations, feature = self.encode_image(
+                pixel_values, prompts.vision, pooled=self.adapts_condition
+            )
         condition = self.encode_text(input_ids, attention_mask, prompts.text)
+        adapt = getattr(learner, "adapt_condition", None) if self.adapts_condition else None
+        if adapt is not None:  # vlpt's text adapter: FiLM reads T_new instead of T
+            condition = adapt(condition, feature)
         height, width = pixel_values.shape[-2:]
         grid = (height // self.patch_size, width // self.patch_size)
         logits, features = self.decode(activations, condition, grid)
@@ -354,6 +425,7 @@ def build_prompted_clipseg(
     n_ctx: int = 4,
     use_upsampler: bool = True,
     vision_prompts_in_decoder: bool = True,
+    upsampler_padding: PaddingMode = "zeros",
 ) -> PromptedCLIPSeg:
     """Load CLIPSeg offline and attach a context learner.
 
@@ -367,6 +439,8 @@ def build_prompted_clipseg(
         vision_prompts_in_decoder: keep the visual prompt tokens through the decoder (the
             paper's protocol) instead of dropping them before it; no effect without visual
             prompts.
+        upsampler_padding: border padding of the upsampler's convolution, ``"zeros"`` or
+            ``"replicate"`` (the authors').
 
     Raises:
         ValueError: unknown learner or unknown / invalid learner parameters (checked before
@@ -385,4 +459,5 @@ def build_prompted_clipseg(
         n_ctx=n_ctx,
         use_upsampler=use_upsampler,
         vision_prompts_in_decoder=vision_prompts_in_decoder,
+        upsampler_padding=upsampler_padding,
     )

@@ -127,7 +127,7 @@ def load_clipseg(pretrained: str | Path) -> LoadedCLIPSeg:
     for ``CIDAS/clipseg-rd64*``) comes from the preprocessor config.
     """
     import torch
-    from transformers import CLIPSegForImageSegmentation, CLIPTokenizer
+    from transformers import CLIPSegForImageSegmentation, CLIPSegVisionConfig, CLIPTokenizer
 
     folder = resolve_pretrained(pretrained)
     quiet_transformers()
@@ -139,5 +139,10 @@ def load_clipseg(pretrained: str | Path) -> LoadedCLIPSeg:
     except OSError as error:
         raise ModelNotFoundError(str(pretrained), str(error).splitlines()[0]) from error
     model.eval()
-    settings = _read_image_settings(folder, model.config.vision_config.image_size)
+    # transformers types the sub-config and its size loosely (dict | config | None; int | pair).
+    vision = model.config.vision_config
+    image_size = vision.image_size if isinstance(vision, CLIPSegVisionConfig) else None
+    if not isinstance(image_size, int):
+        raise ValueError(f"{folder}: config.json has no integer vision_config.image_size")
+    settings = _read_image_settings(folder, image_size)
     return LoadedCLIPSeg(model=model, tokenizer=tokenizer, folder=folder, **settings)

@@ -187,21 +187,25 @@ def cached_snapshot(repo_id: str) -> Path | None:
 
     try:
         folder = Path(snapshot_download(repo_id=repo_id, local_files_only=True))
-    except Exception:  # not cached (LocalEntryNotFoundError) or not a valid id
+    except Exception:  # noqa: BLE001 - not cached (LocalEntryNotFoundError) or not a valid id
         return None
     return folder if is_complete_folder(folder) else None
 
 
 _NETWORK_ERRORS = (
-    "ConnectError", "Timeout", "NetworkError", "ProxyError", "ConnectionError", "ProtocolError"
+    "ConnectError",
+    "Timeout",
+    "NetworkError",
+    "ProxyError",
+    "ConnectionError",
+    "ProtocolError",
 )
 """Class-name parts of transport errors (httpx, requests, urllib3), matched along the chain."""
 
 
 def describe_hub_error(error: BaseException) -> str:
     """One line saying why a download failed and what to do about it."""
-    from huggingface_hub import constants
-    from huggingface_hub import errors as hub_errors
+    from huggingface_hub import constants, errors as hub_errors
 
     for cause in exception_chain(error):
         if isinstance(cause, hub_errors.OfflineModeIsEnabled):
@@ -279,7 +283,7 @@ def _checked(
     """``status`` if the checkpoint loads offline, else a failure that says why."""
     try:
         loads = verify_loads(item, pretrained)
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 - any failure to load is the reason reported
         reason = f"{found}, but it does not load offline: {_reason(error)}"
         return PrefetchOutcome(item, "failed", reason)
     return PrefetchOutcome(item, status, f"{found}; {loads}")
@@ -300,7 +304,7 @@ def _hub(item: PrefetchItem, dry_run: bool) -> PrefetchOutcome:
         )
     try:
         folder, summary = download(item.pretrained)
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 - hub errors vary; each is described
         return PrefetchOutcome(item, "failed", f"not downloaded: {describe_hub_error(error)}")
     return _checked(item, "downloaded", f"{summary} into {folder}", item.pretrained)
 

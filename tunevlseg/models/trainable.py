@@ -50,9 +50,17 @@ class TrainableParametersMixin(nn.Module):
             getattr(self, self.backbone_attribute).eval()
         return self
 
+    @property
+    def adapts_encoder_weights(self) -> bool:
+        """The learner multiplies frozen encoder weights by its own tensors (``hclip``)."""
+        return bool(getattr(type(self.learner), "adapts_encoder_weights", False))
+
     def _grad_context(self, needed: bool) -> Any:
-        """No autograd graph through a frozen part that receives no prompts."""
-        return nullcontext() if needed or self.trains_backbone else torch.no_grad()
+        """No autograd graph through a frozen part that receives no prompts (and whose weights
+        no learner adapts)."""
+        if needed or self.trains_backbone or self.adapts_encoder_weights:
+            return nullcontext()
+        return torch.no_grad()
 
     def _trainable(self) -> Iterator[tuple[str, nn.Parameter]]:
         return ((name, p) for name, p in self.named_parameters() if p.requires_grad)

@@ -68,7 +68,6 @@ __all__ = [
 ]
 
 
-
 @dataclass(frozen=True)
 class EpochEnd:
     """One finished training epoch, as :func:`fit`'s ``on_epoch_end`` hook sees it.
@@ -376,10 +375,14 @@ def _replay_epochs(paths: RunPaths, hook: EpochEndHook | None) -> None:
     try:
         state = torch.load(paths.last_checkpoint, map_location="cpu", weights_only=False)
         stored = next(
-            (v for k, v in state.get("callbacks", {}).items() if k.startswith(_EpochEndCallback.__qualname__)),
+            (
+                v
+                for k, v in state.get("callbacks", {}).items()
+                if k.startswith(_EpochEndCallback.__qualname__)
+            ),
             None,
         )
-    except Exception:  # unreadable: the run's result does not depend on it
+    except Exception:  # noqa: BLE001 - unreadable: the run's result does not depend on it
         return
     replay = _EpochEndCallback(hook)
     replay.load_state_dict(stored or {})

@@ -14,6 +14,11 @@ the class folder; multi-class medical sets: the annotation's ``class_name``):
 * the **class-mean Dice (mDice)** is the unweighted mean of the per-class Dice, so a rare class
   counts as much as a frequent one. With one class it equals the sample-mean Dice. The collector
   computes it from the stored per-class scores (``collect.results.class_mean``).
+
+Per class, test also pools pixels (``iou_pooled``, ``dice_pooled``): the class's intersection
+and union summed over its test samples before dividing, the standard semantic-segmentation IoU
+that LDVC and H-CLIP average into mIoU (large objects weigh more). The collector's zero-shot
+table (seen and unseen classes, hIoU) uses them; nothing else does.
 """
 
 from __future__ import annotations
@@ -24,7 +29,14 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-__all__ = ["ClassScores", "PerClassScores", "SegmentationScores", "per_image_scores"]
+__all__ = [
+    "ClassScores",
+    "PerClassScores",
+    "SegmentationScores",
+    "per_image_pixels",
+    "per_image_scores",
+    "pooled_scores",
+]
 
 
 def per_image_scores(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
@@ -41,6 +53,26 @@ def per_image_scores(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     dice = torch.where(empty, torch.ones_like(inter), 2 * inter / total.clamp_min(1))
     iou = torch.where(empty, torch.ones_like(inter), inter / union.clamp_min(1))
     return dice, iou
+
+
+def per_image_pixels(logits: Tensor, target: Tensor) -> Tensor:
+    """Each image's intersection, union and predicted + true pixels at the 0.5 threshold,
+    shape (B, 3), int64 (exact sums however many images are pooled)."""
+    pred = (logits > 0).flatten(1)
+    truth = (target > 0.5).flatten(1)
+    inter = (pred & truth).sum(1)
+    total = pred.sum(1) + truth.sum(1)
+    return torch.stack([inter, total - inter, total], dim=1).long()
+
+
+def pooled_scores(pixels: Tensor) -> dict[str, float]:
+    """IoU and Dice of pixel sums ``[intersection, union, total]``; 1 when nothing is there at
+    all (an empty prediction of an empty class, as per image)."""
+    inter, union, total = (int(v) for v in pixels.tolist())
+    return {
+        "iou_pooled": inter / union if union else 1.0,
+        "dice_pooled": 2 * inter / total if total else 1.0,
+    }
 
 
 class SegmentationScores(Metric):
@@ -81,7 +113,8 @@ class SegmentationScores(Metric):
 
 
 ClassScores = dict[str, float | int]
-"""One class's scores as stored in a result: ``{"dice": mean, "iou": mean, "n": samples}``."""
+"""One class's scores as stored in a result: ``{"dice": mean, "iou": mean, "n": samples,
+"iou_pooled": ..., "dice_pooled": ...}`` (the means over images, then the pixel-pooled scores)."""
 
 
 class PerClassScores:
@@ -100,6 +133,7 @@ class PerClassScores:
 
     def __init__(self) -> None:
         self._scores: dict[str, SegmentationScores] = {}
+        self._pixels: dict[str, Tensor] = {}  # class -> [intersection, union, total] sums
 
     def update(self, logits: Tensor, target: Tensor, class_names: Sequence[str]) -> None:
         if len(class_names) != logits.shape[0]:
@@ -109,15 +143,19 @@ class PerClassScores:
         rows: dict[str, list[int]] = {}
         for row, name in enumerate(class_names):
             rows.setdefault(str(name), []).append(row)
+        pixels = per_image_pixels(logits, target)
         for name, members in rows.items():
             scores = self._scores.get(name)
             if scores is None:
                 scores = self._scores[name] = SegmentationScores().to(logits.device)
+                self._pixels[name] = torch.zeros(3, dtype=torch.long, device=logits.device)
             if len(members) == logits.shape[0]:  # one class in the batch: no copy needed
                 scores.update(logits, target)
+                self._pixels[name] += pixels.sum(0)
                 continue
             index = torch.tensor(members, device=logits.device)
             scores.update(logits.index_select(0, index), target.index_select(0, index))
+            self._pixels[name] += pixels.index_select(0, index).sum(0)
 
     def compute(self) -> dict[str, ClassScores]:
         """Scores per class name, sorted by name; empty before any update."""
@@ -129,8 +167,10 @@ class PerClassScores:
                 "dice": float(means["dice"]),
                 "iou": float(means["iou"]),
                 "n": int(scores.count),
+                **pooled_scores(self._pixels[name]),
             }
         return result
 
     def reset(self) -> None:
         self._scores.clear()
+        self._pixels.clear()

@@ -140,7 +140,9 @@ class SegmentationModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         values = self._log_scores("val", self.val_scores, self.val_loss)
         if self._val_batches:
-            dice, iou = (torch.cat(parts).tolist() for parts in zip(*self._val_batches, strict=True))
+            dice, iou = (
+                torch.cat(parts).tolist() for parts in zip(*self._val_batches, strict=True)
+            )
             self.val_images = {"dice": dice, "iou": iou}
         self._val_batches = []
         fitting = self.trainer.state.fn == "fit" and not self.trainer.sanity_checking

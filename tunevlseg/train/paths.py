@@ -40,7 +40,8 @@ class RunPaths:
     attempt, because Lightning's CSV writer truncates an existing file); ``trained.json`` once
     training has ended (so an interrupted evaluation does not train again); ``result.json`` at
     the end, or ``pruned.json`` instead when a pruner stopped the run (its learning curve; the
-    checkpoints are then deleted). Files set aside (see the prefixes and suffixes above) are never read again.
+    checkpoints are then deleted). Files set aside (see the prefixes and suffixes above) are never
+    read again.
     """
 
     run_dir: Path

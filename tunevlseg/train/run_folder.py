@@ -32,8 +32,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from tunevlseg.train.paths import FOREIGN_PREFIX, SUPERSEDED_PREFIX, TORN_SUFFIX, RunPaths
 
 __all__ = [
@@ -158,9 +156,7 @@ def _check_owner(
     """Raise :class:`_ForeignRun` unless ``data`` (read from ``source``) is this run's."""
     if expected is None:
         return
-    identity_key, sha_key = (
-        (CKPT_IDENTITY, CKPT_SHA) if checkpoint else (_JSON_IDENTITY, _JSON_SHA)
-    )
+    identity_key, sha_key = (CKPT_IDENTITY, CKPT_SHA) if checkpoint else (_JSON_IDENTITY, _JSON_SHA)
     if data.get(sha_key) != expected.digest:
         raise _ForeignRun(source, data.get(identity_key))
 
@@ -201,12 +197,16 @@ def _dotted(identity: Mapping[str, Any], key: str) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def finished_result(paths: RunPaths, expected: Identity | None, then_torn: str) -> dict[str, Any] | None:
+def finished_result(
+    paths: RunPaths, expected: Identity | None, then_torn: str
+) -> dict[str, Any] | None:
     """This run's ``result.json``; else ``None`` (an unusable or foreign file set aside)."""
     return _own_json(paths, paths.result, expected, then_torn)
 
 
-def _own_json(paths: RunPaths, path: Path, expected: Identity | None, then_torn: str) -> dict[str, Any] | None:
+def _own_json(
+    paths: RunPaths, path: Path, expected: Identity | None, then_torn: str
+) -> dict[str, Any] | None:
     """The JSON object in ``path`` if it is this run's; a torn or foreign file is set aside."""
     data = _read_json(path, then_torn)
     if data is None:
@@ -344,10 +344,12 @@ def _start_over(paths: RunPaths, best_problem: str) -> None:
 
 def _load_checkpoint(path: Path) -> tuple[dict[str, Any] | None, str]:
     """The checkpoint's content, or ``None`` and why it cannot be used for a resume."""
+    import torch  # here, not at the top: the claim path (identity_digest) stays torch-free
+
     try:
         # Our own, small checkpoint; it also holds plain Python callback state.
         state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torn files fail in many ways: zip, pickle, EOF, OS errors
+    except Exception as exc:  # noqa: BLE001 - torn files fail in many ways: zip, pickle, EOF, OS
         return None, _describe(exc)
     if not isinstance(state, dict):
         return None, f"holds a {type(state).__name__}, not a checkpoint"

@@ -32,10 +32,10 @@ from tunevlseg.config.grid import StudySpec
 from tunevlseg.config.spaces import ParamSpace
 
 __all__ = [
+    "REAL_SIZE",
     "ChosenParams",
     "ParamCount",
     "ParamError",
-    "REAL_SIZE",
     "RealSizeModels",
     "choose_params",
     "count_configured",
@@ -68,7 +68,7 @@ def default_value(space: ParamSpace) -> Any:
     low, high = float(space.low), float(space.high)  # type: ignore[arg-type]
     middle = math.sqrt(low * high) if space.log else (low + high) / 2
     if space.kind == "int":
-        return int(math.floor(middle + 0.5))
+        return math.floor(middle + 0.5)
     return min(max(_three_digits(middle), low), high)
 
 
@@ -200,7 +200,7 @@ def count_configured(spec: StudySpec, params: Mapping[str, Any]) -> tuple[int, i
     from tunevlseg.tuning.objective import build_model
 
     model = build_model(spec, dict(params))
-    return model.count_parameters()  # type: ignore[no-any-return]
+    return model.count_parameters()
 
 
 def _small_clip_tokenizer() -> Any:
@@ -270,7 +270,7 @@ class RealSizeModels:
     def count(self, spec: StudySpec, params: Mapping[str, Any]) -> tuple[int, int]:
         """``(trainable, total)`` for ``spec``'s learner and settings at ``params``."""
         from tunevlseg.catalog import LEARNERS, load_object
-        from tunevlseg.tuning.objective import learner_params
+        from tunevlseg.tuning.objective import learner_params, model_settings_kwargs
 
         family = spec.model.name
         build, prompted = REAL_SIZE[family]
@@ -281,18 +281,19 @@ class RealSizeModels:
             self._loaded[family],
             learner_cls,
             learner_params(spec, dict(params)),
-            n_ctx=spec.model_settings.n_ctx,
-            use_upsampler=spec.model_settings.use_upsampler,
+            **model_settings_kwargs(spec),
         )
-        return model.count_parameters()  # type: ignore[no-any-return]
+        return model.count_parameters()
 
 
 def _settings(spec: StudySpec) -> dict[str, Any]:
-    return {
-        "n_ctx": spec.model_settings.n_ctx,
-        "use_upsampler": spec.model_settings.use_upsampler,
-        **spec.learner_options,
-    }
+    """The settings that change the parameter count (the upsampler's input only off its
+    default, so that rows stay short)."""
+    settings = spec.model_settings
+    counted: dict[str, Any] = {"n_ctx": settings.n_ctx, "use_upsampler": settings.use_upsampler}
+    if settings.upsampler_input != "projector":
+        counted["upsampler_input"] = settings.upsampler_input
+    return {**counted, **spec.learner_options}
 
 
 def _distinct(studies: Sequence[StudySpec]) -> list[StudySpec]:
@@ -337,7 +338,7 @@ def describe_studies(
         chosen = choose_params(spec.param_space, _given_for(spec, overrides), spec.learner)
         depths: list[int | None] = [chosen.values.get("prompt_depth")]
         if real_size and "prompt_depth" in chosen.values and "prompt_depth" not in overrides:
-            depths = sorted({int(chosen.values["prompt_depth"]), 1, MAX_DEPTH})
+            depths = [*sorted({int(chosen.values["prompt_depth"]), 1, MAX_DEPTH})]
         for depth in depths:
             values = dict(chosen.values)
             if depth is not None:

@@ -19,8 +19,17 @@ FINAL_ATTR = "tvls.failed_for_good"
 """Set on a FAIL trial that will not be retried: it counts as a finished trial of the budget."""
 
 _INFRASTRUCTURE_ERRNOS = {
-    errno.ENOSPC, errno.EIO, errno.ESTALE, errno.EDQUOT, errno.ENOMEM, errno.ETIMEDOUT,
-    errno.ECONNREFUSED, errno.ECONNRESET, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EAGAIN,
+    errno.ENOSPC,
+    errno.EIO,
+    errno.ESTALE,
+    errno.EDQUOT,
+    errno.ENOMEM,
+    errno.ETIMEDOUT,
+    errno.ECONNREFUSED,
+    errno.ECONNRESET,
+    errno.EHOSTUNREACH,
+    errno.ENETUNREACH,
+    errno.EAGAIN,
 }
 _INFRASTRUCTURE_NAMES = {
     "OutOfMemoryError",  # torch.cuda.OutOfMemoryError
@@ -31,7 +40,13 @@ _INFRASTRUCTURE_NAMES = {
     "TimeoutError",
     "ConnectionError",
 }
-_INFRASTRUCTURE_TEXT = ("CUDA out of memory", "CUDA error", "NCCL error", "cuDNN error", "ECC error")
+_INFRASTRUCTURE_TEXT = (
+    "CUDA out of memory",
+    "CUDA error",
+    "NCCL error",
+    "cuDNN error",
+    "ECC error",
+)
 
 
 def is_infrastructure(error: BaseException) -> bool:

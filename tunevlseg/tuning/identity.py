@@ -22,7 +22,9 @@ IDENTITY_ATTR = "tvls.identity_sha256"
 _DATA_KEYS_WITHOUT_EFFECT = ("num_workers", "cache_dir")
 
 
-def trial_identity(spec: StudySpec, params: dict[str, Any], lineage: int, seed: int) -> dict[str, Any]:
+def trial_identity(
+    spec: StudySpec, params: dict[str, Any], lineage: int, seed: int
+) -> dict[str, Any]:
     """The JSON-able record of what one trial (and every re-run of it) computes."""
     attrs = spec.to_attrs()
     data = {k: v for k, v in attrs["data"].items() if k not in _DATA_KEYS_WITHOUT_EFFECT}
@@ -40,4 +42,3 @@ def trial_identity(spec: StudySpec, params: dict[str, Any], lineage: int, seed: 
         "training": attrs["training"],
         "objective": spec.search.objective,
     }
-

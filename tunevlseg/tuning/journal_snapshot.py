@@ -52,9 +52,9 @@ import pickle
 import time
 import uuid
 from collections.abc import Generator, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -181,15 +181,13 @@ def _backup(journal: Path, lock_file: Path) -> Path:
     file has not changed for :data:`LOCK_GRACE_SECONDS`, and copying a big journal to slow
     NFS must not look like a dead writer.
     """
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
     backup = journal.with_name(f"{journal.name}.bak-{stamp}")
     with journal.open("rb") as source, backup.open("xb") as target:
         while chunk := source.read(COPY_CHUNK):
             target.write(chunk)
-            try:
+            with suppress(OSError):
                 os.utime(lock_file)
-            except OSError:
-                pass
         target.flush()
         os.fsync(target.fileno())
     return backup
@@ -300,7 +298,9 @@ class _DeferredFileBackend(JournalFileBackend):
         try:
             self._lock.acquire()
         except OSError as error:  # e.g. a read-only file system: no lock file can be made
-            raise JournalDamagedError(f"cannot lock the study journal {self.path}: {error}") from error
+            raise JournalDamagedError(
+                f"cannot lock the study journal {self.path}: {error}"
+            ) from error
         try:
             yield
         finally:
@@ -339,8 +339,9 @@ class _DeferredFileBackend(JournalFileBackend):
                 os.fsync(handle.fileno())
             except OSError as error:
                 raise JournalDamagedError(
-                    f"the study journal {self.path} is damaged ({'; '.join(notes)}; probably a writer "
-                    f"killed while appending) and could not be repaired here: {error}. To repair it: "
+                    f"the study journal {self.path} is damaged ({'; '.join(notes)}; probably a "
+                    f"writer killed while appending) and could not be repaired here: {error}. To "
+                    "repair it: "
                     "stop the sweep's processes, copy the journal aside, delete the damaged bytes "
                     "at that offset up to the line's end (keep a complete record that follows them "
                     "on the same line, starting with '{\"op_code\":') and launch again"
@@ -352,7 +353,9 @@ class _DeferredFileBackend(JournalFileBackend):
         log.warning(
             "repaired the study journal %s (a writer was probably killed while appending): %s. "
             "The journal as it was is kept in %s",
-            self.path, "; ".join(notes), backup,
+            self.path,
+            "; ".join(notes),
+            backup,
         )
         return True
 
@@ -379,7 +382,9 @@ class _DeferredFileBackend(JournalFileBackend):
             last_damage = damage
             first = max(first, number)  # the lines before it have been handed out already
 
-    def _read_from(self, first: int) -> Generator[dict[str, Any], None, tuple[int, int, bool] | None]:
+    def _read_from(
+        self, first: int
+    ) -> Generator[dict[str, Any], None, tuple[int, int, bool] | None]:
         """Parse the lines from ``first`` on; returns where a damaged line starts, if one is met.
 
         Only the bytes present when the read starts are read (another process may be appending);
@@ -511,10 +516,8 @@ def _sync(storage: JournalStorage) -> None:
     Through a public call that syncs and copies nothing (``get_all_studies`` would deep-copy
     every study's attributes).
     """
-    try:
+    with suppress(KeyError):
         storage.get_study_id_from_name("\0 no study has this name")
-    except KeyError:
-        pass
 
 
 def _lines_read(storage: JournalStorage) -> int:
@@ -543,7 +546,7 @@ def open_journal(journal: Path, *, snapshot_every: int | None = None) -> Journal
         header, state = snapshot
         try:
             storage.restore_replay_result(state)  # logs a warning and keeps nothing if unusable
-        except Exception:  # a pickle of classes that changed: replay everything instead
+        except Exception:  # noqa: BLE001 - a pickle of classes that changed: replay everything
             storage = optuna.storages.JournalStorage(backend)
         if _lines_read(storage) > 0:
             since = int(header["journal_bytes"])

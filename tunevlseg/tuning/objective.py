@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from tunevlseg.catalog import LEARNERS, MODELS, load_object
 from tunevlseg.config.grid import StudySpec
+from tunevlseg.config.schema import UPSAMPLER_INPUT_MODELS
 from tunevlseg.config.spaces import TRAINING_PARAMS
 
 if TYPE_CHECKING:
@@ -29,14 +30,21 @@ def model_settings_kwargs(spec: StudySpec) -> dict[str, Any]:
 
     ``vision_prompts_in_decoder`` is only passed to families with a ViT image encoder: only
     those take visual prompts (the catalog's viability rule), so the CRIS builder keeps a
-    signature without a setting it could only ignore. ``prompt_suffix`` is not a builder
-    argument: it acts where prompts are tokenized, in the data module (:func:`build_datamodule`),
-    the same way for every model family.
+    signature without a setting it could only ignore; ``upsampler_input`` likewise only to the
+    families that have a choice (``UPSAMPLER_INPUT_MODELS``: CRIS). ``prompt_suffix`` is not a
+    builder argument: it acts where prompts are tokenized, in the data module
+    (:func:`build_datamodule`), the same way for every model family.
     """
     settings = spec.model_settings
-    kwargs: dict[str, Any] = {"n_ctx": settings.n_ctx, "use_upsampler": settings.use_upsampler}
+    kwargs: dict[str, Any] = {
+        "n_ctx": settings.n_ctx,
+        "use_upsampler": settings.use_upsampler,
+        "upsampler_padding": settings.upsampler_padding,
+    }
     if MODELS[spec.model.name].image_encoder == "vit":
         kwargs["vision_prompts_in_decoder"] = settings.vision_prompts_in_decoder
+    if spec.model.name in UPSAMPLER_INPUT_MODELS:
+        kwargs["upsampler_input"] = settings.upsampler_input
     return kwargs
 
 
@@ -81,6 +89,7 @@ def build_datamodule(spec: StudySpec, model: Any, seed: int) -> Any:
             border_mode=augmentation.border_mode,
         ),
         prompt_suffix=spec.model_settings.prompt_suffix,
+        unseen_classes=spec.data.unseen_classes,  # train and val leave them out, test keeps them
     )
 
 
@@ -155,7 +164,9 @@ def run_trial(
     run_dir.mkdir(parents=True, exist_ok=True)
     if LEARNERS[spec.learner].trains:
         try:
-            fitted = fit(model, datamodule, settings, run_dir, identity=identity, on_epoch_end=on_epoch_end)
+            fitted = fit(
+                model, datamodule, settings, run_dir, identity=identity, on_epoch_end=on_epoch_end
+            )
         except TrialPrunedAt as pruned:
             record_pruned(paths, expected, pruned.curve)
             failpoint("pruned-marked")

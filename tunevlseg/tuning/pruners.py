@@ -53,7 +53,9 @@ def build_pruner(settings: PrunerSettings, max_epochs: int) -> BasePruner:
     if isinstance(settings, AshaPruner):
         return optuna.pruners.SuccessiveHalvingPruner(**options)
     if isinstance(settings, HyperbandPruner):
-        return optuna.pruners.HyperbandPruner(**{**options, "max_resource": settings.max_resource or max_epochs})
+        return optuna.pruners.HyperbandPruner(
+            **{**options, "max_resource": settings.max_resource or max_epochs}
+        )
     if isinstance(settings, MedianPruner):
         return optuna.pruners.MedianPruner(**options)
     if isinstance(settings, WilcoxonPruner):

@@ -73,7 +73,11 @@ def describe(error: BaseException) -> str:
     """One line: the root cause with its type (and the type it was raised as)."""
     root = root_cause(error)
     kind = type(root)
-    name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__.split('.')[0]}.{kind.__qualname__}"
+    name = (
+        kind.__qualname__
+        if kind.__module__ == "builtins"
+        else f"{kind.__module__.split('.')[0]}.{kind.__qualname__}"
+    )
     text = " ".join(str(root).split()) or "(no message)"
     if len(text) > 300:
         text = text[:297] + "..."
@@ -135,7 +139,12 @@ def with_retries(
             pause = min(delay, left)
             log.warning(
                 "%s failed: %s; retrying in %.1f s (attempt %d, %.0f of %.0f s spent)",
-                what, describe(error), pause, attempt, spent, budget,
+                what,
+                describe(error),
+                pause,
+                attempt,
+                spent,
+                budget,
             )
             time.sleep(pause)
             delay = min(max_delay, delay * 2)

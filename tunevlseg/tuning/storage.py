@@ -15,6 +15,13 @@
   0600 file ``~/.pgpass`` / ``PGPASSFILE`` by itself. A connection attempt gives up after
   :data:`CONNECT_TIMEOUT_S`; opening the storage during an outage fails (OperationalError), so
   a task opens it through :func:`tunevlseg.tuning.retry.with_retries`, which waits it out.
+* ``grpc://host:port``: a running Optuna storage proxy (``optuna.storages.run_grpc_proxy_server``
+  in front of PostgreSQL) that the user manages; every process of the sweep talks to it and holds
+  no database connection. Needs the ``grpc`` extra (``grpcio``).
+* ``grpc+file:///abs/storage-proxy.json``: what a SLURM launch with ``cluster.storage_proxy``
+  hands its tasks: the proxy the launcher started writes its address into that file once it
+  listens, and a task reads it again whenever the proxy does not answer
+  (:mod:`tunevlseg.tuning.proxy_client`), so a proxy restarted on another node is found.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ if TYPE_CHECKING:
 
     from tunevlseg.config.loader import Experiment
 
-Scheme = Literal["journal", "sqlite", "postgresql"]
+Scheme = Literal["journal", "sqlite", "postgresql", "grpc"]
 CONNECT_TIMEOUT_S = 10
 """Seconds a PostgreSQL connection attempt may take (``?connect_timeout=`` in the URL wins)."""
 POSTGRES_CONNECTIONS_PER_PROCESS = 2
@@ -49,6 +56,17 @@ class StorageURL:
     scheme: Scheme
     url: str
     path: Path | None = None
+    address_file: Path | None = None
+    """``grpc+file://``: the file the launcher's storage proxy writes its address into."""
+
+    @property
+    def grpc_address(self) -> tuple[str, int] | None:
+        """``(host, port)`` of a ``grpc://host:port`` storage, else None."""
+        if self.scheme != "grpc" or self.address_file is not None:
+            return None
+        parts = urlsplit(self.url)
+        assert parts.hostname is not None and parts.port is not None  # parse_storage_url checked
+        return parts.hostname, parts.port
 
     def resolved(self, base_dir: Path) -> StorageURL:
         """The same storage with a relative file path made absolute against ``base_dir``."""
@@ -91,7 +109,9 @@ def _existing_journal(text: str, base_dir: Path | None) -> StorageURL | None:
         return None
     path = path.resolve()
     if head == _SQLITE_MAGIC:
-        raise StorageURLError(f"{text!r} is an SQLite database, not a journal: write sqlite:///{path}")
+        raise StorageURLError(
+            f"{text!r} is an SQLite database, not a journal: write sqlite:///{path}"
+        )
     return StorageURL("journal", f"journal://{path}", path)
 
 
@@ -105,7 +125,10 @@ def parse_storage_url(url: str, base_dir: Path | None = None) -> StorageURL:
     Raises:
         StorageURLError: naming what is wrong and the accepted forms.
     """
-    forms = "journal:///abs/path.log, journal://rel/path.log, sqlite:///rel.db, postgresql://user@host/db"
+    forms = (
+        "journal:///abs/path.log, journal://rel/path.log, sqlite:///rel.db, "
+        "postgresql://user@host/db, grpc://host:port"
+    )
     scheme, sep, rest = url.partition("://")
     if not sep:
         journal = _existing_journal(url, base_dir)
@@ -131,7 +154,35 @@ def parse_storage_url(url: str, base_dir: Path | None = None) -> StorageURL:
             )
         canonical = url.replace(f"{scheme}://", "postgresql+psycopg2://", 1)
         return StorageURL("postgresql", canonical)
+    if scheme == "grpc":
+        return _grpc_url(url)
+    if scheme == "grpc+file":
+        if not rest.startswith("/") or rest.endswith("/"):
+            raise StorageURLError(f"{url!r}: write grpc+file:///absolute/path/storage-proxy.json")
+        return StorageURL("grpc", url, address_file=Path(rest))
     raise StorageURLError(f"unknown storage scheme {scheme!r} (accepted: {forms})")
+
+
+def _grpc_url(url: str) -> StorageURL:
+    """``grpc://host:port`` and nothing more: the proxy takes no path, user or options."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    extra = parts.path.strip("/") or parts.query or parts.username or parts.fragment
+    if not parts.hostname or port is None or extra:
+        raise StorageURLError(
+            f"{url!r}: a storage proxy's URL is grpc://host:port (the proxy itself holds the "
+            "database URL)"
+        )
+    return StorageURL("grpc", url)
+
+
+def proxy_task_url(address_file: Path) -> StorageURL:
+    """The storage URL a task of a launcher-started proxy gets: the proxy's address file."""
+    path = address_file.resolve()
+    return StorageURL("grpc", f"grpc+file://{path}", address_file=path)
 
 
 def default_storage(output_dir: Path) -> StorageURL:
@@ -140,9 +191,22 @@ def default_storage(output_dir: Path) -> StorageURL:
     return StorageURL("journal", f"journal://{path}", path)
 
 
-def open_storage(storage: StorageURL) -> BaseStorage:
-    """Open (creating if needed) the storage; the caller has validated and resolved it."""
+def open_storage(
+    storage: StorageURL, *, connections: int = POSTGRES_CONNECTIONS_PER_PROCESS
+) -> BaseStorage:
+    """Open (creating if needed) the storage; the caller has validated and resolved it.
+
+    ``connections``: the PostgreSQL connections this process may hold (a storage proxy serves
+    many tasks and takes more than a task's :data:`POSTGRES_CONNECTIONS_PER_PROCESS`).
+    A ``grpc`` storage is opened lazily: its first call finds the proxy.
+    """
     import optuna
+
+    if storage.scheme == "grpc":
+        from tunevlseg.tuning.proxy_client import ProxyStorage
+
+        # mypy cannot see the storage methods set on the class by a loop (proxy_client.DELEGATED)
+        return ProxyStorage(storage.grpc_address, storage.address_file)  # type: ignore[abstract]
 
     if storage.scheme == "journal":
         from tunevlseg.tuning.journal_snapshot import open_journal
@@ -157,11 +221,13 @@ def open_storage(storage: StorageURL) -> BaseStorage:
     # must not open SQLAlchemy's default 5 + 10 each.
     # pool_pre_ping replaces a pooled connection the server dropped (a restart) before use.
     engine_kwargs: dict[str, Any] = (
-        {"pool_size": 1, "max_overflow": POSTGRES_CONNECTIONS_PER_PROCESS - 1, "pool_pre_ping": True}
+        {"pool_size": connections - 1, "max_overflow": 1, "pool_pre_ping": True}
         if storage.scheme == "postgresql"
         else {}
     )
-    if storage.scheme == "postgresql" and "connect_timeout" not in parse_qs(urlsplit(storage.url).query):
+    if storage.scheme == "postgresql" and "connect_timeout" not in parse_qs(
+        urlsplit(storage.url).query
+    ):
         # A host that is down drops the packets: without a timeout one connection attempt
         # hangs for TCP's ~2 minutes, a task's whole retry budget (tunevlseg.tuning.retry).
         engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
@@ -176,4 +242,6 @@ def sweep_storage(experiment: Experiment) -> StorageURL:
     """
     if experiment.spec.storage is None:
         return default_storage(experiment.output_dir)
-    return parse_storage_url(experiment.spec.storage).resolved(experiment.base_dir)
+    return parse_storage_url(experiment.spec.storage, experiment.base_dir).resolved(
+        experiment.base_dir
+    )

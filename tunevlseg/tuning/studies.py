@@ -115,7 +115,7 @@ def ensure_studies(
         study = optuna.create_study(
             study_name=spec.name,
             storage=storage,
-            direction=spec.search.direction,
+            direction=optuna.study.StudyDirection[spec.search.direction.upper()],
             load_if_exists=True,
         )
         if study.user_attrs.get(SPEC_HASH_ATTR) != spec_hash(spec):
@@ -153,8 +153,10 @@ def _describe_difference(spec: StudySpec, stored: dict[str, Any]) -> str:
         for key in sorted(set(new) | set(old))
         if new.get(key, absent) != old.get(key, absent)
     ]
-    return f"  {spec.name}\n" + "\n".join(changed[:12]) + (
-        f"\n    ... and {len(changed) - 12} more" if len(changed) > 12 else ""
+    return (
+        f"  {spec.name}\n"
+        + "\n".join(changed[:12])
+        + (f"\n    ... and {len(changed) - 12} more" if len(changed) > 12 else "")
     )
 
 
@@ -208,8 +210,10 @@ def stop_reason(trials: Sequence[FrozenTrial], max_failures: int) -> str | None:
 
     retried = retried_numbers(trials)
     errors = [
-        t for t in trials
-        if t.state == TrialState.FAIL and t.user_attrs.get(KIND_ATTR) == "error"
+        t
+        for t in trials
+        if t.state == TrialState.FAIL
+        and t.user_attrs.get(KIND_ATTR) == "error"
         and t.number not in retried
     ]
     if len(errors) < max_failures:
@@ -241,7 +245,8 @@ def progress(storage: BaseStorage, spec: StudySpec) -> StudyProgress:
         best = min(values) if spec.search.direction == "minimize" else max(values)
     retried = retried_numbers(trials)
     failed = sum(
-        1 for t in trials
+        1
+        for t in trials
         if t.state == TrialState.FAIL and t.user_attrs.get(FINAL_ATTR) and t.number not in retried
     )
     return StudyProgress(

@@ -41,8 +41,8 @@ __all__ = [
     "LoadedCRIS",
     "is_complete_cris_folder",
     "load_cris",
-    "make_cris_folder",
     "load_cris_state_dict",
+    "make_cris_folder",
     "save_cris",
     "strip_prefixes",
 ]

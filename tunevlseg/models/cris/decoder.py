@@ -17,7 +17,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-__all__ = ["VisionLanguageDecoder", "DecoderLayer", "sine_positions_1d", "sine_positions_2d"]
+__all__ = ["DecoderLayer", "VisionLanguageDecoder", "sine_positions_1d", "sine_positions_2d"]
 
 
 def _sine(positions: Tensor, channels: int) -> Tensor:
@@ -46,9 +46,7 @@ def sine_positions_2d(height: int, width: int, channels: int) -> Tensor:
     half = channels // 2
     xs = _sine(torch.arange(width), half)  # (W, half)
     ys = _sine(torch.arange(height), half)  # (H, half)
-    grid = torch.cat(
-        [xs[None].expand(height, -1, -1), ys[:, None].expand(-1, width, -1)], dim=-1
-    )
+    grid = torch.cat([xs[None].expand(height, -1, -1), ys[:, None].expand(-1, width, -1)], dim=-1)
     return grid.reshape(height * width, channels)
 
 
@@ -60,9 +58,7 @@ class DecoderLayer(nn.Module):
         self.self_attn_norm = nn.LayerNorm(width)
         self.cross_attn_norm = nn.LayerNorm(width)
         self.self_attn = nn.MultiheadAttention(width, heads, dropout=dropout, batch_first=True)
-        self.multihead_attn = nn.MultiheadAttention(
-            width, heads, dropout=dropout, batch_first=True
-        )
+        self.multihead_attn = nn.MultiheadAttention(width, heads, dropout=dropout, batch_first=True)
         self.ffn = nn.Sequential(
             nn.Linear(width, ffn),
             nn.ReLU(inplace=True),
@@ -102,9 +98,7 @@ class VisionLanguageDecoder(nn.Module):
 
     def __init__(self, layers: int, width: int, heads: int, ffn: int, dropout: float) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(
-            DecoderLayer(width, heads, ffn, dropout) for _ in range(layers)
-        )
+        self.layers = nn.ModuleList(DecoderLayer(width, heads, ffn, dropout) for _ in range(layers))
         self.norm = nn.LayerNorm(width)
 
     def forward(self, vis: Tensor, words: Tensor, pad_mask: Tensor) -> Tensor:

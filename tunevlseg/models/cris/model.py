@@ -32,7 +32,7 @@ from tunevlseg.models.cris.decoder import VisionLanguageDecoder
 from tunevlseg.models.cris.neck import TextGatedFPN
 from tunevlseg.models.cris.projector import Projector
 
-__all__ = ["CLIPBackbone", "CRIS", "replace_after_bos"]
+__all__ = ["CRIS", "CLIPBackbone", "replace_after_bos"]
 
 
 def replace_after_bos(hidden: Tensor, context: Tensor) -> Tensor:

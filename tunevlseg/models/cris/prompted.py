@@ -15,8 +15,11 @@ alike.
 * Vision: CRIS's image encoder is a ResNet; there are no tokens to prompt, so visual and
   multimodal learners are refused. CoCoOp conditions on CLIP's attention-pooled image vector
   (``embed_dim``, 1024 for RN50), computed in the same attention pass as CRIS's dense map.
-* Upsampler: the learnable upsampler reads the projector's stride-4 feature map (half the
-  decoder width, 256 channels) and refines the logits at the input resolution.
+* Upsampler: by default the learnable upsampler reads the projector's stride-4 feature map
+  (half the decoder width, 256 channels) and refines the logits at the input resolution. With
+  ``upsampler_input="decoder"`` it reads the decoder output instead (stride 16, 512 channels),
+  narrowed to 64 channels by a 1x1 convolution without bias before the upsampling: the
+  TuneVLSeg authors' CRIS head (docs/fidelity.md row 26).
 
 For prompt learners every CRIS weight is frozen and :meth:`PromptedCRIS.train` keeps CRIS in
 eval mode (BatchNorm statistics and dropout as at inference). ``e2e`` trains everything except
@@ -27,7 +30,7 @@ trains nothing and has no upsampler.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self, cast
 
 import torch
 import torch.nn.functional as F
@@ -35,17 +38,23 @@ from torch import Tensor
 
 from tunevlseg.catalog import LEARNERS, load_object
 from tunevlseg.learners.base import EncoderDims, Learner, Prompts
+from tunevlseg.models.block_rotation import AdaptedWeight, EncoderWeights
 from tunevlseg.models.context_tokens import ContextTokenizerMixin, placeholder_token_id
 from tunevlseg.models.cris.checkpoint import LoadedCRIS, load_cris
-from tunevlseg.models.cris.clip_text import causal_mask
+from tunevlseg.models.cris.clip_text import TextBlock, causal_mask
 from tunevlseg.models.cris.model import CRIS
 from tunevlseg.models.trainable import TrainableParametersMixin
-from tunevlseg.models.upsampler import LearnableUpsampler
+from tunevlseg.models.upsampler import LearnableUpsampler, PaddingMode
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-__all__ = ["PromptedCRIS", "build_prompted_cris"]
+__all__ = ["UPSAMPLER_INPUTS", "PromptedCRIS", "UpsamplerInput", "build_prompted_cris"]
+
+UpsamplerInput = Literal["projector", "decoder"]
+UPSAMPLER_INPUTS: tuple[UpsamplerInput, ...] = ("projector", "decoder")
+DECODER_UPSAMPLER_CHANNELS = 64
+"""Channels the decoder output is narrowed to before the upsampling (the authors' choice)."""
 
 VISION_REFUSAL = (
     "learner {name!r} prompts the image encoder, but CRIS's image encoder is a ResNet: there are "
@@ -114,10 +123,17 @@ class PromptedCRIS(TrainableParametersMixin, ContextTokenizerMixin):
         *,
         n_ctx: int = 4,
         use_upsampler: bool = True,
+        upsampler_padding: PaddingMode = "zeros",
+        upsampler_input: UpsamplerInput = "projector",
     ) -> None:
         super().__init__()
         if learner_cls.prompts_vision:
             raise ValueError(VISION_REFUSAL.format(name=learner_cls.name))
+        if upsampler_input not in UPSAMPLER_INPUTS:
+            raise ValueError(
+                f"upsampler_input must be one of {UPSAMPLER_INPUTS}, got {upsampler_input!r}"
+            )
+        self.upsampler_input: UpsamplerInput = upsampler_input
         self.cris: CRIS = loaded.model
         self.tokenizer: PreTrainedTokenizerBase = loaded.tokenizer
         config = loaded.config
@@ -133,7 +149,7 @@ class PromptedCRIS(TrainableParametersMixin, ContextTokenizerMixin):
             projection_dim=config.embed_dim,
             patch_size=32,
         )
-        self.learner = learner_cls(
+        self.learner: Learner = learner_cls(
             self.dims, n_ctx=n_ctx, frozen_text=_FrozenTextAccess(self), **learner_params
         )
         self.n_text_ctx = n_ctx if learner_cls.prompts_text else 0
@@ -143,7 +159,11 @@ class PromptedCRIS(TrainableParametersMixin, ContextTokenizerMixin):
             )
         self._placeholder_id = placeholder_token_id(self.tokenizer)
         use_upsampler = use_upsampler and learner_cls.trains
-        self.upsampler = LearnableUpsampler(config.projector_dim) if use_upsampler else None
+        self.upsampler = (
+            self._make_upsampler(config.projector_dim, config.vis_dim, upsampler_padding)
+            if use_upsampler
+            else None
+        )
 
         self.cris.requires_grad_(learner_cls.trains_backbone)
         if self.trains_decoder:
@@ -152,7 +172,18 @@ class PromptedCRIS(TrainableParametersMixin, ContextTokenizerMixin):
         self.cris.backbone.logit_scale.requires_grad_(False)  # contrastive only; never runs
         if not learner_cls.trains:
             self.requires_grad_(False)
+        if self.adapts_encoder_weights:
+            self.learner.attach(self.encoder_weights())  # type: ignore[operator]
         self.train(False)
+
+    def _make_upsampler(
+        self, projector_dim: int, decoder_dim: int, padding: PaddingMode
+    ) -> LearnableUpsampler:
+        if self.upsampler_input == "decoder":
+            return LearnableUpsampler(
+                decoder_dim, padding_mode=padding, hidden_channels=DECODER_UPSAMPLER_CHANNELS
+            )
+        return LearnableUpsampler(projector_dim, padding_mode=padding)
 
     @property
     def trains_decoder(self) -> bool:
@@ -190,6 +221,21 @@ class PromptedCRIS(TrainableParametersMixin, ContextTokenizerMixin):
             )
         return buffers
 
+    def encoder_weights(self) -> EncoderWeights:
+        """The frozen weights a weight-adapting learner (``hclip``) may change: every text
+        layer's stacked q/k/v, attention output and MLP weights. The ResNet has none."""
+        return EncoderWeights(
+            text=[
+                [
+                    AdaptedWeight(block.attn, "in_proj_weight", "qkv", groups=3),
+                    AdaptedWeight(block.attn.out_proj, "weight", "out"),
+                    AdaptedWeight(block.mlp.get_submodule("c_fc"), "weight", "fc1"),
+                    AdaptedWeight(block.mlp.get_submodule("c_proj"), "weight", "fc2"),
+                ]
+                for block in cast(list[TextBlock], self.cris.backbone.transformer.resblocks)
+            ]
+        )
+
     def encode_image(
         self, pixel_values: Tensor, *, pooled: bool = False
     ) -> tuple[list[Tensor], Tensor | None]:
@@ -210,13 +256,28 @@ class PromptedCRIS(TrainableParametersMixin, ContextTokenizerMixin):
         features, vector = self.encode_image(pixel_values, pooled=learner.needs_image_feature)
         prompts: Prompts = learner(vector) if learner.needs_image_feature else learner(None)
         words, sentence = self.encode_text(input_ids, attention_mask, prompts.text)
-        logits, projected = self.cris.decode(features, words, sentence, attention_mask)
+        logits, upsampler_features = self._decode(features, words, sentence, attention_mask)
         logits = F.interpolate(
             logits, size=pixel_values.shape[-2:], mode="bilinear", align_corners=False
         )
         if self.upsampler is not None:
-            logits = self.upsampler(projected, logits)
+            logits = self.upsampler(upsampler_features, logits)
         return logits
+
+    def _decode(
+        self, features: list[Tensor], words: Tensor, sentence: Tensor, attention_mask: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Stride-4 logits and the map the upsampler reads (see ``upsampler_input``).
+
+        :meth:`CRIS.decode` runs the same three parts but keeps the decoder output to itself,
+        so the decoder input variant runs them here one by one.
+        """
+        if self.upsampler_input == "projector":
+            return self.cris.decode(features, words, sentence, attention_mask)
+        cris = self.cris
+        decoded = cris.decoder(cris.neck(features, sentence), words, attention_mask == 0)
+        logits, _ = cris.proj(decoded, sentence)
+        return logits, decoded
 
 
 def resolve_learner(learner: str, learner_params: dict[str, Any]) -> type[Learner]:
@@ -241,6 +302,8 @@ def build_prompted_cris(
     *,
     n_ctx: int = 4,
     use_upsampler: bool = True,
+    upsampler_padding: PaddingMode = "zeros",
+    upsampler_input: UpsamplerInput = "projector",
 ) -> PromptedCRIS:
     """Load CRIS offline and attach a context learner.
 
@@ -250,6 +313,10 @@ def build_prompted_cris(
         learner_params: the learner's hyperparameters (missing ones take its ``defaults``).
         n_ctx: number of context tokens per prompted text layer.
         use_upsampler: add the learnable upsampler (ignored for ``zeroshot``).
+        upsampler_padding: border padding of the upsampler's convolution, ``"zeros"`` or
+            ``"replicate"`` (the authors').
+        upsampler_input: the map the upsampler reads: ``"projector"`` (its stride-4 feature
+            map) or ``"decoder"`` (the decoder output, as the authors' CRIS head).
 
     Raises:
         ValueError: unknown or unsupported learner, or invalid learner parameters (checked
@@ -260,5 +327,11 @@ def build_prompted_cris(
     learner_cls = resolve_learner(learner, learner_params)
     loaded = load_cris(pretrained)
     return PromptedCRIS(
-        loaded, learner_cls, dict(learner_params), n_ctx=n_ctx, use_upsampler=use_upsampler
+        loaded,
+        learner_cls,
+        dict(learner_params),
+        n_ctx=n_ctx,
+        use_upsampler=use_upsampler,
+        upsampler_padding=upsampler_padding,
+        upsampler_input=upsampler_input,
     )

@@ -79,7 +79,9 @@ def fast_random_cris(config: CRISConfig, *, seed: int = 0, scale: float = 0.02) 
     return model.eval()
 
 
-def calibrate_batchnorm(model: CRIS, image_size: int, *, batches: int = 4, batch_size: int = 8) -> None:
+def calibrate_batchnorm(
+    model: CRIS, image_size: int, *, batches: int = 4, batch_size: int = 8
+) -> None:
     """Set every BatchNorm's running statistics from forward passes on random inputs.
 
     A randomly initialised ResNet in eval mode uses the default statistics (mean 0, variance 1)
