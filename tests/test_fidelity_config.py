@@ -252,6 +252,7 @@ def test_paper_yaml_sets_the_authors_values() -> None:
     by_learner: dict[str, dict[str, object]] = {}
     for spec in studies:
         assert spec.model_settings.upsampler_padding == "replicate"
+        assert spec.training.dice_smooth == 1e-5  # MONAI DiceCELoss's smoothing
         expected_input = "decoder" if spec.model.name == "cris" else "projector"
         assert spec.model_settings.upsampler_input == expected_input
         by_learner.setdefault(spec.learner, spec.learner_options)

@@ -25,13 +25,14 @@ from torch import Tensor, nn
 
 from tunevlseg.collect.results import study_results
 from tunevlseg.config.grid import StudySpec, expand
-from tunevlseg.config.loader import parse_experiment
+from tunevlseg.config.loader import ConfigError, load_experiment, parse_experiment
 from tunevlseg.data.datamodule import SegmentationDataModule
 from tunevlseg.data.dataset import EpochKey
 from tunevlseg.data.synthetic import write_synthetic_medvlsm
 from tunevlseg.data.transforms import Augmentation, build_transform, load_image, load_mask_of
 from tunevlseg.models.tiny import write_tiny_clipseg
 from tunevlseg.train.fit import EpochEnd, FitResult, fit
+from tunevlseg.train.loss import DICE_SMOOTH, dice_bce_loss
 from tunevlseg.train.module import PLATEAU_KEY, SegmentationModule
 from tunevlseg.train.paths import RunPaths
 from tunevlseg.train.settings import FitSettings
@@ -134,6 +135,7 @@ def test_defaults_are_the_behaviour_before_the_settings(tmp_path: Path) -> None:
     assert settings.resolved_early_stopping_monitor == "val_dice"
     assert spec.search.direction == "maximize"
     assert spec.model_settings.prompt_suffix == ""
+    assert settings.dice_smooth == before.dice_smooth == DICE_SMOOTH == 1.0
     augmentation = spec.data.augmentation
     assert Augmentation(augmentation.affine_p, augmentation.color_p, augmentation.border_mode) == (
         Augmentation()
@@ -150,6 +152,7 @@ data:
 training:
   max_epochs: 50
   min_epochs: 5
+  dice_smooth: 1.0e-5
   scheduler: {monitor: val_loss, factor: 0.2, patience: 4}
   early_stopping: {monitor: val_dice, patience: 7}
 search: {objective: val_loss}
@@ -160,6 +163,7 @@ def test_each_setting_reaches_the_fit_settings_and_the_identity(tmp_path: Path) 
     spec = _spec(tmp_path, PROTOCOL)
     settings = fit_settings(spec, {"lr": 1e-3}, seed=0)
     assert settings.min_epochs == 5
+    assert settings.dice_smooth == 1e-5
     assert settings.patience == 7
     assert (settings.resolved_lr_monitor, settings.lr_factor, settings.lr_patience) == (
         "val_loss",
@@ -174,6 +178,7 @@ def test_each_setting_reaches_the_fit_settings_and_the_identity(tmp_path: Path) 
     identity = trial_identity(spec, {"lr": 1e-3}, lineage=0, seed=0)
     training = identity["training"]
     assert training["min_epochs"] == 5
+    assert training["dice_smooth"] == 1e-5
     assert training["scheduler"] == {"monitor": "val_loss", "factor": 0.2, "patience": 4}
     assert training["early_stopping"] == {"monitor": "val_dice", "patience": 7}
     assert identity["data"]["augmentation"] == {
@@ -383,6 +388,31 @@ def test_augmentation_settings_reach_the_albumentations_pipeline(
             lows.append(int(warp(image=white, mask=mask)["image"].min()))
         darkest[border] = min(lows)
     assert darkest == {"replicate": 255, "constant": 0}
+
+
+def test_dice_smoothing_reaches_the_loss_of_every_step() -> None:
+    """An empty mask and a faint prediction: smoothing 1 forgives it, the authors' 1e-5 not."""
+    logits = torch.full((1, 1, 8, 8), -6.0)  # probabilities of 0.0025, summing to 0.16
+    empty = torch.zeros_like(logits)
+    forgiving = SegmentationModule(TinySegNet(width=2), lr=1e-3, weight_decay=0.0)
+    strict = SegmentationModule(TinySegNet(width=2), lr=1e-3, weight_decay=0.0, dice_smooth=1e-5)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, empty)
+    assert dice_bce_loss(logits, empty, smooth=forgiving.dice_smooth) < 0.2 + 0.2 * bce
+    assert dice_bce_loss(logits, empty, smooth=strict.dice_smooth) > 0.99 + 0.2 * bce
+    with pytest.raises(ValueError, match="dice_smooth"):
+        FitSettings(dice_smooth=0.0)
+
+
+def test_a_dice_smoothing_of_zero_is_refused_with_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "e.yaml"
+    path.write_text(
+        "name: t\noutput_dir: out\nmodels: [clipseg]\nlearners: [coop]\n"
+        "datasets: [{name: d, root: d}]\ntraining:\n  dice_smooth: 0\n"
+    )
+    with pytest.raises(
+        ConfigError, match=r"e.yaml:7: training.dice_smooth: Input should be greater than 0"
+    ):
+        load_experiment(path)
 
 
 def test_augmentation_refuses_what_the_file_would() -> None:

@@ -14,17 +14,20 @@ from tunevlseg.config.schema import (
     UPSAMPLER_INPUT_MODELS,
     DataSettings,
     ExperimentSpec,
+    LearnerEntry,
     ModelEntry,
     ModelSettings,
     TrainingSettings,
 )
 from tunevlseg.config.spaces import (
+    ON_REQUEST,
     PAPER_SPACES,
     SPACE_AXIS,
     ParamSpace,
     SpaceError,
     apply_override,
     resolve_space,
+    searchable,
 )
 from tunevlseg.tuning.storage import StorageURLError, parse_storage_url
 
@@ -107,18 +110,23 @@ def _check_unique(spec: ExperimentSpec) -> Iterator[Finding]:
 def _check_spaces(spec: ExperimentSpec) -> Iterator[Finding]:
     learners = [entry.name for entry in spec.learners]
     for name, value in spec.search.space.items():
-        owners = [learner for learner in learners if name in PAPER_SPACES[learner]]
+        owners = [learner for learner in learners if name in searchable(learner)]
         if not owners:
-            known = sorted({p for learner in learners for p in PAPER_SPACES[learner]})
+            known = sorted({p for learner in learners for p in searchable(learner)})
             yield (
                 ("search", "space", name),
                 (f"no listed learner has this parameter (parameters: {', '.join(known)})"),
             )
             continue
         try:
-            apply_override(PAPER_SPACES[owners[0]][name], value)
+            apply_override(searchable(owners[0])[name], value)
         except SpaceError as error:
             yield ("search", "space", name), str(error)
+        for entry in spec.learners:
+            if name in entry.space or name not in searchable(entry.name):
+                continue
+            if missing := _missing_needs(entry, name):
+                yield ("search", "space", name), f"{entry.key}: {missing}"
     for index, entry in enumerate(spec.learners):
         for name, value in entry.space.items():
             try:
@@ -126,6 +134,23 @@ def _check_spaces(spec: ExperimentSpec) -> Iterator[Finding]:
             except SpaceError as error:
                 message = str(error).removeprefix(f"{name}: ")
                 yield ("learners", index, "space", name), message
+                continue
+            if missing := _missing_needs(entry, name):
+                yield ("learners", index, "space", name), missing
+
+
+def _missing_needs(entry: LearnerEntry, name: str) -> str | None:
+    """Why searching ``name`` has no effect for ``entry`` (an option it needs is not set)."""
+    request = ON_REQUEST.get(entry.name, {}).get(name)
+    if request is None:
+        return None
+    unmet = {k: v for k, v in request.needs.items() if entry.options.get(k) != v}
+    if not unmet:
+        return None
+    needed = ", ".join(
+        f"{k}: {str(v).lower() if isinstance(v, bool) else v}" for k, v in unmet.items()
+    )
+    return f"searching {name} needs options {{{needed}}} on this learner (it has no effect without)"
 
 
 def prompt_depth_problems(
@@ -254,9 +279,9 @@ def _is_block(settings_type: type[BaseModel], key: str) -> bool:
 
 def _check_space_axis(spec: ExperimentSpec, axis: str, values: list[Any]) -> Iterator[Finding]:
     name = axis.removeprefix(SPACE_AXIS)
-    owners = [entry for entry in spec.learners if name in PAPER_SPACES[entry.name]]
+    owners = [entry for entry in spec.learners if name in searchable(entry.name)]
     if not owners:
-        known = sorted({p for entry in spec.learners for p in PAPER_SPACES[entry.name]})
+        known = sorted({p for entry in spec.learners for p in searchable(entry.name)})
         yield (
             ("grid", axis),
             f"{name!r} is not a parameter of any learner in this file (parameters: {', '.join(known)})",

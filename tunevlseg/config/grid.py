@@ -24,7 +24,7 @@ from tunevlseg.config.schema import (
     SearchSettings,
     TrainingSettings,
 )
-from tunevlseg.config.spaces import PAPER_SPACES, SPACE_AXIS, ParamSpace, resolve_space
+from tunevlseg.config.spaces import SPACE_AXIS, ParamSpace, resolve_space, searchable
 
 
 class StudySpec(BaseModel):
@@ -162,12 +162,12 @@ def expand(experiment: Experiment) -> Expansion:
             resolved_model = model.model_copy(
                 update={"pretrained": str(experiment.resolve(model.pretrained))}
             )
-        shared = {k: v for k, v in spec.search.space.items() if k in PAPER_SPACES[entry.name]}
+        known = searchable(entry.name)
+        shared = {k: v for k, v in spec.search.space.items() if k in known}
         fixed = {
             axis.removeprefix(SPACE_AXIS): value
             for axis, value in cell.items()
-            if axis.startswith(SPACE_AXIS)
-            and axis.removeprefix(SPACE_AXIS) in PAPER_SPACES[entry.name]
+            if axis.startswith(SPACE_AXIS) and axis.removeprefix(SPACE_AXIS) in known
         }
         space = resolve_space(entry.name, shared, entry.space, fixed)
         name = f"{spec.name}/{model.key}-{entry.key}/{dataset.name}"

@@ -142,31 +142,26 @@ class LearnerEntry(Strict):
 
     @field_validator("options")
     @classmethod
-    def _vlpt_options(cls, options: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
-        """vlpt's own options only on vlpt, with valid values (the learner's rules, written
-        once in :mod:`tunevlseg.learners.vlpt_options`, checked here without torch)."""
-        given = {key: value for key, value in options.items() if key in VLPT_OPTIONS}
+    def _own_options(cls, options: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        """A learner's own options (vlpt's, hclip's) only on that learner, with valid values:
+        the learner's rules, written once beside it and checked here without torch."""
         learner = info.data.get("name")  # absent when the name itself was refused
-        if given and learner not in (None, "vlpt"):
-            raise ValueError(f"option(s) {', '.join(sorted(given))} belong to vlpt, not {learner}")
-        problems = vlpt_problems(given)
+        problems = []
+        for owner, names, rules in OWN_OPTIONS:
+            given = {key: value for key, value in options.items() if key in names}
+            if given and learner not in (None, owner):
+                problems.append(
+                    f"option(s) {', '.join(sorted(given))} belong to {owner}, not {learner}"
+                )
+            else:
+                problems += rules(given)
         if problems:
             raise ValueError("; ".join(problems))
         return options
 
-    @field_validator("options")
-    @classmethod
-    def _hclip_options(cls, options: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
-        """hclip's own options only on hclip, with valid values
-        (:mod:`tunevlseg.learners.hclip_options`, checked here without torch)."""
-        given = {key: value for key, value in options.items() if key in HCLIP_OPTIONS}
-        learner = info.data.get("name")  # absent when the name itself was refused
-        if given and learner not in (None, "hclip"):
-            raise ValueError(f"option(s) {', '.join(sorted(given))} belong to hclip, not {learner}")
-        problems = hclip_problems(given)
-        if problems:
-            raise ValueError("; ".join(problems))
-        return options
+
+OWN_OPTIONS = (("vlpt", VLPT_OPTIONS, vlpt_problems), ("hclip", HCLIP_OPTIONS, hclip_problems))
+"""Options only one learner takes: (learner, option descriptions, the rules of their values)."""
 
 
 LEARNER_OPTIONS = {
@@ -359,6 +354,12 @@ class TrainingSettings(Strict):
     effective_batch_size: int = Field(default=32, ge=1)
     precision: Literal["auto", "32", "16-mixed", "bf16-mixed"] = "auto"
     seed: int = 0
+    dice_smooth: float = Field(
+        default=1.0,
+        gt=0,
+        description="smoothing of the loss's soft Dice term, (2·overlap + s) / (sum + s): 1.0 "
+        "here, 1e-5 in the authors' code (MONAI's DiceCELoss)",
+    )
     scheduler: SchedulerSettings = SchedulerSettings()
     early_stopping: EarlyStoppingSettings = EarlyStoppingSettings()
 

@@ -9,7 +9,7 @@ a parameter name is an error instead of a silently unused setting.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
@@ -118,6 +118,40 @@ PAPER_SPACES: dict[str, dict[str, ParamSpace]] = {
     "zeroshot": {},
 }
 
+
+@dataclass(frozen=True)
+class OnRequest:
+    """A learner setting searched only when an experiment names it in a ``space:`` (the range
+    below, narrowed or fixed by the override as any other), and the options it needs to have
+    an effect."""
+
+    space: ParamSpace
+    needs: dict[str, Any] = field(default_factory=dict)
+
+
+ON_REQUEST: dict[str, dict[str, OnRequest]] = {
+    # LDVC's components, searched on request (they are options by default, so the paper-style
+    # rows stay comparable): 6 text tokens in LDVC, here 2-16; its 4x4 windows and top quarter
+    # of the windows are the defaults the ranges surround (36 windows on CLIPSeg's 22x22 grid).
+    "vlpt": {
+        "n_ctx_text": OnRequest(ParamSpace("int", low=2, high=16)),
+        "consensus_window": OnRequest(ParamSpace("choice", choices=(2, 4)), {"consensus": True}),
+        "consensus_top_m": OnRequest(ParamSpace("int", low=4, high=36), {"consensus": True}),
+    },
+    # H-CLIP's block size (its Table 4 ablates 32-256); every value divides the real encoders'
+    # widths (512, 768, 2048, 3072).
+    "hclip": {"q": OnRequest(ParamSpace("choice", choices=(64, 128, 256)))},
+}
+"""Per learner: parameters an experiment may add to the search space (``space: {q: ...}``)."""
+
+
+def searchable(learner: str) -> dict[str, ParamSpace]:
+    """Every parameter an experiment may search or fix for ``learner``: its paper space, then
+    what it searches on request."""
+    extra = {name: entry.space for name, entry in ON_REQUEST.get(learner, {}).items()}
+    return {**PAPER_SPACES[learner], **extra}
+
+
 TRAINING_PARAMS = frozenset(COMMON)
 """Parameters the optimiser takes; every other parameter goes to the learner."""
 
@@ -142,10 +176,13 @@ def apply_override(base: ParamSpace, override: Any) -> ParamSpace:
     """Return ``base`` changed by a YAML override.
 
     An override is a scalar (fix the value), ``{low, high[, log]}`` for numeric parameters,
-    ``{choices: [...]}`` for any parameter, or ``{fixed: value}``.
+    ``{choices: [...]}`` for any parameter, ``{fixed: value}``, or ``{}``: the range as it is
+    (how a parameter searched on request, :data:`ON_REQUEST`, is asked for with its range).
     """
     if not isinstance(override, dict):
         return _fixed(base, override)
+    if not override:
+        return base
     unknown = set(override) - {"low", "high", "log", "choices", "fixed"}
     if unknown:
         raise SpaceError(f"unknown field(s) {sorted(unknown)}; use low/high/log, choices, or fixed")
@@ -215,13 +252,14 @@ def resolve_space(learner: str, *overrides: dict[str, Any]) -> dict[str, ParamSp
             bad override.
     """
     space = dict(PAPER_SPACES[learner])
+    known = searchable(learner)
     for override in overrides:
         for name, value in override.items():
-            if name not in space:
-                valid = ", ".join(space) or "none"
+            if name not in known:
+                valid = ", ".join(known) or "none"
                 raise SpaceError(f"{name}: not a parameter of {learner} (valid: {valid})")
             try:
-                space[name] = apply_override(space[name], value)
+                space[name] = apply_override(space.get(name, known[name]), value)
             except SpaceError as error:
                 raise SpaceError(f"{name}: {error}") from None
     return space

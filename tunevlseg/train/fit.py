@@ -196,6 +196,7 @@ def fit(
         monitor=settings.resolved_lr_monitor,
         lr_factor=settings.lr_factor,
         lr_patience=settings.lr_patience,
+        dice_smooth=settings.dice_smooth,
     )
     clock = _WallClock()
     plan = plan_training(paths, expected)
@@ -298,7 +299,11 @@ def evaluate(
     paths.run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(settings.seed, workers=True, verbose=False)
     module = SegmentationModule(
-        model, lr=settings.lr, weight_decay=settings.weight_decay, monitor=settings.monitor
+        model,
+        lr=settings.lr,
+        weight_decay=settings.weight_decay,
+        monitor=settings.monitor,
+        dice_smooth=settings.dice_smooth,
     )
     start = time.monotonic()
     with _quiet_lightning():

@@ -26,14 +26,19 @@ def soft_dice_loss(logits: Tensor, target: Tensor, smooth: float = DICE_SMOOTH) 
     return (1.0 - dice).mean()
 
 
-def dice_bce_loss(logits: Tensor, target: Tensor, bce_weight: float = BCE_WEIGHT) -> Tensor:
+def dice_bce_loss(
+    logits: Tensor, target: Tensor, bce_weight: float = BCE_WEIGHT, smooth: float = DICE_SMOOTH
+) -> Tensor:
     """``soft_dice_loss + bce_weight * BCEWithLogits`` (mean over pixels), computed in fp32.
 
     Args:
         logits: (B, 1, H, W) raw scores.
         target: (B, 1, H, W) in {0, 1}.
+        bce_weight: Weight of the cross-entropy term (the paper's 0.2).
+        smooth: The Dice term's smoothing (``training.dice_smooth``; MONAI's 1e-5 in the
+            authors' code).
     """
     if logits.shape != target.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and target {tuple(target.shape)} differ")
     bce = F.binary_cross_entropy_with_logits(logits.float(), target.float())
-    return soft_dice_loss(logits, target) + bce_weight * bce
+    return soft_dice_loss(logits, target, smooth) + bce_weight * bce

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
-from tunevlseg.train.loss import dice_bce_loss
+from tunevlseg.train.loss import DICE_SMOOTH, dice_bce_loss
 from tunevlseg.train.metrics import (
     ClassScores,
     PerClassScores,
@@ -68,6 +68,7 @@ class SegmentationModule(L.LightningModule):
             ``training.scheduler.monitor``, which may differ from the search objective.
         lr_factor: ReduceLROnPlateau factor.
         lr_patience: ReduceLROnPlateau patience (epochs).
+        dice_smooth: Smoothing of the loss's soft Dice term.
     """
 
     def __init__(
@@ -79,6 +80,7 @@ class SegmentationModule(L.LightningModule):
         monitor: str = "val_dice",
         lr_factor: float = 0.5,
         lr_patience: int = 3,
+        dice_smooth: float = DICE_SMOOTH,
     ) -> None:
         super().__init__()
         if not callable(getattr(model, "param_groups", None)):
@@ -90,6 +92,7 @@ class SegmentationModule(L.LightningModule):
         self.monitor_mode = monitor_mode(monitor)
         self.lr_factor = lr_factor
         self.lr_patience = lr_patience
+        self.dice_smooth = dice_smooth
         self.val_scores = SegmentationScores()
         self.test_scores = SegmentationScores()
         self.val_loss = MeanMetric()
@@ -115,7 +118,7 @@ class SegmentationModule(L.LightningModule):
         return logits
 
     def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
-        loss = dice_bce_loss(self(batch), batch["masks"])
+        loss = dice_bce_loss(self(batch), batch["masks"], smooth=self.dice_smooth)
         # Epoch-level only: per-step logging would copy the loss to the host every step.
         self.log(
             "train_loss", loss, on_step=False, on_epoch=True, batch_size=batch["masks"].shape[0]
@@ -166,7 +169,8 @@ class SegmentationModule(L.LightningModule):
         self, batch: Mapping[str, Any], scores: SegmentationScores, loss_mean: MeanMetric
     ) -> Tensor:
         logits = self(batch)
-        loss_mean.update(dice_bce_loss(logits, batch["masks"]), batch["masks"].shape[0])
+        loss = dice_bce_loss(logits, batch["masks"], smooth=self.dice_smooth)
+        loss_mean.update(loss, batch["masks"].shape[0])
         scores.update(logits, batch["masks"])
         return logits
 

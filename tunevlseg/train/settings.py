@@ -55,6 +55,7 @@ class FitSettings:
         lr_monitor: What ReduceLROnPlateau watches; ``None``: ``monitor``. A separate setting
             because a protocol may reduce the LR on the loss while selecting by Dice.
         early_stopping_monitor: What early stopping watches; ``None``: ``monitor``.
+        dice_smooth: Smoothing of the loss's soft Dice term (> 0).
     """
 
     max_epochs: int = 100
@@ -74,6 +75,7 @@ class FitSettings:
     min_epochs: int = 0
     lr_monitor: str | None = None
     early_stopping_monitor: str | None = None
+    dice_smooth: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("max_epochs", "patience", "batch_size", "effective_batch_size", "lr_patience"):
@@ -84,6 +86,8 @@ class FitSettings:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
         if not self.lr > 0 or self.weight_decay < 0 or not 0 < self.lr_factor < 1:
             raise ValueError("need lr > 0, weight_decay >= 0 and 0 < lr_factor < 1")
+        if not self.dice_smooth > 0:
+            raise ValueError(f"dice_smooth must be > 0, got {self.dice_smooth!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if not isinstance(self.min_epochs, int) or not 0 <= self.min_epochs <= self.max_epochs:

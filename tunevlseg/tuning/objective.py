@@ -123,6 +123,7 @@ def fit_settings(spec: StudySpec, params: dict[str, Any], seed: int) -> Any:
         lr_factor=spec.training.scheduler.factor,
         lr_patience=spec.training.scheduler.patience,
         early_stopping_monitor=spec.training.early_stopping.monitor,
+        dice_smooth=spec.training.dice_smooth,
     )
 
 
