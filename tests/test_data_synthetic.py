@@ -65,3 +65,29 @@ def test_refuses_foreign_folder(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError, match="refusing"):
         write_synthetic_medvlsm(tmp_path / "real", **SMALL)
     assert (tmp_path / "real" / "precious.jpg").exists()
+
+
+def _write_and_read(root: str, barrier: object) -> int:
+    """One launch's share: write the set (or find it written), then read every entry's files."""
+    barrier.wait()  # type: ignore[attr-defined]
+    written = write_synthetic_medvlsm(Path(root), n_train=24, n_val=8, n_test=8, image_size=32)
+    read = 0
+    for split in ("train", "val", "test"):
+        for entry in json.loads((written / "anns" / f"{split}.json").read_text()):
+            read += (written / "images" / entry["img_name"]).is_file()
+            read += (written / "masks" / entry["mask_name"]).is_file()
+    return read
+
+
+def test_launches_writing_one_set_at_once_all_read_it_whole(tmp_path: Path) -> None:
+    """Two launches sharing a synthetic set used to clear each other's half-written files (a
+    launch then failed on a deleted annotation file); one writer at a time now."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    writers = 4
+    barrier = context.Manager().Barrier(writers)
+    with context.Pool(writers) as pool:
+        results = pool.starmap(_write_and_read, [(str(tmp_path / "d"), barrier)] * writers)
+    assert results == [2 * (24 + 8 + 8)] * writers  # every image and mask of every entry
+    assert (tmp_path / "d" / COMPLETE_MARKER).is_file()

@@ -13,9 +13,11 @@ writers to the same folder are not coordinated.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -52,36 +54,37 @@ def write_synthetic_medvlsm(
     """
     params = _params("medvlsm", n_train, n_val, n_test, image_size, seed, classes)
     root = Path(root)
-    if _already_written(root, params):
-        return root
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    (root / "anns").mkdir()
-    for split_index, (split, n) in enumerate(_splits(n_train, n_val, n_test)):
-        rng = np.random.default_rng([seed, split_index])
-        entries: list[dict[str, Any]] = []
-        for i in range(n):
-            stem = f"{split}_{i:04d}"
-            image, masks = _paint(rng, image_size, len(classes))
-            _write(root / "images" / f"{stem}.jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-            for name, mask in zip(classes, masks, strict=True):
-                mask_name = f"{stem}_{name}.png"
-                _write(root / "masks" / mask_name, mask)
-                prompt = class_prompt(name)
-                entries.append(
-                    {
-                        "img_name": f"{stem}.jpg",
-                        "mask_name": mask_name,
-                        "class_name": name,
-                        "prompts": {
-                            "p0": "",
-                            "p1": prompt,
-                            "p2": [f"a {prompt}", f"a bright round {prompt} region"],
-                        },
-                    }
-                )
-        (root / "anns" / f"{split}.json").write_text(json.dumps(entries, indent=1))
-    _finish(root, params)
+    with _writer_lock(root):
+        if _already_written(root, params):
+            return root
+        (root / "images").mkdir(parents=True)
+        (root / "masks").mkdir()
+        (root / "anns").mkdir()
+        for split_index, (split, n) in enumerate(_splits(n_train, n_val, n_test)):
+            rng = np.random.default_rng([seed, split_index])
+            entries: list[dict[str, Any]] = []
+            for i in range(n):
+                stem = f"{split}_{i:04d}"
+                image, masks = _paint(rng, image_size, len(classes))
+                _write(root / "images" / f"{stem}.jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+                for name, mask in zip(classes, masks, strict=True):
+                    mask_name = f"{stem}_{name}.png"
+                    _write(root / "masks" / mask_name, mask)
+                    prompt = class_prompt(name)
+                    entries.append(
+                        {
+                            "img_name": f"{stem}.jpg",
+                            "mask_name": mask_name,
+                            "class_name": name,
+                            "prompts": {
+                                "p0": "",
+                                "p1": prompt,
+                                "p2": [f"a {prompt}", f"a bright round {prompt} region"],
+                            },
+                        }
+                    )
+            (root / "anns" / f"{split}.json").write_text(json.dumps(entries, indent=1))
+        _finish(root, params)
     return root
 
 
@@ -109,22 +112,25 @@ def write_synthetic_natural(
         "natural", n_train, n_val, n_test, image_size, seed, classes, test_optional=True
     )
     root = Path(root)
-    if _already_written(root, params):
-        return root
-    for split_index, (split, n) in enumerate(_splits(n_train, n_val, n_test)):
-        if n == 0:
-            continue  # only the test split may be empty: no folder at all, as binarize writes
-        rng = np.random.default_rng([seed, split_index])
-        (root / "images" / split).mkdir(parents=True)
-        for name in classes:
-            (root / "annotations" / split / name).mkdir(parents=True)
-        for i in range(n):
-            stem = f"{split}_{i:04d}"
-            image, masks = _paint(rng, image_size, len(classes))
-            _write(root / "images" / split / f"{stem}.jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-            for name, mask in zip(classes, masks, strict=True):
-                _write(root / "annotations" / split / name / f"{stem}.png", mask)
-    _finish(root, params)
+    with _writer_lock(root):
+        if _already_written(root, params):
+            return root
+        for split_index, (split, n) in enumerate(_splits(n_train, n_val, n_test)):
+            if n == 0:
+                continue  # only the test split may be empty: no folder at all, as binarize writes
+            rng = np.random.default_rng([seed, split_index])
+            (root / "images" / split).mkdir(parents=True)
+            for name in classes:
+                (root / "annotations" / split / name).mkdir(parents=True)
+            for i in range(n):
+                stem = f"{split}_{i:04d}"
+                image, masks = _paint(rng, image_size, len(classes))
+                _write(
+                    root / "images" / split / f"{stem}.jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+                )
+                for name, mask in zip(classes, masks, strict=True):
+                    _write(root / "annotations" / split / name / f"{stem}.png", mask)
+        _finish(root, params)
     return root
 
 
@@ -162,6 +168,25 @@ def _params(
 
 def _splits(n_train: int, n_val: int, n_test: int) -> list[tuple[str, int]]:
     return [("train", n_train), ("val", n_val), ("test", n_test)]
+
+
+@contextmanager
+def _writer_lock(root: Path) -> Iterator[None]:
+    """One writer of ``root`` at a time, across processes (an exclusive ``flock`` on a hidden
+    file beside it, released if the writer dies).
+
+    Two launches of sweeps that share a synthetic data set used to write it at once: the second
+    found the first's half-written folder, cleared it and wrote again, and the first then read
+    an annotation file that had just been deleted. Under the lock the second finds the set
+    complete and leaves it alone.
+    """
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with (root.parent / f".{root.name}.lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _already_written(root: Path, params: dict[str, Any]) -> bool:
