@@ -115,3 +115,15 @@ def postgres_url() -> str:
         ok = False
     _need("PostgreSQL", ok)
     return POSTGRES_URL
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One torch thread for a module's tests: tiny models gain nothing from a second one on a
+    busy 2-core machine, and fits compared bit for bit need the sums in one order."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
